@@ -1,0 +1,183 @@
+"""Users, browser sessions, threads and messages. Synchronous: call through the executor."""
+
+import random
+import uuid
+from dataclasses import dataclass
+
+import peewee as pw
+
+from coordinator.errors import Conflict, NotFound
+from coordinator.keys import hash_session_token
+from coordinator.tables import (
+    BrowserSession,
+    Job,
+    Message,
+    Thread,
+    ThreadMember,
+    User,
+    now,
+)
+from coordinator.views import message_view, thread_view
+from farm_protocol.chat import MessageState, MessageView, ThreadSnapshot, ThreadView, UserView
+
+MAX_THREAD_MEMBERS = 25
+ACTIVE_JOB_STATES = ("queued", "assigned", "running")
+
+_ANIMALS = [
+    ("🦙", "Llama"),
+    ("🦊", "Fox"),
+    ("🐙", "Octopus"),
+    ("🦉", "Owl"),
+    ("🐢", "Turtle"),
+    ("🦔", "Hedgehog"),
+    ("🐧", "Penguin"),
+    ("🦦", "Otter"),
+    ("🐝", "Bee"),
+    ("🦜", "Parrot"),
+    ("🐳", "Whale"),
+    ("🦥", "Sloth"),
+    ("🐼", "Panda"),
+    ("🦩", "Flamingo"),
+    ("🐸", "Frog"),
+]
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def random_name() -> str:
+    emoji, animal = random.choice(_ANIMALS)
+    return f"{emoji} {animal}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewReply:
+    """What sending a message created."""
+
+    user_message: MessageView
+    reply: MessageView
+    job_id: str
+
+
+class ChatStore:
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+
+    def session_user(self, token: str) -> UserView:
+        """The user behind a browser session token, created on first use."""
+        token_hash = hash_session_token(token)
+        with self.db.atomic():
+            session = BrowserSession.get_or_none(BrowserSession.token_hash == token_hash)
+            if session is not None:
+                user = session.user
+                BrowserSession.update(last_seen=now()).where(
+                    BrowserSession.token_hash == token_hash
+                ).execute()
+            else:
+                user = User.create(id=_new_id(), name=random_name())
+                BrowserSession.create(token_hash=token_hash, user=user)
+        return UserView(user_id=user.id, name=user.name)
+
+    def create_thread(self, user_id: str, system_prompt: str) -> ThreadView:
+        with self.db.atomic():
+            thread = Thread.create(id=_new_id(), created_by=user_id)
+            ThreadMember.create(thread=thread, user=user_id)
+            if system_prompt.strip():
+                Message.create(
+                    id=_new_id(),
+                    thread=thread,
+                    user=user_id,
+                    role="system",
+                    author="system",
+                    content=system_prompt.strip(),
+                    state=MessageState.DONE.value,
+                )
+        return thread_view(thread)
+
+    def list_threads(self, user_id: str, limit: int = 100) -> list[ThreadView]:
+        rows = (
+            Thread.select()
+            .join(ThreadMember)
+            .where(ThreadMember.user == user_id)
+            .order_by(Thread.updated_at.desc())
+            .limit(limit)
+        )
+        return [thread_view(row) for row in rows]
+
+    def snapshot(self, thread_id: str, limit: int = 200) -> ThreadSnapshot:
+        thread = Thread.get_or_none(Thread.id == thread_id)
+        if thread is None:
+            raise NotFound(f"no thread {thread_id}")
+        rows = list(
+            Message.select()
+            .where(Message.thread == thread_id)
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(limit)
+        )
+        return ThreadSnapshot(
+            thread=thread_view(thread), messages=[message_view(r) for r in reversed(rows)]
+        )
+
+    def message(self, message_id: str) -> MessageView:
+        row = Message.get_or_none(Message.id == message_id)
+        if row is None:
+            raise NotFound(f"no message {message_id}")
+        return message_view(row)
+
+    def send_message(self, user_id: str, thread_id: str, text: str, model: str) -> NewReply:
+        """Store the user's message, an empty reply in ``queued`` and its job, atomically."""
+        with self.db.atomic():
+            thread = Thread.get_or_none(Thread.id == thread_id)
+            if thread is None:
+                raise NotFound(f"no thread {thread_id}")
+            user = User.get_by_id(user_id)
+            busy = (
+                Job.select()
+                .where((Job.user == user_id) & Job.state.in_(ACTIVE_JOB_STATES))
+                .exists()
+            )
+            if busy:
+                raise Conflict("a reply to your previous message is still being generated")
+            self._join(thread_id, user_id)
+            stamp = now()
+            mine = Message.create(
+                id=_new_id(),
+                thread=thread_id,
+                user=user_id,
+                role="user",
+                author=user.name,
+                content=text,
+                state=MessageState.DONE.value,
+                created_at=stamp,
+            )
+            job_id = _new_id()
+            reply = Message.create(
+                id=_new_id(),
+                thread=thread_id,
+                user=user_id,
+                role="assistant",
+                author=model,
+                state=MessageState.QUEUED.value,
+                model=model,
+                job_id=job_id,
+                created_at=stamp + 1e-6,
+            )
+            Job.create(id=job_id, message=reply, user=user_id, model=model, state="queued")
+            updates: dict[pw.Field, object] = {Thread.updated_at: stamp}
+            if not thread.description:
+                updates[Thread.description] = text[:200]
+                updates[Thread.title] = text[:60]
+            Thread.update(updates).where(Thread.id == thread_id).execute()
+        return NewReply(message_view(mine), message_view(reply), job_id)
+
+    def _join(self, thread_id: str, user_id: str) -> None:
+        exists = ThreadMember.select().where(
+            (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+        )
+        if exists.exists():
+            return
+        members = ThreadMember.select().where(ThreadMember.thread == thread_id).count()
+        if members >= MAX_THREAD_MEMBERS:
+            raise Conflict(f"this thread already has {MAX_THREAD_MEMBERS} members")
+        ThreadMember.create(thread=thread_id, user=user_id)

@@ -1,0 +1,73 @@
+"""Opening the database from a URL, and bringing its schema up to date in place."""
+
+import logging
+from urllib.parse import urlsplit
+
+import peewee as pw
+
+from coordinator.errors import StoreError
+from coordinator.tables import ALL_TABLES, SCHEMA_VERSION, SchemaInfo, database_proxy
+
+log = logging.getLogger(__name__)
+
+# Upgrades from version N to N+1, applied in order. Each is a list of SQL statements
+# (portable between SQLite and PostgreSQL). Version 1 is the initial schema.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def open_database(url: str) -> pw.Database:
+    """``sqlite:///path`` (WAL) or ``postgresql://user@host:port/db``."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else parts.path
+        return pw.SqliteDatabase(
+            path or ":memory:",
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "foreign_keys": 1,
+                "busy_timeout": 10_000,
+            },
+            check_same_thread=False,
+        )
+    if parts.scheme in ("postgres", "postgresql"):
+        return pw.PostgresqlDatabase(
+            (parts.path or "/").lstrip("/") or "postgres",
+            user=parts.username,
+            password=parts.password,
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            autorollback=True,
+        )
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file or postgresql://...")
+
+
+def bind(db: pw.Database) -> None:
+    database_proxy.initialize(db)
+
+
+def migrate(db: pw.Database) -> int:
+    """Create a fresh schema, or upgrade an older one in place. Returns the version."""
+    bind(db)
+    try:
+        with db.atomic():
+            if not db.table_exists(SchemaInfo._meta.table_name):
+                db.create_tables(ALL_TABLES)
+                SchemaInfo.create(version=SCHEMA_VERSION)
+                log.info("created database schema version %d", SCHEMA_VERSION)
+                return SCHEMA_VERSION
+            info = SchemaInfo.get()
+            version = int(info.version)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema {version} is newer than this coordinator's {SCHEMA_VERSION}"
+                )
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version]:
+                    db.execute_sql(statement)  # type: ignore[no-untyped-call]
+                version += 1
+                log.info("upgraded database schema to version %d", version)
+            SchemaInfo.update(version=version).execute()
+            return version
+    except pw.PeeweeException as exc:
+        raise StoreError(f"cannot prepare the database: {exc}") from exc

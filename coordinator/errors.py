@@ -1,0 +1,25 @@
+"""The coordinator's exception tree. Library errors are wrapped at the store boundary."""
+
+
+class CoordinatorError(Exception):
+    """Base of everything the coordinator raises on purpose."""
+
+
+class StoreError(CoordinatorError):
+    """The database failed underneath an operation."""
+
+
+class NotFound(CoordinatorError):
+    """A thread, message, job or worker does not exist (or is not yours)."""
+
+
+class Conflict(CoordinatorError):
+    """The request is valid but the current state forbids it."""
+
+
+class Busy(CoordinatorError):
+    """The farm cannot take this now; try again later."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

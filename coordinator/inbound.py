@@ -1,0 +1,77 @@
+"""Everything the coordinator receives from the broker, validated once, then routed."""
+
+import logging
+
+import aiomqtt
+
+from coordinator.db_runner import DbRunner
+from coordinator.dispatch import Dispatcher
+from coordinator.streams import JobStreams
+from coordinator.worker_store import WorkerStore
+from farm_protocol import topics
+from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
+from farm_protocol.errors import ProtocolError
+from farm_protocol.payloads import Heartbeat, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = [
+    (topics.ALL_STATUS, topics.QOS_STATUS),
+    (topics.ALL_HEARTBEATS, topics.QOS_HEARTBEAT),
+    (topics.ALL_JOB_EVENTS, topics.QOS_JOB_EVENTS),
+]
+
+_STATUS = adapter_for(WorkerStatus)
+_HEARTBEAT = adapter_for(Heartbeat)
+
+
+class Inbound:
+    def __init__(
+        self, runner: DbRunner, workers: WorkerStore, streams: JobStreams, dispatcher: Dispatcher
+    ) -> None:
+        self.runner = runner
+        self.workers = workers
+        self.streams = streams
+        self.dispatcher = dispatcher
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        try:
+            where = topics.parse_worker_topic(topic)
+            if where.leaf == "jobs":
+                event = decode(JOB_EVENT, message.payload)
+                if event.job_id != where.job_id:
+                    raise ProtocolError(f"payload job {event.job_id} != topic job {where.job_id}")
+                await self.streams.on_event(where.worker_id, event)
+            elif where.leaf == "status":
+                await self._status(where.worker_id, decode(_STATUS, message.payload))
+            elif where.leaf == "heartbeat":
+                beat = decode(_HEARTBEAT, message.payload)
+                self._same_worker(where.worker_id, beat.worker_id)
+                await self.runner.call(self.workers.record_heartbeat, beat)
+        except ProtocolError as exc:
+            log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
+
+    async def _status(self, worker_id: str, status: WorkerStatus) -> None:
+        self._same_worker(worker_id, status.worker_id)
+        if await self.runner.call(self.workers.record_status, status):
+            log.info(
+                "worker %s is %s (session %s, models %s, capacity %d)",
+                worker_id,
+                status.state,
+                status.session_id,
+                status.models,
+                status.capacity,
+            )
+            self.dispatcher.kick()
+        else:
+            log.info(
+                "ignored %s status of worker %s (unknown, revoked or stale session)",
+                status.state,
+                worker_id,
+            )
+
+    @staticmethod
+    def _same_worker(topic_worker: str, payload_worker: str) -> None:
+        if topic_worker != payload_worker:
+            raise ProtocolError(f"payload worker {payload_worker} != topic worker {topic_worker}")

@@ -1,0 +1,441 @@
+"""The job queue. Every state change is one conditional UPDATE whose row count is checked.
+
+    queued -> assigned -> running -> succeeded | failed | timed_out | cancelled
+       ^         |           |
+       +---------+-----------+  (re-queued only while no token has reached the user)
+
+``attempt`` is the fencing token: a claim increments it, and every later write names the
+attempt and worker it belongs to, so a late message from an earlier attempt never lands.
+"""
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import peewee as pw
+
+from coordinator.tables import Job, Message, Worker
+from coordinator.views import message_view
+from farm_protocol.chat import MessageState, MessageView
+from farm_protocol.payloads import ChatTurn, JobAssignment
+
+ACTIVE = ("assigned", "running")
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+_MESSAGE_STATE = {
+    Outcome.SUCCEEDED: MessageState.DONE,
+    Outcome.FAILED: MessageState.FAILED,
+    Outcome.TIMED_OUT: MessageState.TIMED_OUT,
+    Outcome.CANCELLED: MessageState.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    id: str
+    model: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveJob:
+    """What the event path needs to know about a job held by a worker."""
+
+    job_id: str
+    attempt: int
+    worker_id: str
+    message_id: str
+    thread_id: str
+    content: str
+    content_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TextAppend:
+    """Text streamed since the last write, for one job attempt."""
+
+    job_id: str
+    attempt: int
+    worker_id: str
+    message_id: str
+    text: str
+    last_seq: int  # the highest chunk seq included so far
+    chunks: int  # chunks applied so far in this attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    accept_s: float
+    queue_s: float
+    first_token_s: float
+    stall_s: float
+    reply_s: float
+    worker_grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    worker_id: str
+    job_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(slots=True)
+class SweepResult:
+    messages: list[MessageView]
+    cancels: list[Cancel]
+    requeued: int = 0
+
+
+def active_counts() -> dict[str, int]:
+    """How many jobs each worker holds right now."""
+    rows = (
+        Job.select(Job.worker_id, pw.fn.COUNT(Job.id).alias("held"))
+        .where(Job.state.in_(ACTIVE))
+        .group_by(Job.worker_id)
+    )
+    return {str(row.worker_id): int(getattr(row, "held")) for row in rows}  # noqa: B009 - an alias
+
+
+class JobStore:
+    def __init__(self, db: pw.Database, *, context_messages: int, max_attempts: int) -> None:
+        self.db = db
+        self.context_messages = context_messages
+        self.max_attempts = max_attempts
+
+    def _write(self) -> pw._atomic:
+        """A write transaction; on SQLite take the write lock up front (no upgrade deadlock)."""
+        if isinstance(self.db, pw.SqliteDatabase):
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    def queued_jobs(self, limit: int = 200) -> list[QueuedJob]:
+        rows = (
+            Job.select(Job.id, Job.model, Job.created_at)
+            .where(Job.state == "queued")
+            .order_by(Job.created_at, Job.id)
+            .limit(limit)
+        )
+        return [QueuedJob(r.id, r.model, r.created_at) for r in rows]
+
+    def claim(self, job_id: str, worker_id: str, capacity: int) -> JobAssignment | None:
+        """Give ``job_id`` to ``worker_id`` if it is still queued and the worker has a free
+        slot. Atomic; on PostgreSQL the worker row is locked so two coordinators cannot
+        overfill one worker."""
+        with self._write():
+            if not isinstance(self.db, pw.SqliteDatabase):
+                Worker.select(Worker.id).where(Worker.id == worker_id).for_update().execute()
+            active = Job.select().where((Job.worker_id == worker_id) & Job.state.in_(ACTIVE))
+            if active.count() >= capacity:
+                return None
+            stamp = time.time()
+            claimed = (
+                Job.update(
+                    state="assigned",
+                    worker_id=worker_id,
+                    attempt=Job.attempt + 1,
+                    assigned_at=stamp,
+                    accepted_at=None,
+                    first_token_at=None,
+                    last_token_at=None,
+                    chunks=0,
+                )
+                .where((Job.id == job_id) & (Job.state == "queued"))
+                .execute()
+            )
+            if claimed != 1:
+                return None
+            job = Job.get_by_id(job_id)
+            return JobAssignment(
+                job_id=job.id,
+                attempt=job.attempt,
+                model=job.model,
+                messages=self._context(job.message_id),
+                issued_at=stamp,
+            )
+
+    def _context(self, reply_id: str) -> list[ChatTurn]:
+        """The thread's latest system prompt, then the last N successful messages."""
+        reply = Message.get_by_id(reply_id)
+        earlier = (Message.thread == reply.thread_id) & (Message.created_at < reply.created_at)
+        system = (
+            Message.select()
+            .where(earlier & (Message.role == "system"))
+            .order_by(Message.created_at.desc())
+            .first()
+        )
+        history = list(
+            Message.select()
+            .where(
+                earlier
+                & Message.role.in_(("user", "assistant"))
+                & (Message.state == MessageState.DONE.value)
+            )
+            .order_by(Message.created_at.desc())
+            .limit(self.context_messages)
+        )
+        turns = [ChatTurn(role="system", content=system.content)] if system else []
+        turns += [ChatTurn(role=m.role, content=m.content) for m in reversed(history)]
+        return turns
+
+    # --- the event path -----------------------------------------------------------------
+
+    def active_job(self, job_id: str) -> ActiveJob | None:
+        row = (
+            Job.select(Job, Message)
+            .join(Message)
+            .where((Job.id == job_id) & Job.state.in_(ACTIVE))
+            .first()
+        )
+        if row is None:
+            return None
+        msg = row.message
+        return ActiveJob(
+            row.id, row.attempt, row.worker_id, msg.id, msg.thread_id, msg.content, msg.content_seq
+        )
+
+    @staticmethod
+    def _held(job_id: str, attempt: int, worker_id: str) -> pw.Expression:
+        return (
+            (Job.id == job_id)
+            & (Job.attempt == attempt)
+            & (Job.worker_id == worker_id)
+            & Job.state.in_(ACTIVE)
+        )
+
+    def accept(self, job_id: str, attempt: int, worker_id: str) -> bool:
+        with self._write():
+            changed = (
+                Job.update(state="running", accepted_at=time.time())
+                .where(self._held(job_id, attempt, worker_id) & (Job.state == "assigned"))
+                .execute()
+            )
+        return bool(changed == 1)
+
+    def append_text(self, appends: Iterable[TextAppend]) -> list[MessageView]:
+        """Write a batch of streamed text in one transaction. Returns the messages that
+        just started generating (their first text landed)."""
+        started: list[MessageView] = []
+        with self._write():
+            for item in appends:
+                if self._apply(item, time.time()):
+                    started.append(message_view(Message.get_by_id(item.message_id)))
+        return started
+
+    def _apply(self, item: TextAppend, stamp: float) -> bool:
+        """Apply one append; True if it was the attempt's first text."""
+        fenced = (
+            Job.update(
+                state="running",
+                chunks=item.chunks,
+                last_token_at=stamp,
+                first_token_at=pw.fn.COALESCE(Job.first_token_at, stamp),
+                accepted_at=pw.fn.COALESCE(Job.accepted_at, stamp),
+            )
+            .where(self._held(item.job_id, item.attempt, item.worker_id))
+            .execute()
+        )
+        if fenced != 1:
+            return False
+        first = (
+            Message.update(state=MessageState.GENERATING.value, updated_at=stamp)
+            .where((Message.id == item.message_id) & (Message.state == MessageState.QUEUED.value))
+            .execute()
+        )
+        Message.update(
+            content=Message.content.concat(item.text), content_seq=item.last_seq, updated_at=stamp
+        ).where((Message.id == item.message_id) & (Message.content_seq < item.last_seq)).execute()
+        return bool(first == 1)
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        worker_id: str,
+        outcome: Outcome,
+        error: str | None = None,
+        tail: TextAppend | None = None,
+    ) -> MessageView | None:
+        """End a held job (with any text not yet written). None if fenced off."""
+        with self._write():
+            stamp = time.time()
+            if tail is not None:
+                self._apply(tail, stamp)
+            return self._end(self._held(job_id, attempt, worker_id), job_id, outcome, error, stamp)
+
+    def _end(
+        self, where: pw.Expression, job_id: str, outcome: Outcome, error: str | None, stamp: float
+    ) -> MessageView | None:
+        ended = (
+            Job.update(state=outcome.value, finished_at=stamp, error=error).where(where).execute()
+        )
+        if ended != 1:
+            return None
+        message_id = Job.get_by_id(job_id).message_id
+        Message.update(state=_MESSAGE_STATE[outcome].value, error=error, updated_at=stamp).where(
+            Message.id == message_id
+        ).execute()
+        return message_view(Message.get_by_id(message_id))
+
+    def fail_or_retry(
+        self,
+        job_id: str,
+        attempt: int,
+        worker_id: str,
+        reason: str,
+        *,
+        retryable: bool,
+        tail: TextAppend | None = None,
+    ) -> MessageView | None:
+        """A held job failed. Re-queue it while no token has reached the user and
+        attempts remain; otherwise fail it (its partial text is kept)."""
+        with self._write():
+            stamp = time.time()
+            if tail is not None:
+                self._apply(tail, stamp)
+            return self._retry_or_end(
+                self._held(job_id, attempt, worker_id),
+                job_id,
+                reason,
+                retryable=retryable,
+                outcome=Outcome.FAILED,
+                stamp=stamp,
+            )
+
+    def _retry_or_end(
+        self,
+        where: pw.Expression,
+        job_id: str,
+        reason: str,
+        *,
+        retryable: bool,
+        outcome: Outcome,
+        stamp: float,
+    ) -> MessageView | None:
+        job = Job.get_or_none(Job.id == job_id)
+        if job is None:
+            return None
+        if retryable and job.attempt < self.max_attempts:
+            requeued = (
+                Job.update(state="queued", worker_id=None, error=reason)
+                .where(where & (Job.chunks == 0))
+                .execute()
+            )
+            if requeued == 1:
+                Message.update(
+                    state=MessageState.QUEUED.value, content="", content_seq=-1, updated_at=stamp
+                ).where(Message.id == job.message_id).execute()
+                return message_view(Message.get_by_id(job.message_id))
+        return self._end(where, job_id, outcome, reason, stamp)
+
+    # --- deadlines ----------------------------------------------------------------------
+
+    def sweep(self, deadlines: Deadlines, now: float | None = None) -> SweepResult:
+        """Apply every deadline once. Each expiry ends the job AND sets its message."""
+        stamp = time.time() if now is None else now
+        result = SweepResult(messages=[], cancels=[])
+        with self._write():
+            self._sweep_lost_workers(deadlines, stamp, result)
+            self._sweep_unaccepted(deadlines, stamp, result)
+            self._sweep_timeouts(deadlines, stamp, result)
+            self._sweep_queue(deadlines, stamp, result)
+        return result
+
+    def _sweep_lost_workers(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
+        stale = stamp - d.worker_grace_s
+        lost = (
+            Job.select(Job.id, Job.attempt, Job.worker_id)
+            .join(Worker, on=(Job.worker_id == Worker.id))
+            .where(
+                Job.state.in_(ACTIVE)
+                & (
+                    (Worker.last_seen.is_null())
+                    | (Worker.last_seen < stale)
+                    | (Worker.state == "offline")
+                    | Worker.revoked_at.is_null(False)
+                )
+            )
+        )
+        for job in list(lost):
+            reason = "the worker generating this reply stopped responding"
+            self._record(
+                result,
+                self._retry_or_end(
+                    self._held(job.id, job.attempt, str(job.worker_id)),
+                    job.id,
+                    reason,
+                    retryable=True,
+                    outcome=Outcome.FAILED,
+                    stamp=stamp,
+                ),
+            )
+
+    def _sweep_unaccepted(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
+        late = Job.select(Job.id, Job.attempt, Job.worker_id).where(
+            (Job.state == "assigned") & (Job.assigned_at < stamp - d.accept_s)
+        )
+        for job in list(late):
+            reason = "the worker did not accept the job in time"
+            where = self._held(job.id, job.attempt, str(job.worker_id)) & (Job.state == "assigned")
+            self._record(
+                result,
+                self._retry_or_end(
+                    where, job.id, reason, retryable=True, outcome=Outcome.FAILED, stamp=stamp
+                ),
+            )
+            result.cancels.append(Cancel(str(job.worker_id), job.id, job.attempt, reason))
+
+    def _sweep_timeouts(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
+        rules = [
+            (
+                (Job.state == "running")
+                & Job.first_token_at.is_null()
+                & (Job.accepted_at < stamp - d.first_token_s),
+                f"no reply started within {d.first_token_s:.0f} s",
+            ),
+            (
+                (Job.state == "running") & (Job.last_token_at < stamp - d.stall_s),
+                f"the reply stalled for {d.stall_s:.0f} s",
+            ),
+            (
+                Job.state.in_(ACTIVE) & (Job.assigned_at < stamp - d.reply_s),
+                f"the reply took longer than {d.reply_s:.0f} s",
+            ),
+        ]
+        for condition, reason in rules:
+            for job in list(Job.select(Job.id, Job.attempt, Job.worker_id).where(condition)):
+                where = self._held(job.id, job.attempt, str(job.worker_id))
+                view = self._end(where, job.id, Outcome.TIMED_OUT, reason, stamp)
+                if view is not None:
+                    result.messages.append(view)
+                    result.cancels.append(Cancel(str(job.worker_id), job.id, job.attempt, reason))
+
+    def _sweep_queue(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
+        old = Job.select(Job.id).where(
+            (Job.state == "queued") & (Job.created_at < stamp - d.queue_s)
+        )
+        reason = f"no worker could take this request within {d.queue_s:.0f} s"
+        for job in list(old):
+            where = (Job.id == job.id) & (Job.state == "queued")
+            view = self._end(where, job.id, Outcome.TIMED_OUT, reason, stamp)
+            if view is not None:
+                result.messages.append(view)
+
+    @staticmethod
+    def _record(result: SweepResult, view: MessageView | None) -> None:
+        if view is None:
+            return
+        result.messages.append(view)
+        if view.state == MessageState.QUEUED:
+            result.requeued += 1

@@ -1,0 +1,114 @@
+"""The coordinator's composition root: build everything from settings, run until stopped."""
+
+import asyncio
+import logging
+
+import aiomqtt
+
+from coordinator.chat_api import ChatContext, create_app
+from coordinator.chat_store import ChatStore
+from coordinator.database import migrate, open_database
+from coordinator.db_runner import DbRunner
+from coordinator.dispatch import Dispatcher
+from coordinator.inbound import SUBSCRIPTIONS, Inbound
+from coordinator.janitor import Janitor, deadlines_from
+from coordinator.job_store import JobStore
+from coordinator.settings import CoordinatorSettings
+from coordinator.streams import JobStreams
+from coordinator.worker_store import WorkerStore
+from farm_protocol import topics
+from farm_protocol.broker import Outbox, make_client, serve_session, stay_connected
+from farm_protocol.chat import MessageView
+from farm_protocol.codec import encode
+from farm_protocol.http_serving import serve_app
+from farm_protocol.lifecycle import run_until_stopped
+from farm_protocol.payloads import MessageEvent
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        db = open_database(settings.database_url)
+        migrate(db)
+        self.runner = DbRunner(db)
+        self.chat = ChatStore(db)
+        self.jobs = JobStore(
+            db, context_messages=settings.context_messages, max_attempts=settings.max_attempts
+        )
+        self.workers = WorkerStore(db, grace_s=settings.worker_grace_s)
+        self.outbox = Outbox()
+        self.dispatcher = Dispatcher(self.runner, self.jobs, self.workers, self.outbox)
+        self.streams = JobStreams(
+            self.runner,
+            self.jobs,
+            self.publish_message,
+            self.dispatcher.kick,
+            settings.flush_interval_s,
+        )
+        self.janitor = Janitor(
+            self.runner,
+            self.jobs,
+            deadlines_from(settings),
+            self.outbox,
+            self.publish_message,
+            self.streams.forget,
+            self.dispatcher.kick,
+        )
+        self.inbound = Inbound(self.runner, self.workers, self.streams, self.dispatcher)
+        self.app = create_app(
+            ChatContext(
+                runner=self.runner,
+                chat=self.chat,
+                workers=self.workers,
+                service_token=settings.service_token.get_secret_value(),
+                default_models=settings.default_models,
+                publish_message=self.publish_message,
+                job_queued=self.dispatcher.kick,
+            )
+        )
+
+    async def publish_message(self, view: MessageView) -> None:
+        await self.outbox.put(
+            topics.thread_events(view.thread_id),
+            encode(MessageEvent(message=view)),
+            qos=topics.QOS_THREAD_EVENTS,
+        )
+
+    async def _mqtt(self) -> None:
+        def connect() -> aiomqtt.Client:
+            return make_client(
+                self.settings.broker,
+                identifier=self.settings.coordinator_client_id,
+                clean_session=False,  # chunks published while we restart wait for us
+            )
+
+        async def session(connected: aiomqtt.Client) -> None:
+            await serve_session(
+                connected,
+                subscriptions=SUBSCRIPTIONS,
+                handle=self.inbound.handle,
+                outbox=self.outbox,
+            )
+
+        await stay_connected(connect, session, name="coordinator")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        log.info("coordinator serving the chat API on http://%s:%d", s.http_host, s.http_port)
+        try:
+            await run_until_stopped(
+                {
+                    "mqtt": self._mqtt(),
+                    "dispatcher": self.dispatcher.run(),
+                    "flusher": self.streams.run_flusher(),
+                    "janitor": self.janitor.run(s.sweep_interval_s),
+                    "http": serve_app(self.app, s.http_host, s.http_port, stop),
+                },
+                stop,
+            )
+        finally:
+            await self.streams.flush()
+            self.runner.close()
+            log.info("coordinator stopped")

@@ -1,0 +1,33 @@
+"""Coordinator settings, read from the environment and ``.env`` (prefix ``FARM_``)."""
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm_protocol.broker import BrokerSettings
+
+
+class CoordinatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FARM_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///farm.sqlite3"
+    broker: BrokerSettings = BrokerSettings()
+    # MQTT client id; the session is persistent so chunks published while we restart wait.
+    coordinator_client_id: str = "farm-coordinator"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8700
+    # The webapp presents this bearer token on the chat API.
+    service_token: SecretStr = Field(default=SecretStr(""))
+    # Models offered when the fleet is empty, in picker order (the original's list).
+    default_models: list[str] = ["llama3", "codegemma", "codellama:7b", "llama2", "mistral"]
+    context_messages: int = 5  # successful non-system messages sent as context
+    max_attempts: int = 3  # attempts per job before it fails for good
+    accept_timeout_s: float = 10.0  # a worker must answer "accepted" within this
+    queue_timeout_s: float = 120.0  # longest wait in the queue
+    first_token_timeout_s: float = 120.0  # accepted -> first token (includes model load)
+    stall_timeout_s: float = 60.0  # longest silence between tokens
+    reply_timeout_s: float = 600.0  # whole reply
+    worker_grace_s: float = 10.0  # a worker silent this long is offline
+    flush_interval_s: float = 0.1  # how often streamed text is written to the database
+    sweep_interval_s: float = 1.0  # janitor period

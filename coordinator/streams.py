@@ -1,0 +1,189 @@
+"""Assembling streamed replies: de-duplicate and re-order chunks by sequence number,
+write text in batches, and finish a job only once its whole text is verified."""
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from coordinator.db_runner import DbRunner
+from coordinator.job_store import ActiveJob, JobStore, Outcome, TextAppend
+from farm_protocol.chat import MessageView
+from farm_protocol.payloads import JobAccepted, JobChunk, JobDone, JobEvent, JobFailed
+
+log = logging.getLogger(__name__)
+
+PublishMessage = Callable[[MessageView], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Assembly:
+    """One job attempt's stream as received so far."""
+
+    job: ActiveJob
+    next_seq: int
+    chars: int
+    digest: "hashlib._Hash"
+    pending: dict[int, str] = field(default_factory=dict)  # out-of-order chunks
+    unflushed: list[str] = field(default_factory=list)
+    done: JobDone | None = None
+
+    @classmethod
+    def resume(cls, job: ActiveJob) -> "Assembly":
+        """Continue from what the database holds (after a restart, the text so far)."""
+        return cls(job, job.content_seq + 1, len(job.content), hashlib.sha256(job.content.encode()))
+
+    def add(self, chunk: JobChunk) -> bool:
+        """Take a chunk; False if it is a duplicate."""
+        if chunk.seq < self.next_seq or chunk.seq in self.pending:
+            return False
+        self.pending[chunk.seq] = chunk.text
+        while self.next_seq in self.pending:
+            text = self.pending.pop(self.next_seq)
+            self.unflushed.append(text)
+            self.digest.update(text.encode())
+            self.chars += len(text)
+            self.next_seq += 1
+        return True
+
+    def take(self) -> TextAppend | None:
+        """The text not yet written, as one append (and forget it)."""
+        if not self.unflushed:
+            return None
+        text, self.unflushed = "".join(self.unflushed), []
+        job = self.job
+        return TextAppend(
+            job.job_id,
+            job.attempt,
+            job.worker_id,
+            job.message_id,
+            text,
+            last_seq=self.next_seq - 1,
+            chunks=self.next_seq,
+        )
+
+
+class JobStreams:
+    def __init__(
+        self,
+        runner: DbRunner,
+        jobs: JobStore,
+        publish_message: PublishMessage,
+        on_job_ended: Callable[[], None],
+        flush_interval_s: float,
+    ) -> None:
+        self.runner = runner
+        self.jobs = jobs
+        self.publish_message = publish_message
+        self.on_job_ended = on_job_ended
+        self.flush_interval_s = flush_interval_s
+        self._live: dict[str, Assembly] = {}
+
+    async def on_event(self, worker_id: str, event: JobEvent) -> None:
+        assembly = await self._assembly(worker_id, event.job_id, event.attempt)
+        if assembly is None:
+            log.info(
+                "ignored %s for job %s attempt %d from %s: not held by that worker/attempt",
+                event.kind,
+                event.job_id,
+                event.attempt,
+                worker_id,
+            )
+            return
+        match event:
+            case JobAccepted():
+                await self.runner.call(self.jobs.accept, event.job_id, event.attempt, worker_id)
+            case JobChunk():
+                if not assembly.add(event):
+                    log.debug("duplicate chunk %d of job %s", event.seq, event.job_id)
+                await self._try_finish(assembly)
+            case JobDone():
+                assembly.done = event
+                await self._try_finish(assembly)
+            case JobFailed():
+                await self._fail(assembly, event)
+
+    async def _assembly(self, worker_id: str, job_id: str, attempt: int) -> Assembly | None:
+        assembly = self._live.get(job_id)
+        if assembly is None or assembly.job.attempt < attempt:
+            job = await self.runner.call(self.jobs.active_job, job_id)
+            if job is None:
+                return None
+            assembly = self._live[job_id] = Assembly.resume(job)
+        held = assembly.job
+        if held.worker_id != worker_id or held.attempt != attempt:
+            return None
+        return assembly
+
+    async def _try_finish(self, assembly: Assembly) -> None:
+        done = assembly.done
+        if done is None or assembly.next_seq < done.chunks:
+            return  # chunks still on their way
+        complete = (
+            assembly.next_seq == done.chunks
+            and assembly.chars == done.chars
+            and assembly.digest.hexdigest() == done.sha256
+        )
+        job = assembly.job
+        outcome, error = (
+            (Outcome.SUCCEEDED, None)
+            if complete
+            else (Outcome.FAILED, "the reply arrived incomplete or corrupted")
+        )
+        if not complete:
+            log.warning(
+                "job %s: stream check failed (%d/%d chunks, %d/%d chars)",
+                job.job_id,
+                assembly.next_seq,
+                done.chunks,
+                assembly.chars,
+                done.chars,
+            )
+        view = await self.runner.call(
+            self.jobs.finish,
+            job.job_id,
+            job.attempt,
+            job.worker_id,
+            outcome,
+            error,
+            assembly.take(),
+        )
+        await self._ended(job.job_id, view)
+
+    async def _fail(self, assembly: Assembly, event: JobFailed) -> None:
+        job = assembly.job
+        view = await self.runner.call(
+            self.jobs.fail_or_retry,
+            job.job_id,
+            job.attempt,
+            job.worker_id,
+            event.reason,
+            retryable=event.retryable,
+            tail=assembly.take(),
+        )
+        await self._ended(job.job_id, view)
+
+    async def _ended(self, job_id: str, view: MessageView | None) -> None:
+        self._live.pop(job_id, None)
+        if view is not None:
+            log.info("job %s ended: message %s is %s", job_id, view.message_id, view.state)
+            await self.publish_message(view)
+        self.on_job_ended()
+
+    async def run_flusher(self) -> None:
+        """Write streamed text every ``flush_interval_s``: one transaction for all jobs."""
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch = [a for a in (s.take() for s in self._live.values()) if a is not None]
+        if not batch:
+            return
+        for view in await self.runner.call(self.jobs.append_text, batch):
+            await self.publish_message(view)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job's stream (it ended by a deadline or a cancel)."""
+        self._live.pop(job_id, None)

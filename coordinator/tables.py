@@ -1,0 +1,129 @@
+"""The peewee schema. All queries live in :mod:`coordinator.store`; this file only declares."""
+
+import time
+
+import peewee as pw
+
+database_proxy = pw.DatabaseProxy()
+
+SCHEMA_VERSION = 1
+
+
+def now() -> float:
+    return time.time()
+
+
+class _Base(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class SchemaInfo(_Base):
+    version = pw.IntegerField()
+
+
+class User(_Base):
+    id = pw.CharField(primary_key=True, max_length=32)
+    name = pw.CharField(max_length=64)
+    created_at = pw.FloatField(default=now)
+
+
+class BrowserSession(_Base):
+    # sha256 of the cookie value: a database leak does not leak live sessions.
+    token_hash = pw.CharField(primary_key=True, max_length=64)
+    user = pw.ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
+    created_at = pw.FloatField(default=now)
+    last_seen = pw.FloatField(default=now)
+
+
+class Thread(_Base):
+    id = pw.CharField(primary_key=True, max_length=32)
+    title = pw.CharField(max_length=200, default="New chat")
+    description = pw.TextField(default="")
+    created_by = pw.ForeignKeyField(User, backref="threads_created", on_delete="CASCADE")
+    created_at = pw.FloatField(default=now)
+    updated_at = pw.FloatField(default=now, index=True)
+
+
+class ThreadMember(_Base):
+    thread = pw.ForeignKeyField(Thread, backref="members", on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
+    joined_at = pw.FloatField(default=now)
+
+    class Meta:
+        indexes = ((("thread", "user"), True),)
+
+
+class Worker(_Base):
+    id = pw.CharField(primary_key=True, max_length=64)
+    name = pw.CharField(max_length=200)
+    key_hash = pw.CharField(max_length=300)
+    created_at = pw.FloatField(default=now)
+    revoked_at = pw.FloatField(null=True)
+    # Presence, from the worker's retained status and heartbeats.
+    session_id = pw.CharField(max_length=64, default="")
+    state = pw.CharField(max_length=16, default="offline")
+    last_seen = pw.FloatField(null=True)
+    models = pw.TextField(default="[]")  # JSON list of normalised names
+    loaded_models = pw.TextField(default="[]")
+    capacity = pw.IntegerField(default=1)
+    simulated = pw.BooleanField(default=False)
+    version = pw.CharField(max_length=64, default="")
+
+
+class Message(_Base):
+    id = pw.CharField(primary_key=True, max_length=32)
+    thread = pw.ForeignKeyField(Thread, backref="messages", on_delete="CASCADE")
+    thread_id: str  # peewee's column accessor, declared for the type checker
+    user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    role = pw.CharField(max_length=16)
+    author = pw.CharField(max_length=200)
+    content = pw.TextField(default="")
+    content_seq = pw.IntegerField(default=-1)
+    state = pw.CharField(max_length=16, index=True)
+    model = pw.CharField(max_length=200, null=True)
+    job_id = pw.CharField(max_length=32, null=True)
+    error = pw.TextField(null=True)
+    created_at = pw.FloatField(default=now)
+    updated_at = pw.FloatField(default=now)
+
+    class Meta:
+        indexes = ((("thread", "created_at"), False),)
+
+
+class Job(_Base):
+    """One LLM request. ``attempt`` is the fencing token: every write from a worker names
+    the attempt it belongs to, and only the current attempt's writes land."""
+
+    id = pw.CharField(primary_key=True, max_length=32)
+    message = pw.ForeignKeyField(Message, on_delete="CASCADE")
+    message_id: str  # peewee's column accessor, declared for the type checker
+    user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    model = pw.CharField(max_length=200)
+    state = pw.CharField(max_length=16)
+    attempt = pw.IntegerField(default=0)
+    worker_id = pw.CharField(max_length=64, null=True, index=True)
+    chunks = pw.IntegerField(default=0)  # chunks applied for the current attempt
+    error = pw.TextField(null=True)
+    created_at = pw.FloatField(default=now)
+    assigned_at = pw.FloatField(null=True)
+    accepted_at = pw.FloatField(null=True)
+    first_token_at = pw.FloatField(null=True)
+    last_token_at = pw.FloatField(null=True)
+    finished_at = pw.FloatField(null=True)
+
+    class Meta:
+        indexes = ((("state", "created_at"), False),)
+
+
+ALL_TABLES: list[type[pw.Model]] = [
+    SchemaInfo,
+    User,
+    BrowserSession,
+    Thread,
+    ThreadMember,
+    Worker,
+    Message,
+    Job,
+]

@@ -1,0 +1,207 @@
+"""Workers: registration and keys (admin), and presence (from status and heartbeats)."""
+
+import json
+import time
+from dataclasses import dataclass
+
+import peewee as pw
+
+from coordinator.errors import Conflict, NotFound
+from coordinator.job_store import active_counts
+from coordinator.keys import hash_key, new_key, verify_key
+from coordinator.tables import Worker
+from farm_protocol.chat import FleetModels
+from farm_protocol.ids import check_id, slugify
+from farm_protocol.models import display_model, normalize_model
+from farm_protocol.payloads import Heartbeat, WorkerStatus
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+    state: str
+    online: bool
+    last_seen: float | None
+    models: list[str]
+    loaded_models: list[str]
+    capacity: int
+    active_jobs: int
+    simulated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    """An online worker as dispatch sees it."""
+
+    id: str
+    models: frozenset[str]
+    loaded: frozenset[str]
+    capacity: int
+    active: int
+
+
+class WorkerStore:
+    def __init__(self, db: pw.Database, *, grace_s: float) -> None:
+        self.db = db
+        self.grace_s = grace_s
+
+    # --- administration ----------------------------------------------------------------
+
+    def add(self, name: str, worker_id: str | None = None) -> tuple[WorkerInfo, str]:
+        """Register a worker. Returns it and its key; the key is never stored in clear."""
+        key = new_key()
+        with self.db.atomic():
+            wid = check_id(worker_id, "worker id") if worker_id else self._free_id(name)
+            if Worker.get_or_none(Worker.id == wid) is not None:
+                raise Conflict(f"worker {wid} already exists")
+            Worker.create(id=wid, name=name, key_hash=hash_key(key))
+        return self.get(wid), key
+
+    def _free_id(self, name: str) -> str:
+        base = slugify(name)
+        candidate, n = base, 2
+        while Worker.get_or_none(Worker.id == candidate) is not None:
+            candidate, n = f"{base}-{n}", n + 1
+        return candidate
+
+    def rotate(self, worker_id: str) -> str:
+        key = new_key()
+        changed = (
+            Worker.update(key_hash=hash_key(key))
+            .where((Worker.id == worker_id) & Worker.revoked_at.is_null())
+            .execute()
+        )
+        if changed != 1:
+            raise NotFound(f"no active worker {worker_id}")
+        return key
+
+    def revoke(self, worker_id: str) -> None:
+        changed = (
+            Worker.update(revoked_at=time.time(), state="offline")
+            .where((Worker.id == worker_id) & Worker.revoked_at.is_null())
+            .execute()
+        )
+        if changed != 1:
+            raise NotFound(f"no active worker {worker_id}")
+
+    def verify(self, worker_id: str, key: str) -> bool:
+        row = Worker.get_or_none((Worker.id == worker_id) & Worker.revoked_at.is_null())
+        return row is not None and verify_key(key, str(row.key_hash))
+
+    def get(self, worker_id: str) -> WorkerInfo:
+        row = Worker.get_or_none(Worker.id == worker_id)
+        if row is None:
+            raise NotFound(f"no worker {worker_id}")
+        return self._info(row, active_counts().get(worker_id, 0), time.time())
+
+    def list_workers(self) -> list[WorkerInfo]:
+        counts = active_counts()
+        stamp = time.time()
+        return [
+            self._info(r, counts.get(r.id, 0), stamp) for r in Worker.select().order_by(Worker.id)
+        ]
+
+    def _info(self, row: Worker, active: int, stamp: float) -> WorkerInfo:
+        return WorkerInfo(
+            id=row.id,
+            name=row.name,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+            state=row.state,
+            online=self._is_online(row, stamp),
+            last_seen=row.last_seen,
+            models=json.loads(row.models),
+            loaded_models=json.loads(row.loaded_models),
+            capacity=row.capacity,
+            active_jobs=active,
+            simulated=row.simulated,
+        )
+
+    def _is_online(self, row: Worker, stamp: float) -> bool:
+        fresh = row.last_seen is not None and row.last_seen >= stamp - self.grace_s
+        return bool(row.revoked_at is None and row.state == "online" and fresh)
+
+    # --- presence ----------------------------------------------------------------------
+
+    def record_status(self, status: WorkerStatus) -> bool:
+        """Apply a worker's (retained) status. A death whose session is not the current
+        one is stale and ignored, so it never overwrites a newer birth."""
+        live = (Worker.id == status.worker_id) & Worker.revoked_at.is_null()
+        if status.state == "offline":
+            changed = (
+                Worker.update(state="offline")
+                .where(live & (Worker.session_id == status.session_id))
+                .execute()
+            )
+            return bool(changed == 1)
+        models = sorted({normalize_model(m) for m in status.models})
+        loaded = sorted({normalize_model(m) for m in status.loaded_models})
+        changed = (
+            Worker.update(
+                session_id=status.session_id,
+                state=status.state,
+                last_seen=time.time(),
+                models=json.dumps(models),
+                loaded_models=json.dumps(loaded),
+                capacity=status.capacity,
+                simulated=status.simulated,
+                version=status.version[:64],
+            )
+            .where(live)
+            .execute()
+        )
+        return bool(changed == 1)
+
+    def record_heartbeat(self, beat: Heartbeat) -> bool:
+        changed = (
+            Worker.update(last_seen=time.time())
+            .where(
+                (Worker.id == beat.worker_id)
+                & Worker.revoked_at.is_null()
+                & (Worker.session_id == beat.session_id)
+            )
+            .execute()
+        )
+        return bool(changed == 1)
+
+    def online(self) -> list[WorkerLoad]:
+        stamp = time.time()
+        rows = Worker.select().where(
+            (Worker.state == "online")
+            & Worker.revoked_at.is_null()
+            & (Worker.last_seen >= stamp - self.grace_s)
+        )
+        counts = active_counts()
+        return [
+            WorkerLoad(
+                r.id,
+                frozenset(json.loads(r.models)),
+                frozenset(json.loads(r.loaded_models)),
+                r.capacity,
+                counts.get(r.id, 0),
+            )
+            for r in rows
+        ]
+
+    def fleet_models(self, preferred: list[str]) -> FleetModels:
+        stamp = time.time()
+        rows = [
+            r
+            for r in Worker.select().where(Worker.revoked_at.is_null())
+            if self._is_online(r, stamp)
+        ]
+        served: set[str] = set()
+        for row in rows:
+            served.update(json.loads(row.models))
+        order = [normalize_model(m) for m in preferred]
+        ranked = [m for m in order if m in served] + sorted(served - set(order))
+        models = [display_model(m) for m in ranked]
+        return FleetModels(
+            models=models,
+            default_model=models[0] if models else None,
+            workers_online=len(rows),
+            simulated=bool(rows) and all(r.simulated for r in rows),
+        )

@@ -1,0 +1,198 @@
+"""How every service reaches the broker: settings, client construction, reconnect loop.
+
+The loop follows the pattern verified on this platform: reuse one ``aiomqtt.Client`` and
+re-enter it after an ``MqttError``, with exponential back-off and jitter. Refused
+credentials are final: they stop the loop with :class:`BrokerAuthError`.
+"""
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+log = logging.getLogger(__name__)
+
+# CONNACK codes meaning "your credentials are not accepted": 3.1.1 (4, 5) and 5.0 (134, 135).
+_AUTH_CODES = frozenset({4, 5, 134, 135})
+
+
+class BrokerAuthError(Exception):
+    """The broker refused our credentials; retrying cannot help."""
+
+
+class BrokerSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive: int = 15
+    ca_file: str | None = None  # for mqtts:// with a private CA
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise ValueError(f"broker URL must look like mqtt://host:1883 or mqtts://host:8883: {url}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+def make_client(
+    settings: BrokerSettings,
+    *,
+    identifier: str,
+    will: aiomqtt.Will | None = None,
+    clean_session: bool = True,
+    max_queued_incoming: int | None = None,
+) -> aiomqtt.Client:
+    """An MQTT 3.1.1 client (the common ground of amqtt and Mosquitto)."""
+    address = parse_broker_url(settings.url)
+    tls_context = None
+    if address.tls:
+        tls_context = ssl.create_default_context(cafile=settings.ca_file)
+    return aiomqtt.Client(
+        address.host,
+        address.port,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        identifier=identifier,
+        will=will,
+        clean_session=clean_session,
+        keepalive=settings.keepalive,
+        tls_context=tls_context,
+        max_queued_incoming_messages=max_queued_incoming,
+        timeout=10,
+    )
+
+
+def is_auth_failure(exc: aiomqtt.MqttError) -> bool:
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    return isinstance(value, int) and value in _AUTH_CODES
+
+
+Session = Callable[[aiomqtt.Client], Awaitable[None]]
+
+
+async def stay_connected(
+    connect: Callable[[], aiomqtt.Client],
+    session: Session,
+    *,
+    name: str,
+    backoff_min: float = 0.2,
+    backoff_max: float = 15.0,
+) -> None:
+    """Run ``session(client)`` inside a connection, reconnecting until cancelled.
+
+    ``connect`` makes the client for each attempt (a worker's Last Will names the session,
+    so each connection gets a fresh one). ``session`` subscribes and consumes messages;
+    when it returns the loop ends.
+    """
+    backoff = backoff_min
+    while True:
+        client = connect()
+        try:
+            async with client:
+                log.info("%s connected to the broker", name)
+                backoff = backoff_min
+                await session(client)
+                return
+        except aiomqtt.MqttError as exc:
+            if is_auth_failure(exc):
+                raise BrokerAuthError(
+                    f"{name}: the broker refused our credentials ({exc})"
+                ) from exc
+            delay = backoff * (0.5 + random.random())
+            log.warning("%s lost the broker (%s); reconnecting in %.1fs", name, exc, delay)
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, backoff_max)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Outbox:
+    """Publishes that survive a reconnect: queued while the broker is away, sent in order
+    once it is back. An item whose PUBACK never came is sent again (QoS1 is at least once;
+    receivers de-duplicate by sequence number)."""
+
+    def __init__(self, maxsize: int = 100_000) -> None:
+        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize)
+        self._retry: Outgoing | None = None
+
+    async def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        await self._queue.put(Outgoing(topic, payload, qos, retain))
+
+    def pending(self) -> int:
+        return self._queue.qsize() + (self._retry is not None)
+
+    async def pump(self, client: aiomqtt.Client) -> None:
+        """Send queued items through ``client`` until cancelled (run inside a session)."""
+        while True:
+            item = self._retry or await self._queue.get()
+            self._retry = item
+            try:
+                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            except aiomqtt.MqttError as exc:
+                log.debug("publish to %s failed (%s); will retry", item.topic, exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._retry = None
+            self._queue.task_done()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until everything queued has been sent (True), or ``timeout_s`` passes."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+Handler = Callable[[aiomqtt.Message], Awaitable[None]]
+
+
+async def serve_session(
+    client: aiomqtt.Client,
+    *,
+    subscriptions: list[tuple[str, int]],
+    handle: Handler,
+    outbox: Outbox | None = None,
+) -> None:
+    """One connected session: subscribe, pump the outbox, hand each message to ``handle``.
+
+    ``handle`` validates and acts; whatever it raises is logged and the message dropped:
+    one bad message never ends the loop.
+    """
+    pump = asyncio.create_task(outbox.pump(client), name="outbox") if outbox else None
+    try:
+        for topic, qos in subscriptions:
+            await client.subscribe(topic, qos=qos)
+        async for message in client.messages:
+            try:
+                await handle(message)
+            except Exception:
+                log.exception("dropped a message on %s", message.topic.value)
+    finally:
+        if pump is not None:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)

@@ -1,0 +1,99 @@
+"""Chat data as it travels between the coordinator, the webapp and browsers.
+
+The coordinator owns these records; the webapp reads and writes them through the
+coordinator's chat HTTP API and receives changes on thread topics.
+"""
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from farm_protocol.ids import TopicId
+
+MAX_PROMPT_CHARS = 100_000
+MAX_SYSTEM_PROMPT_CHARS = 20_000
+
+
+class MessageState(StrEnum):
+    """What a user sees of a message. Assistant messages move through these."""
+
+    QUEUED = "queued"  # waiting for a llama
+    GENERATING = "generating"  # tokens are streaming
+    DONE = "done"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self not in (MessageState.QUEUED, MessageState.GENERATING)
+
+
+Role = Literal["system", "user", "assistant"]
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class UserView(_View):
+    user_id: str
+    name: str
+
+
+class MessageView(_View):
+    message_id: str
+    thread_id: TopicId
+    role: Role
+    author: str  # the user's display name, or the model for assistant messages
+    content: str
+    state: MessageState
+    model: str | None = None
+    job_id: str | None = None
+    # The chunk sequence number that ``content`` covers: chunks with seq <= content_seq are
+    # already in ``content``. -1 when no chunk has been applied.
+    content_seq: int = -1
+    error: str | None = None
+    created_at: float
+
+
+class ThreadView(_View):
+    thread_id: TopicId
+    title: str
+    description: str
+    created_at: float
+    updated_at: float
+
+
+class ThreadSnapshot(_View):
+    thread: ThreadView
+    messages: list[MessageView]
+
+
+class FleetModels(_View):
+    """What the fleet can serve right now, for the model picker and the banner."""
+
+    models: list[str]
+    default_model: str | None
+    workers_online: int
+    simulated: bool  # every online worker answers from the Ollama simulator
+
+
+class CreateThreadRequest(_View):
+    system_prompt: str = Field(default="", max_length=MAX_SYSTEM_PROMPT_CHARS)
+
+
+class SendMessageRequest(_View):
+    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: str | None = Field(default=None, max_length=200)
+
+
+class SendMessageResponse(_View):
+    user_message: MessageView
+    reply: MessageView
+
+
+class ErrorBody(_View):
+    error: str
+    retry_after_s: float | None = None

@@ -1,0 +1,75 @@
+"""Running a service's named tasks until a stop event, and failing loudly if one dies."""
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class TaskCrashed(Exception):
+    """A long-lived side task ended on its own; the service stops instead of limping on."""
+
+
+async def run_until_stopped(
+    tasks: dict[str, Coroutine[Any, Any, Any]], stop: asyncio.Event
+) -> None:
+    """Run the named coroutines until ``stop`` is set (clean) or one of them ends
+    (crash: the others are cancelled and :class:`TaskCrashed` is raised)."""
+    running = {asyncio.create_task(coro, name=name): name for name, coro in tasks.items()}
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([*running, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [*running, stopper]:
+            task.cancel()
+        results = await asyncio.gather(*running, stopper, return_exceptions=True)
+    if stop.is_set():
+        return
+    for task, result in zip(running, results, strict=False):
+        if task in done:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise TaskCrashed(f"task {running[task]!r} failed: {result}") from result
+            raise TaskCrashed(f"task {running[task]!r} ended unexpectedly")
+
+
+def run_with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` in a fresh loop; SIGINT/SIGTERM set ``stop`` (graceful), and a
+    second signal cancels at once. No traceback on Ctrl-C."""
+
+    async def runner() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if stop.is_set() and task is not None:
+                task.cancel()
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await main(stop)
+
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        asyncio.run(runner())
+
+
+async def run_services(services: dict[str, Coroutine[Any, Any, Any]], stop: asyncio.Event) -> None:
+    """Run whole services side by side; each stops gracefully on its own when ``stop`` is
+    set. If one fails, ``stop`` is set so the others wind down, then the failure is raised."""
+    running = {asyncio.create_task(coro, name=name): name for name, coro in services.items()}
+    failure: BaseException | None = None
+    pending = set(running)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None and failure is None:
+                failure = task.exception()
+                log.error("%s failed: %s", running[task], failure)
+        stop.set()  # one service ending (cleanly or not) ends them all
+    if failure is not None:
+        raise TaskCrashed(f"{failure}") from failure

@@ -1,0 +1,141 @@
+"""Every MQTT payload, one pydantic model each, tagged by a ``kind`` literal.
+
+Chunk, done and failed carry the job's ``attempt``: the coordinator fences every late
+message from an earlier attempt with it, so a zombie can never overwrite a newer one.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from farm_protocol.chat import MAX_PROMPT_CHARS, MessageView, Role
+from farm_protocol.ids import TopicId
+
+MAX_CHUNK_CHARS = 65_536
+MAX_TURNS = 200
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ChatTurn(_Payload):
+    role: Role
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+# --- coordinator -> worker (assign topic) ---------------------------------------------
+
+
+class JobAssignment(_Payload):
+    kind: Literal["assign"] = "assign"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatTurn] = Field(min_length=1, max_length=MAX_TURNS)
+    options: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    issued_at: float
+
+
+# --- coordinator -> worker (control topic) --------------------------------------------
+
+
+class JobCancel(_Payload):
+    kind: Literal["cancel"] = "cancel"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+    reason: str = "cancelled"
+
+
+class Drain(_Payload):
+    kind: Literal["drain"] = "drain"
+    reason: str = "drain requested"
+
+
+ControlMessage = Annotated[JobCancel | Drain, Field(discriminator="kind")]
+
+
+# --- worker -> coordinator and webapp (job events topic) ------------------------------
+
+
+class JobAccepted(_Payload):
+    kind: Literal["accepted"] = "accepted"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+    session_id: str
+
+
+class JobChunk(_Payload):
+    kind: Literal["chunk"] = "chunk"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+    seq: int = Field(ge=0)
+    text: str = Field(max_length=MAX_CHUNK_CHARS)
+
+
+class JobDone(_Payload):
+    """The end of a stream. ``chunks``, ``chars`` and ``sha256`` let a receiver check that
+    it holds exactly the text the worker generated."""
+
+    kind: Literal["done"] = "done"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+    chunks: int = Field(ge=0)
+    chars: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    eval_count: int | None = None
+    total_duration_ns: int | None = None
+
+
+class JobFailed(_Payload):
+    kind: Literal["failed"] = "failed"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+    reason: str = Field(max_length=2000)
+    retryable: bool
+    chunks: int = Field(default=0, ge=0)  # how many chunks went out before the failure
+
+
+JobEvent = Annotated[JobAccepted | JobChunk | JobDone | JobFailed, Field(discriminator="kind")]
+
+
+# --- worker -> all (status, retained) and worker -> coordinator (heartbeat) -----------
+
+WorkerState = Literal["online", "draining", "unavailable", "offline"]
+
+
+class WorkerStatus(_Payload):
+    kind: Literal["status"] = "status"
+    worker_id: TopicId
+    session_id: str
+    state: WorkerState
+    models: list[str] = Field(default_factory=list)
+    loaded_models: list[str] = Field(default_factory=list)
+    capacity: int = Field(default=1, ge=0, le=256)
+    version: str = ""
+    protocol: int = 1
+    simulated: bool = False
+    reason: str = ""
+    at: float
+
+
+class RunningJob(_Payload):
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+
+
+class Heartbeat(_Payload):
+    kind: Literal["heartbeat"] = "heartbeat"
+    worker_id: TopicId
+    session_id: str
+    seq: int = Field(ge=0)
+    running: list[RunningJob] = Field(default_factory=list)
+    at: float
+
+
+# --- coordinator -> webapp (thread events topic) --------------------------------------
+
+
+class MessageEvent(_Payload):
+    kind: Literal["message"] = "message"
+    message: MessageView

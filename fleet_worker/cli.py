@@ -1,0 +1,64 @@
+"""``fleet-worker`` (also ``llama-farm worker``): run this machine's worker."""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from farm_protocol.broker import BrokerAuthError
+from farm_protocol.errors import TopicError
+from farm_protocol.lifecycle import run_with_signals
+from farm_protocol.logs import configure_logging
+from fleet_worker.service import FleetWorker, WorkerConfigError
+from fleet_worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", help="read settings from this file (default: .env)")
+    parser.add_argument(
+        "--drain-grace",
+        type=float,
+        default=30.0,
+        help="seconds running jobs get to finish on SIGTERM (default 30)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = WorkerSettings(_env_file=args.env_file) if args.env_file else WorkerSettings()
+    try:
+        worker = FleetWorker(settings, drain_grace_s=args.drain_grace)
+    except (WorkerConfigError, TopicError) as exc:
+        print(f"fleet-worker: {exc}", file=sys.stderr)
+        return 2
+    failure: list[BaseException] = []
+
+    async def main(stop: asyncio.Event) -> None:
+        try:
+            await worker.run(stop)
+        except BrokerAuthError as exc:
+            failure.append(exc)
+
+    run_with_signals(main)
+    if failure:
+        print(
+            f"fleet-worker: {failure[0]}\nCheck FARM_WORKER_ID and FARM_API_KEY "
+            "(`llama-farm workers rotate ID` issues a new key).",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fleet-worker", description=__doc__)
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The worker's composition root: connection, presence, jobs, and a graceful stop."""
+
+import asyncio
+import contextlib
+import logging
+
+import aiomqtt
+
+from farm_protocol import topics
+from farm_protocol.broker import Outbox, make_client, serve_session, stay_connected
+from farm_protocol.codec import CONTROL, adapter_for, decode, encode, preview
+from farm_protocol.errors import ProtocolError
+from farm_protocol.ids import check_id, new_session_id
+from farm_protocol.models import normalize_model
+from farm_protocol.payloads import (
+    Drain,
+    JobAssignment,
+    JobCancel,
+    JobFailed,
+    RunningJob,
+    WorkerState,
+)
+from fleet_worker.job_runner import JobRunner
+from fleet_worker.llm import Inventory, LlmError, OllamaBackend
+from fleet_worker.presence import heartbeat, last_will, served_models, status_payload
+from fleet_worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+_ASSIGNMENT = adapter_for(JobAssignment)
+
+
+class WorkerConfigError(Exception):
+    """The worker cannot start with these settings."""
+
+
+class FleetWorker:
+    def __init__(self, settings: WorkerSettings, *, drain_grace_s: float = 30.0) -> None:
+        if not settings.worker_id:
+            raise WorkerConfigError("FARM_WORKER_ID is not set (see `llama-farm workers add`)")
+        self.worker_id = check_id(settings.worker_id, "worker id")
+        self.settings = settings
+        self.drain_grace_s = drain_grace_s
+        self.backend = OllamaBackend(
+            settings.ollama_host,
+            first_token_timeout_s=settings.first_token_timeout_s,
+            token_timeout_s=settings.token_timeout_s,
+        )
+        self.outbox = Outbox()
+        self.runner = JobRunner(
+            self.worker_id, self.backend, self.outbox, settings, self._ensure_model
+        )
+        self.inventory: Inventory | None = None
+        self.unavailable_reason = "checking Ollama"
+        self.draining = False
+        self.session_id = ""
+        self.jobs: dict[str, tuple[int, asyncio.Task[bool]]] = {}
+        self.totals = {"succeeded": 0, "failed": 0, "handed_back": 0}
+        self._client: aiomqtt.Client | None = None
+        self._pull_lock = asyncio.Lock()
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state(self) -> WorkerState:
+        if self.draining:
+            return "draining"
+        return "unavailable" if self.unavailable_reason else "online"
+
+    def models(self) -> list[str]:
+        return served_models(self.settings.models, self.inventory)
+
+    async def publish_status(self) -> None:
+        """Publish the retained status now, if connected (each connect publishes it too)."""
+        client = self._client
+        if client is None:
+            return
+        status = status_payload(
+            self.worker_id,
+            self.session_id,
+            self.state(),
+            models=self.models(),
+            inventory=self.inventory,
+            capacity=self.settings.concurrency,
+            reason=self.unavailable_reason,
+        )
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                topics.worker_status(self.worker_id),
+                encode(status),
+                qos=topics.QOS_STATUS,
+                retain=True,
+            )
+
+    # --- the broker connection ----------------------------------------------------------
+
+    def _connect(self) -> aiomqtt.Client:
+        self.session_id = new_session_id()
+        return make_client(
+            self.settings.broker(),
+            identifier=f"worker-{self.worker_id}",
+            will=last_will(self.worker_id, self.session_id),
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        await self.publish_status()
+        beats = asyncio.create_task(self._heartbeats(client), name="heartbeats")
+        try:
+            await serve_session(
+                client,
+                subscriptions=[
+                    (topics.worker_assign(self.worker_id), topics.QOS_ASSIGN),
+                    (topics.worker_control(self.worker_id), topics.QOS_CONTROL),
+                ],
+                handle=self._handle,
+                outbox=self.outbox,
+            )
+        finally:
+            self._client = None
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+
+    async def _heartbeats(self, client: aiomqtt.Client) -> None:
+        seq = 0
+        while True:
+            running = [RunningJob(job_id=j, attempt=a) for j, (a, _) in self.jobs.items()]
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(
+                    topics.worker_heartbeat(self.worker_id),
+                    heartbeat(self.worker_id, self.session_id, seq, running),
+                    qos=topics.QOS_HEARTBEAT,
+                )
+            seq += 1
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        try:
+            if topic == topics.worker_assign(self.worker_id):
+                await self._on_assign(decode(_ASSIGNMENT, message.payload))
+            elif topic == topics.worker_control(self.worker_id):
+                await self._on_control(decode(CONTROL, message.payload))
+            else:
+                raise ProtocolError(f"unexpected topic {topic}")
+        except ProtocolError as exc:
+            log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def _refusal(self, job: JobAssignment) -> str | None:
+        if self.draining:
+            return "the worker is shutting down"
+        if self.unavailable_reason:
+            return self.unavailable_reason
+        if len(self.jobs) >= self.settings.concurrency:
+            return "the worker is at capacity"
+        if normalize_model(job.model) not in self.models():
+            return f"this worker does not serve {job.model}"
+        return None
+
+    async def _on_assign(self, job: JobAssignment) -> None:
+        if job.job_id in self.jobs:
+            return  # a QoS1 redelivery of a job we already run
+        reason = self._refusal(job)
+        if reason is not None:
+            log.info("refused job %s: %s", job.job_id, reason)
+            refusal = JobFailed(
+                job_id=job.job_id, attempt=job.attempt, reason=reason, retryable=True
+            )
+            await self.outbox.put(topics.job_events(self.worker_id, job.job_id), encode(refusal))
+            return
+        task = asyncio.create_task(self._run(job), name=f"job-{job.job_id}")
+        self.jobs[job.job_id] = (job.attempt, task)
+
+    async def _run(self, job: JobAssignment) -> bool:
+        try:
+            ok = await self.runner.run(job, self.session_id)
+        except asyncio.CancelledError:
+            self.totals["handed_back" if self.runner.stopping else "failed"] += 1
+            raise
+        finally:
+            self.jobs.pop(job.job_id, None)
+        self.totals["succeeded" if ok else "failed"] += 1
+        return ok
+
+    async def _on_control(self, command: JobCancel | Drain) -> None:
+        match command:
+            case JobCancel():
+                entry = self.jobs.get(command.job_id)
+                if entry is not None and entry[0] == command.attempt:
+                    log.info("cancelling job %s: %s", command.job_id, command.reason)
+                    entry[1].cancel()
+            case Drain():
+                log.info("drain requested: %s", command.reason)
+                self.draining = True
+                await self.publish_status()
+
+    async def _ensure_model(self, model: str) -> None:
+        """Pull a configured model Ollama does not have yet (as the original did)."""
+        wanted = normalize_model(model)
+        if self.inventory is not None and wanted in self.inventory.models:
+            return
+        if not self.settings.pull_missing:
+            raise LlmError(f"{model} is not pulled on this worker", retryable=True)
+        async with self._pull_lock:
+            await self.backend.pull(model)
+            self.inventory = await self.backend.inventory()
+
+    # --- Ollama inventory ----------------------------------------------------------------
+
+    async def _watch_ollama(self) -> None:
+        while True:
+            before = (self.inventory, self.unavailable_reason)
+            try:
+                self.inventory = await self.backend.inventory()
+                self.unavailable_reason = ""
+            except LlmError as exc:
+                if not self.unavailable_reason or self.unavailable_reason == "checking Ollama":
+                    log.warning("worker unavailable: %s", exc.reason)
+                self.unavailable_reason = exc.reason
+            if (self.inventory, self.unavailable_reason) != before:
+                await self.publish_status()
+            await asyncio.sleep(2.0 if self.unavailable_reason else self.settings.inventory_s)
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop``; then drain: no new jobs, running ones get a grace period,
+        the rest are reported failed so the coordinator can retry them elsewhere."""
+        mqtt = asyncio.create_task(
+            stay_connected(self._connect, self._session, name=f"worker {self.worker_id}"),
+            name="mqtt",
+        )
+        ollama_watch = asyncio.create_task(self._watch_ollama(), name="ollama-watch")
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait(
+            {mqtt, ollama_watch, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
+        try:
+            if stopper in done:
+                await self._drain()
+        finally:
+            for task in (mqtt, ollama_watch, stopper):
+                task.cancel()
+            results = await asyncio.gather(mqtt, ollama_watch, return_exceptions=True)
+            await self.backend.close()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        t = self.totals
+        log.info(
+            "worker %s stopped: %d succeeded, %d failed, %d handed back",
+            self.worker_id,
+            t["succeeded"],
+            t["failed"],
+            t["handed_back"],
+        )
+
+    async def _drain(self) -> None:
+        self.draining = True
+        await self.publish_status()
+        running = [task for _, task in self.jobs.values()]
+        if running:
+            log.info(
+                "draining: waiting up to %.0fs for %d job(s)", self.drain_grace_s, len(running)
+            )
+            await asyncio.wait(running, timeout=self.drain_grace_s)
+        self.runner.stopping = True
+        leftovers = [task for _, task in self.jobs.values()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        await self._say_goodbye()
+
+    async def _say_goodbye(self, timeout_s: float = 3.0) -> None:
+        """Deliver what is queued, then a retained 'offline' for this session."""
+        if self._client is not None:
+            await self.outbox.drained(timeout_s)
+        client = self._client
+        if client is not None:
+            death = status_payload(
+                self.worker_id,
+                self.session_id,
+                "offline",
+                models=[],
+                inventory=None,
+                capacity=0,
+                reason="stopped",
+            )
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(
+                    topics.worker_status(self.worker_id),
+                    encode(death),
+                    qos=topics.QOS_STATUS,
+                    retain=True,
+                )

@@ -1,0 +1,41 @@
+"""Worker settings: environment (prefix ``FARM_``), ``.env``, or a config file."""
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm_protocol.broker import BrokerSettings
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FARM_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
+
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    broker_ca_file: str | None = None
+    worker_id: str = ""
+    api_key: SecretStr = SecretStr("")
+    ollama_host: str = Field(
+        default="http://127.0.0.1:11434",
+        validation_alias=AliasChoices("FARM_OLLAMA_HOST", "OLLAMA_HOST"),
+    )
+    # Models this machine serves; empty means every model Ollama has pulled.
+    models: list[str] = []
+    # Pull a configured model that Ollama does not have yet when a job asks for it.
+    pull_missing: bool = True
+    concurrency: int = Field(default=1, ge=1, le=64)  # match OLLAMA_NUM_PARALLEL
+    heartbeat_s: float = 2.0
+    inventory_s: float = 30.0  # how often the model inventory is refreshed
+    # A chunk goes out at a sentence delimiter, at this many characters, or after this long.
+    chunk_max_delay_ms: float = 50.0
+    chunk_max_chars: int = 100
+    first_token_timeout_s: float = 300.0  # includes loading a model into memory
+    token_timeout_s: float = 60.0
+
+    def broker(self) -> BrokerSettings:
+        return BrokerSettings(
+            url=self.broker_url,
+            username=self.worker_id or None,
+            password=self.api_key if self.api_key.get_secret_value() else None,
+            ca_file=self.broker_ca_file,
+        )

@@ -1,0 +1,157 @@
+"""``llama-farm``: one command for every part of the farm.
+
+Each subcommand imports only what it needs, so ``llama-farm worker`` runs on a machine
+that installed only ``llama-farm[worker]``.
+"""
+
+import argparse
+import asyncio
+import sys
+
+from farm_protocol.lifecycle import run_with_signals
+from farm_protocol.logs import configure_logging
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from coordinator.service import Coordinator
+    from coordinator.settings import CoordinatorSettings
+
+    settings = CoordinatorSettings()
+    if not settings.service_token.get_secret_value():
+        print(
+            "llama-farm coordinator: set FARM_SERVICE_TOKEN (shared with the webapp)",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def main(stop: asyncio.Event) -> None:
+        await Coordinator(settings).run(stop)
+
+    run_with_signals(main)
+    return 0
+
+
+def _webapp(args: argparse.Namespace) -> int:
+    from webapp.service import Webapp
+    from webapp.settings import WebappSettings
+
+    settings = WebappSettings()
+
+    async def main(stop: asyncio.Event) -> None:
+        await Webapp(settings).run(stop)
+
+    run_with_signals(main)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from fleet_worker import cli
+
+    return cli.run(args)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from coordinator import workers_admin
+    from coordinator.settings import CoordinatorSettings
+
+    return workers_admin.run(args, CoordinatorSettings())
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from farm_protocol.http_serving import serve_app
+    from llama_farm.ollama_sim.app import create_sim_app
+    from llama_farm.ollama_sim.settings import SimSettings
+
+    overrides = {
+        k: v for k, v in vars(args).items() if k in SimSettings.model_fields and v is not None
+    }
+    settings = SimSettings(**overrides)
+    print(
+        f"Ollama simulator on http://{settings.host}:{settings.port} "
+        f"(reply={settings.reply}, {settings.tokens_per_s} tokens/s)",
+        flush=True,
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        await serve_app(create_sim_app(settings), settings.host, settings.port, stop)
+
+    run_with_signals(main)
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from llama_farm.dev import DevOptions, run_dev
+
+    options = DevOptions(
+        port=args.port,
+        llm=args.llm,
+        data_dir=args.data_dir,
+        broker_port=args.broker_port,
+        host=args.host,
+    )
+    return run_dev(options)
+
+
+def _workers_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="register a worker and print its key (once)")
+    add.add_argument("--name", required=True, help='a human name, e.g. "laptop A"')
+    add.add_argument("--id", dest="worker_id", help="the worker id (default: from the name)")
+    sub.add_parser("list", help="list workers")
+    rotate = sub.add_parser("rotate", help="issue a new key; the old one stops working")
+    rotate.add_argument("worker_id")
+    revoke = sub.add_parser("revoke", help="revoke a worker for good")
+    revoke.add_argument("worker_id")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fleet_worker import cli as worker_cli
+
+    parser = argparse.ArgumentParser(prog="llama-farm", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="the whole farm in one process (embedded broker, SQLite)")
+    dev.add_argument("--port", type=int, default=8000, help="chat web port (default 8000)")
+    dev.add_argument("--host", default="127.0.0.1", help="chat web address (default 127.0.0.1)")
+    dev.add_argument(
+        "--llm",
+        choices=["auto", "sim", "ollama"],
+        default="auto",
+        help="auto: Ollama if it answers at OLLAMA_HOST, else the simulator",
+    )
+    dev.add_argument("--data-dir", default=".farm", help="where the SQLite file lives")
+    dev.add_argument("--broker-port", type=int, default=0, help="embedded broker port (0: free)")
+    dev.set_defaults(func=_dev)
+
+    sub.add_parser("coordinator", help="run the coordinator").set_defaults(func=_coordinator)
+    sub.add_parser("webapp", help="run the chat webapp").set_defaults(func=_webapp)
+    worker = sub.add_parser("worker", help="run a fleet worker (same as fleet-worker)")
+    worker_cli.add_arguments(worker)
+    worker.set_defaults(func=_worker)
+
+    workers = sub.add_parser("workers", help="add, list, rotate or revoke worker keys")
+    _workers_arguments(workers)
+    workers.set_defaults(func=_workers)
+
+    sim = sub.add_parser("sim-ollama", help="run the Ollama-API-compatible simulator")
+    sim.add_argument("--host")
+    sim.add_argument("--port", type=int)
+    sim.add_argument("--reply", choices=["lorem", "echo"])
+    sim.add_argument("--tokens-per-s", dest="tokens_per_s", type=float)
+    sim.add_argument("--ttft-ms", dest="ttft_ms", type=float)
+    sim.add_argument("--reply-tokens", dest="reply_tokens", type=int)
+    sim.add_argument("--fault", choices=["none", "http_error", "error_mid_stream", "hang"])
+    sim.set_defaults(func=_sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The webapp's HTTP routes and the per-thread websocket."""
+
+import asyncio
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, Response, g, request, send_from_directory, websocket
+
+from farm_protocol.chat import MessageView, ThreadSnapshot
+from farm_protocol.errors import TopicError
+from farm_protocol.ids import check_id
+from webapp.bridge import Bridge, Subscriber
+from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
+from webapp.settings import WebappSettings
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "farm_session"
+RELOAD_CLOSE_CODE = 4000  # "you fell behind: reconnect and resync"
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(json.dumps({"error": message}), status=status, content_type="application/json")
+
+
+def create_app(settings: WebappSettings, bridge: Bridge, coordinator: CoordinatorClient) -> Quart:
+    app = Quart("webapp", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+
+    @app.before_request
+    async def _session() -> None:
+        token = request.cookies.get(COOKIE, "")
+        g.new_session = len(token) < 32
+        g.session = secrets.token_urlsafe(32) if g.new_session else token
+
+    @app.after_request
+    async def _set_cookie(response: Response) -> Response:
+        if getattr(g, "new_session", False):
+            response.set_cookie(
+                COOKIE,
+                g.session,
+                max_age=365 * 86400,
+                httponly=True,
+                samesite="Lax",
+                secure=settings.cookie_secure,
+            )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.get("/")
+    @app.get("/t/<thread_id>")
+    async def index(thread_id: str | None = None) -> Response:
+        response = await send_from_directory(STATIC, "index.html")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        )
+        return response
+
+    @app.get("/static/<path:name>")
+    async def static_file(name: str) -> Response:
+        return await send_from_directory(STATIC, name)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def forward(method: str, path: str, body: Any = None) -> Response:
+        try:
+            upstream = await coordinator.request(method, path, g.session, body)
+        except CoordinatorUnavailable:
+            return _error(503, "the chat service is unavailable; try again shortly")
+        response = Response(
+            upstream.content, status=upstream.status_code, content_type="application/json"
+        )
+        if "Retry-After" in upstream.headers:
+            response.headers["Retry-After"] = upstream.headers["Retry-After"]
+        return response
+
+    async def json_body() -> Any:
+        data = await request.get_json(force=True, silent=True)
+        return data if isinstance(data, dict) else {}
+
+    @app.get("/api/me")
+    async def me() -> Response:
+        return await forward("GET", "/me")
+
+    @app.get("/api/models")
+    async def models() -> Response:
+        return await forward("GET", "/models")
+
+    @app.get("/api/threads")
+    async def threads() -> Response:
+        return await forward("GET", "/threads")
+
+    @app.post("/api/threads")
+    async def create_thread() -> Response:
+        return await forward("POST", "/threads", await json_body())
+
+    @app.get("/api/threads/<thread_id>")
+    async def thread(thread_id: str) -> Response:
+        return await forward("GET", f"/threads/{_id(thread_id)}")
+
+    @app.post("/api/threads/<thread_id>/messages")
+    async def send(thread_id: str) -> Response:
+        return await forward("POST", f"/threads/{_id(thread_id)}/messages", await json_body())
+
+    @app.errorhandler(TopicError)
+    async def _bad_id(exc: TopicError) -> Response:
+        return _error(404, str(exc))
+
+    @app.errorhandler(413)
+    async def _too_large(_: Exception) -> Response:
+        return _error(413, f"request larger than {settings.max_request_bytes} bytes")
+
+    @app.websocket("/ws/threads/<thread_id>")
+    async def thread_socket(thread_id: str) -> None:
+        await ThreadSocket(bridge, coordinator, _id(thread_id), g.session).serve()
+
+    return app
+
+
+def _id(thread_id: str) -> str:
+    return check_id(thread_id, "thread id")
+
+
+class ThreadSocket:
+    """One browser watching one thread: the snapshot, then live events, with no gap and
+    no duplicate (chunks are filtered by sequence number per job attempt)."""
+
+    def __init__(
+        self, bridge: Bridge, coordinator: CoordinatorClient, thread_id: str, session: str
+    ) -> None:
+        self.bridge = bridge
+        self.coordinator = coordinator
+        self.thread_id = thread_id
+        self.session = session
+        self.sent: dict[str, tuple[int, int]] = {}  # job_id -> (attempt, last seq sent)
+
+    async def serve(self) -> None:
+        sub = self.bridge.subscribe(self.thread_id)  # before the snapshot: nothing is missed
+        try:
+            snapshot = await self._snapshot()
+            if snapshot is None:
+                await websocket.close(4004, "no such thread")
+                return
+            await self._send({"type": "snapshot", **snapshot.model_dump(mode="json")})
+            for message in snapshot.messages:
+                await self._catch_up(message)
+            await self._live(sub)
+        finally:
+            self.bridge.unsubscribe(sub)
+
+    async def _snapshot(self) -> ThreadSnapshot | None:
+        try:
+            return await self.coordinator.snapshot(self.thread_id, self.session)
+        except CoordinatorUnavailable:
+            await websocket.close(1013, "the chat service is unavailable")
+            return None
+
+    async def _live(self, sub: Subscriber) -> None:
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), timeout=1.0)
+            except TimeoutError:
+                if sub.lagging:
+                    await websocket.close(RELOAD_CLOSE_CODE, "fell behind")
+                    return
+                continue
+            if event["type"] == "chunk":
+                await self._chunk(event)
+            else:
+                await self._send(event)
+                message = MessageView.model_validate(event["message"])
+                await self._catch_up(message)
+            if sub.lagging and sub.queue.empty():
+                await websocket.close(RELOAD_CLOSE_CODE, "fell behind")
+                return
+
+    async def _catch_up(self, message: MessageView) -> None:
+        """Send the bridge's buffered chunks this browser has not seen for ``message``."""
+        if not message.job_id or message.state.final:
+            return
+        self.bridge.watch_job(message.job_id, self.thread_id)
+        attempt = self.bridge.attempt_of(message.job_id)
+        sent_attempt, sent_seq = self.sent.get(message.job_id, (attempt, -1))
+        after = max(message.content_seq, sent_seq if sent_attempt == attempt else -1)
+        if message.content_seq >= 0:
+            self.sent[message.job_id] = (attempt, after)
+        for event in self.bridge.chunks_after(message.job_id, attempt, after):
+            await self._chunk(event)
+
+    async def _chunk(self, event: dict[str, Any]) -> None:
+        job_id, attempt, seq = event["job_id"], event["attempt"], event["seq"]
+        sent_attempt, sent_seq = self.sent.get(job_id, (attempt, -1))
+        if attempt < sent_attempt or (attempt == sent_attempt and seq <= sent_seq):
+            return
+        self.sent[job_id] = (attempt, seq)
+        await self._send(event)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await websocket.send(json.dumps(event))

@@ -1,0 +1,168 @@
+"""From MQTT to browsers: one subscription set per process, fanned out to many websockets
+through bounded queues. A slow browser never stalls the others: when its queue is full it
+is told to reload (and then gets the text so far and continues live)."""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from farm_protocol import topics
+from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
+from farm_protocol.errors import ProtocolError
+from farm_protocol.payloads import JobChunk, JobDone, JobFailed, MessageEvent
+from farm_protocol.version import TOPIC_ROOT
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = [
+    (topics.ALL_JOB_EVENTS, topics.QOS_JOB_EVENTS),
+    (topics.ALL_THREAD_EVENTS, topics.QOS_THREAD_EVENTS),
+]
+_MESSAGE_EVENT = adapter_for(MessageEvent)
+_KEEP_ENDED_S = 120.0
+_MAX_CHARS_PER_JOB = 2_000_000
+
+Event = dict[str, Any]
+
+
+@dataclass(slots=True)
+class JobStream:
+    """The chunks of a job's current attempt this process has seen."""
+
+    thread_id: str | None = None
+    attempt: int = 0
+    chunks: dict[int, str] = field(default_factory=dict)
+    chars: int = 0
+    ended_at: float | None = None
+
+
+class Subscriber:
+    def __init__(self, thread_id: str, size: int) -> None:
+        self.thread_id = thread_id
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(size)
+        self.lagging = False
+
+    def offer(self, event: Event) -> None:
+        if self.lagging:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagging = True
+            log.info("a browser on thread %s fell behind; asking it to reload", self.thread_id)
+
+
+class Bridge:
+    def __init__(self, queue_size: int) -> None:
+        self.queue_size = queue_size
+        self._threads: dict[str, set[Subscriber]] = {}
+        self._jobs: dict[str, JobStream] = {}
+        self._next_evict = 0.0
+
+    # --- browsers ------------------------------------------------------------------------
+
+    def subscribe(self, thread_id: str) -> Subscriber:
+        sub = Subscriber(thread_id, self.queue_size)
+        self._threads.setdefault(thread_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._threads.get(sub.thread_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._threads[sub.thread_id]
+
+    def watch_job(self, job_id: str, thread_id: str) -> None:
+        self._jobs.setdefault(job_id, JobStream()).thread_id = thread_id
+
+    def chunks_after(self, job_id: str, attempt: int, seq: int) -> list[Event]:
+        """Chunks of ``attempt`` with a sequence number above ``seq``, in order."""
+        stream = self._jobs.get(job_id)
+        if stream is None or stream.attempt != attempt:
+            return []
+        return [
+            _chunk_event(job_id, attempt, s, stream.chunks[s])
+            for s in sorted(stream.chunks)
+            if s > seq
+        ]
+
+    def attempt_of(self, job_id: str) -> int:
+        stream = self._jobs.get(job_id)
+        return stream.attempt if stream else 0
+
+    # --- MQTT ----------------------------------------------------------------------------
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        try:
+            if topic.startswith(TOPIC_ROOT + "/threads/"):
+                thread_id = topics.parse_thread_topic(topic)
+                event = decode(_MESSAGE_EVENT, message.payload)
+                if event.message.thread_id != thread_id:
+                    raise ProtocolError("payload thread differs from topic thread")
+                self._on_message(event)
+            else:
+                where = topics.parse_worker_topic(topic)
+                job_event = decode(JOB_EVENT, message.payload)
+                if where.leaf != "jobs" or job_event.job_id != where.job_id:
+                    raise ProtocolError("payload job differs from topic job")
+                if isinstance(job_event, JobChunk):
+                    self._on_chunk(job_event)
+                elif isinstance(job_event, JobDone | JobFailed):
+                    self._jobs.setdefault(job_event.job_id, JobStream()).ended_at = time.time()
+        except ProtocolError as exc:
+            log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
+        self._evict()
+
+    def _on_message(self, event: MessageEvent) -> None:
+        view = event.message
+        if view.job_id:
+            stream = self._jobs.setdefault(view.job_id, JobStream())
+            stream.thread_id = view.thread_id
+            if view.state.final:
+                stream.ended_at = stream.ended_at or time.time()
+        self._fan_out(view.thread_id, {"type": "message", "message": view.model_dump(mode="json")})
+
+    def _on_chunk(self, chunk: JobChunk) -> None:
+        stream = self._jobs.setdefault(chunk.job_id, JobStream())
+        if chunk.attempt < stream.attempt:
+            return  # a late chunk from an earlier attempt
+        if chunk.attempt > stream.attempt:
+            stream.attempt, stream.chunks, stream.chars, stream.ended_at = (
+                chunk.attempt,
+                {},
+                0,
+                None,
+            )
+        if chunk.seq in stream.chunks:
+            return  # QoS1 redelivery
+        if stream.chars + len(chunk.text) <= _MAX_CHARS_PER_JOB:
+            stream.chunks[chunk.seq] = chunk.text
+            stream.chars += len(chunk.text)
+        if stream.thread_id is not None:
+            self._fan_out(
+                stream.thread_id, _chunk_event(chunk.job_id, chunk.attempt, chunk.seq, chunk.text)
+            )
+
+    def _fan_out(self, thread_id: str, event: Event) -> None:
+        for sub in self._threads.get(thread_id, ()):
+            sub.offer(event)
+
+    def _evict(self) -> None:
+        now = time.time()
+        if now < self._next_evict:
+            return
+        self._next_evict = now + 5.0
+        cutoff = now - _KEEP_ENDED_S
+        stale = [j for j, s in self._jobs.items() if s.ended_at is not None and s.ended_at < cutoff]
+        for job_id in stale:
+            del self._jobs[job_id]
+
+
+def _chunk_event(job_id: str, attempt: int, seq: int, text: str) -> Event:
+    return {"type": "chunk", "job_id": job_id, "attempt": attempt, "seq": seq, "text": text}

@@ -1,0 +1,54 @@
+"""The webapp's composition root."""
+
+import asyncio
+import logging
+import secrets
+
+import aiomqtt
+
+from farm_protocol.broker import make_client, serve_session, stay_connected
+from farm_protocol.http_serving import serve_app
+from farm_protocol.lifecycle import run_until_stopped
+from webapp.app import create_app
+from webapp.bridge import SUBSCRIPTIONS, Bridge
+from webapp.coordinator_client import CoordinatorClient
+from webapp.settings import WebappSettings
+
+log = logging.getLogger(__name__)
+
+
+class Webapp:
+    def __init__(self, settings: WebappSettings) -> None:
+        self.settings = settings
+        self.bridge = Bridge(settings.ws_queue_size)
+        self.coordinator = CoordinatorClient(
+            settings.coordinator_url, settings.service_token.get_secret_value()
+        )
+        self.app = create_app(settings, self.bridge, self.coordinator)
+
+    async def _mqtt(self) -> None:
+        # A unique client id per process: several webapps can run side by side.
+        identifier = f"webapp-{secrets.token_hex(4)}"
+
+        def connect() -> aiomqtt.Client:
+            return make_client(self.settings.broker, identifier=identifier)
+
+        async def session(client: aiomqtt.Client) -> None:
+            await serve_session(client, subscriptions=SUBSCRIPTIONS, handle=self.bridge.handle)
+
+        await stay_connected(connect, session, name="webapp")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await run_until_stopped(
+                {
+                    "mqtt": self._mqtt(),
+                    "http": serve_app(
+                        self.app, self.settings.web_host, self.settings.web_port, stop
+                    ),
+                },
+                stop,
+            )
+        finally:
+            await self.coordinator.close()
+            log.info("webapp stopped")

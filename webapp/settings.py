@@ -1,0 +1,21 @@
+"""Webapp settings (prefix ``FARM_``)."""
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm_protocol.broker import BrokerSettings
+
+
+class WebappSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FARM_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
+
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    coordinator_url: str = "http://127.0.0.1:8700"
+    service_token: SecretStr = Field(default=SecretStr(""))
+    broker: BrokerSettings = BrokerSettings()
+    cookie_secure: bool = False  # set true behind TLS
+    ws_queue_size: int = 2000  # events buffered per browser before it is told to reload
+    max_request_bytes: int = 1_048_576

@@ -1,0 +1,226 @@
+"use strict";
+// The chat page: REST for actions, one websocket per open thread for live updates.
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const STATE_LABEL = {
+    queued: "waiting for a llama…",
+    generating: "",
+    done: "",
+    failed: "I have failed you",
+    timed_out: "timed out",
+    cancelled: "stopped",
+  };
+  const app = { threadId: null, socket: null, messages: new Map(), pending: new Map(),
+                retryMs: 250, models: null };
+
+  function threadFromPath() {
+    const m = location.pathname.match(/^\/t\/([A-Za-z0-9_.-]+)$/);
+    return m ? m[1] : null;
+  }
+
+  async function api(method, path, body) {
+    const response = await fetch(path, {
+      method, headers: body ? { "Content-Type": "application/json" } : {},
+      body: body ? JSON.stringify(body) : undefined, credentials: "same-origin",
+    });
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    if (!response.ok) {
+      const error = new Error((data && data.error) || response.statusText);
+      error.status = response.status;
+      error.retryAfter = data && data.retry_after_s;
+      throw error;
+    }
+    return data;
+  }
+
+  function notice(text) { $("notice").textContent = text || ""; }
+
+  // --- rendering -------------------------------------------------------------------------
+
+  function nearBottom() {
+    const box = $("messages");
+    return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  }
+
+  function render(message) {
+    let el = document.querySelector(`[data-id="${message.message_id}"]`);
+    const stick = nearBottom();
+    if (!el) {
+      el = document.createElement("article");
+      el.dataset.id = message.message_id;
+      el.innerHTML = '<div class="who"></div><div class="body"></div><div class="state"></div>';
+      $("messages").appendChild(el);
+    }
+    el.className = `msg ${message.role} ${message.state}`;
+    el.dataset.state = message.state;
+    el.querySelector(".who").textContent = message.role === "assistant"
+      ? `🦙 ${message.model || message.author}` : message.author;
+    const body = el.querySelector(".body");
+    body.innerHTML = window.renderMarkdown(message.content);
+    body.classList.toggle("cursor", message.state === "generating");
+    let label = STATE_LABEL[message.state] || "";
+    if (message.error && message.state !== "done") label += `: ${message.error}`;
+    el.querySelector(".state").textContent = label;
+    if (stick) $("messages").scrollTop = $("messages").scrollHeight;
+  }
+
+  function upsert(message) {
+    const known = app.messages.get(message.message_id);
+    // Keep streamed text that is ahead of a (batched) server copy while still generating.
+    if (known && message.state === "generating" && known.content_seq > message.content_seq) {
+      message = Object.assign({}, message, { content: known.content, content_seq: known.content_seq });
+    }
+    app.messages.set(message.message_id, message);
+    render(message);
+  }
+
+  function isFinal(state) { return !["queued", "generating"].includes(state); }
+
+  function applyChunk(event) {
+    const message = [...app.messages.values()].find((m) => m.job_id === event.job_id);
+    if (!message || isFinal(message.state)) return;
+    if (message.attempt !== undefined && event.attempt > message.attempt) {
+      message.content = ""; message.content_seq = -1;
+    }
+    message.attempt = event.attempt;
+    const pending = app.pending.get(event.job_id) || new Map();
+    pending.set(event.seq, event.text);
+    app.pending.set(event.job_id, pending);
+    while (pending.has(message.content_seq + 1)) {
+      message.content += pending.get(message.content_seq + 1);
+      pending.delete(message.content_seq + 1);
+      message.content_seq += 1;
+    }
+    for (const seq of pending.keys()) if (seq <= message.content_seq) pending.delete(seq);
+    message.state = "generating";
+    render(message);
+  }
+
+  // --- live updates ----------------------------------------------------------------------
+
+  function connect(threadId) {
+    if (app.socket) { app.socket.onclose = null; app.socket.close(); }
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws/threads/${threadId}`);
+    app.socket = socket;
+    socket.onopen = () => { app.retryMs = 250; };
+    socket.onmessage = (raw) => {
+      const event = JSON.parse(raw.data);
+      if (event.type === "snapshot") {
+        $("messages").innerHTML = ""; app.messages.clear(); app.pending.clear();
+        $("thread-title").textContent = event.thread.title;
+        event.messages.forEach(upsert);
+        $("messages").scrollTop = $("messages").scrollHeight;
+      } else if (event.type === "message") {
+        upsert(event.message);
+        if (event.message.role === "user") loadThreads();
+      } else if (event.type === "chunk") {
+        applyChunk(event);
+      }
+    };
+    socket.onclose = (e) => {
+      if (app.threadId !== threadId) return;
+      if (e.code === 4004) { notice("This chat does not exist."); return; }
+      const delay = e.code === 4000 ? 0 : app.retryMs;
+      app.retryMs = Math.min(app.retryMs * 2, 10000);
+      setTimeout(() => { if (app.threadId === threadId) connect(threadId); }, delay);
+    };
+  }
+
+  function openThread(threadId) {
+    app.threadId = threadId;
+    $("messages").innerHTML = "";
+    app.messages.clear();
+    $("system-box").hidden = !!threadId;
+    document.querySelectorAll("#threads a").forEach((a) =>
+      a.classList.toggle("active", a.dataset.id === threadId));
+    if (threadId) connect(threadId);
+    else { $("thread-title").textContent = "New chat"; if (app.socket) app.socket.close(); }
+  }
+
+  // --- data ------------------------------------------------------------------------------
+
+  async function loadThreads() {
+    const threads = await api("GET", "/api/threads");
+    const nav = $("threads");
+    nav.innerHTML = "";
+    for (const t of threads) {
+      const a = document.createElement("a");
+      a.href = `/t/${t.thread_id}`;
+      a.dataset.id = t.thread_id;
+      a.textContent = t.title;
+      a.title = t.description;
+      if (t.thread_id === app.threadId) a.classList.add("active");
+      a.onclick = (e) => { e.preventDefault(); history.pushState({}, "", a.href); openThread(t.thread_id); };
+      nav.appendChild(a);
+    }
+  }
+
+  async function loadModels() {
+    const fleet = await api("GET", "/api/models");
+    const select = $("model");
+    const chosen = select.value;
+    const names = fleet.models.length ? fleet.models : [];
+    if (JSON.stringify(names) !== JSON.stringify(app.models)) {
+      select.innerHTML = "";
+      for (const name of names) {
+        const option = document.createElement("option");
+        option.value = name; option.textContent = name;
+        select.appendChild(option);
+      }
+      if (names.includes(chosen)) select.value = chosen;
+      app.models = names;
+    }
+    $("sim-banner").hidden = !fleet.simulated;
+    const warn = $("fleet-banner");
+    warn.hidden = fleet.workers_online > 0;
+    warn.textContent = "No workers are online right now: messages wait in the queue until one connects.";
+  }
+
+  async function send(event) {
+    event.preventDefault();
+    const text = $("input").value.trim();
+    if (!text) return;
+    $("send").disabled = true;
+    notice("");
+    try {
+      if (!app.threadId) {
+        const thread = await api("POST", "/api/threads", { system_prompt: $("system-prompt").value });
+        history.pushState({}, "", `/t/${thread.thread_id}`);
+        openThread(thread.thread_id);
+      }
+      const model = $("model").value || null;
+      const sent = await api("POST", `/api/threads/${app.threadId}/messages`, { text, model });
+      upsert(sent.user_message);
+      upsert(sent.reply);
+      $("input").value = "";
+      loadThreads();
+    } catch (e) {
+      const wait = e.retryAfter ? ` You can try again in ${Math.ceil(e.retryAfter)} s.` : "";
+      notice(`${e.message}.${wait}`);
+    } finally {
+      $("send").disabled = false;
+    }
+  }
+
+  async function start() {
+    $("composer").addEventListener("submit", send);
+    $("input").addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
+    });
+    $("new-chat").onclick = () => { history.pushState({}, "", "/"); openThread(null); };
+    $("toggle-sidebar").onclick = () => document.body.classList.toggle("show-sidebar");
+    window.addEventListener("popstate", () => openThread(threadFromPath()));
+    try {
+      const me = await api("GET", "/api/me");
+      $("identity").textContent = `You are ${me.name}`;
+      await Promise.all([loadModels(), loadThreads()]);
+    } catch (e) {
+      notice(`Cannot reach the farm: ${e.message}`);
+    }
+    openThread(threadFromPath());
+    setInterval(() => loadModels().catch(() => {}), 5000);
+  }
+  start();
+})();
