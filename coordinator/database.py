@@ -37,7 +37,6 @@ def open_database(url: str) -> pw.Database:
             password=parts.password,
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 5432,
-            autorollback=True,
         )
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file or postgresql://...")
 

@@ -26,15 +26,15 @@ class SchemaInfo(_Base):
 class User(_Base):
     id = pw.CharField(primary_key=True, max_length=32)
     name = pw.CharField(max_length=64)
-    created_at = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
 
 
 class BrowserSession(_Base):
     # sha256 of the cookie value: a database leak does not leak live sessions.
     token_hash = pw.CharField(primary_key=True, max_length=64)
     user = pw.ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
-    created_at = pw.FloatField(default=now)
-    last_seen = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
+    last_seen = pw.DoubleField(default=now)
 
 
 class Thread(_Base):
@@ -42,14 +42,14 @@ class Thread(_Base):
     title = pw.CharField(max_length=200, default="New chat")
     description = pw.TextField(default="")
     created_by = pw.ForeignKeyField(User, backref="threads_created", on_delete="CASCADE")
-    created_at = pw.FloatField(default=now)
-    updated_at = pw.FloatField(default=now, index=True)
+    created_at = pw.DoubleField(default=now)
+    updated_at = pw.DoubleField(default=now, index=True)
 
 
 class ThreadMember(_Base):
     thread = pw.ForeignKeyField(Thread, backref="members", on_delete="CASCADE")
     user = pw.ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
-    joined_at = pw.FloatField(default=now)
+    joined_at = pw.DoubleField(default=now)
 
     class Meta:
         indexes = ((("thread", "user"), True),)
@@ -59,12 +59,12 @@ class Worker(_Base):
     id = pw.CharField(primary_key=True, max_length=64)
     name = pw.CharField(max_length=200)
     key_hash = pw.CharField(max_length=300)
-    created_at = pw.FloatField(default=now)
-    revoked_at = pw.FloatField(null=True)
+    created_at = pw.DoubleField(default=now)
+    revoked_at = pw.DoubleField(null=True)
     # Presence, from the worker's retained status and heartbeats.
     session_id = pw.CharField(max_length=64, default="")
     state = pw.CharField(max_length=16, default="offline")
-    last_seen = pw.FloatField(null=True)
+    last_seen = pw.DoubleField(null=True)
     models = pw.TextField(default="[]")  # JSON list of normalised names
     loaded_models = pw.TextField(default="[]")
     capacity = pw.IntegerField(default=1)
@@ -85,8 +85,8 @@ class Message(_Base):
     model = pw.CharField(max_length=200, null=True)
     job_id = pw.CharField(max_length=32, null=True)
     error = pw.TextField(null=True)
-    created_at = pw.FloatField(default=now)
-    updated_at = pw.FloatField(default=now)
+    created_at = pw.DoubleField(default=now)
+    updated_at = pw.DoubleField(default=now)
 
     class Meta:
         indexes = ((("thread", "created_at"), False),)
@@ -106,12 +106,12 @@ class Job(_Base):
     worker_id = pw.CharField(max_length=64, null=True, index=True)
     chunks = pw.IntegerField(default=0)  # chunks applied for the current attempt
     error = pw.TextField(null=True)
-    created_at = pw.FloatField(default=now)
-    assigned_at = pw.FloatField(null=True)
-    accepted_at = pw.FloatField(null=True)
-    first_token_at = pw.FloatField(null=True)
-    last_token_at = pw.FloatField(null=True)
-    finished_at = pw.FloatField(null=True)
+    created_at = pw.DoubleField(default=now)
+    assigned_at = pw.DoubleField(null=True)
+    accepted_at = pw.DoubleField(null=True)
+    first_token_at = pw.DoubleField(null=True)
+    last_token_at = pw.DoubleField(null=True)
+    finished_at = pw.DoubleField(null=True)
 
     class Meta:
         indexes = ((("state", "created_at"), False),)

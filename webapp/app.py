@@ -119,7 +119,10 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
 
     @app.websocket("/ws/threads/<thread_id>")
     async def thread_socket(thread_id: str) -> None:
-        await ThreadSocket(bridge, coordinator, _id(thread_id), g.session).serve()
+        # Websockets skip before_request: the session comes from the handshake's cookie
+        # (a browser without one is an anonymous viewer with a throwaway identity).
+        session = websocket.cookies.get(COOKIE) or secrets.token_urlsafe(32)
+        await ThreadSocket(bridge, coordinator, _id(thread_id), session).serve()
 
     return app
 

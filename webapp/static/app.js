@@ -151,7 +151,10 @@
       a.dataset.id = t.thread_id;
       a.textContent = t.title;
       a.title = t.description;
-      if (t.thread_id === app.threadId) a.classList.add("active");
+      if (t.thread_id === app.threadId) {
+        a.classList.add("active");
+        $("thread-title").textContent = t.title;
+      }
       a.onclick = (e) => { e.preventDefault(); history.pushState({}, "", a.href); openThread(t.thread_id); };
       nav.appendChild(a);
     }

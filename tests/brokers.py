@@ -1,0 +1,180 @@
+"""Real brokers for tests: Mosquitto started from the project's own config on a free port
+in a temp dir (with dynamic security initialised), and the embedded amqtt broker."""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+
+from farm_protocol.broker import BrokerSettings
+from llama_farm.embedded_broker import embedded_broker
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_CONFIG = ROOT / "mosquitto" / "mosquitto.conf"
+CONTROL = "$CONTROL/dynamic-security/v1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class RunningBroker:
+    kind: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    admin_password: str | None = None
+
+    async def add_client(self, username: str, password: str) -> None:
+        """An account for a worker (full access under farm/ until per-worker roles)."""
+        if self.admin_password is not None:
+            await dynsec(self.port, self.admin_password, full_access_commands(username, password))
+
+    def settings(self) -> BrokerSettings:
+        from pydantic import SecretStr
+
+        return BrokerSettings(
+            url=f"mqtt://127.0.0.1:{self.port}",
+            username=self.username,
+            password=SecretStr(self.password) if self.password else None,
+        )
+
+
+def render_config(workdir: Path, port: int) -> Path:
+    """The project's config with this test's port and file locations."""
+    text = PROJECT_CONFIG.read_text()
+    text = re.sub(r"(?m)^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1", text)
+    text = re.sub(
+        r"(?m)^plugin_opt_config_file .*$",
+        f"plugin_opt_config_file {workdir / 'dynamic-security.json'}",
+        text,
+    )
+    text = re.sub(r"(?m)^persistence_location .*$", f"persistence_location {workdir}/", text)
+    assert f"listener {port}" in text, "the project config no longer has the expected listener"
+    path = workdir / "mosquitto.conf"
+    path.write_text(text)
+    return path
+
+
+async def _wait_port(port: int, timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+async def dynsec(port: int, admin_password: str, commands: list[dict[str, object]]) -> None:
+    """Send dynamic-security commands as the admin and check every reply succeeded."""
+    async with aiomqtt.Client(
+        "127.0.0.1", port, username="admin", password=admin_password, identifier="test-admin"
+    ) as client:
+        await client.subscribe(f"{CONTROL}/response", qos=1)
+        await client.publish(CONTROL, json.dumps({"commands": commands}), qos=1)
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            replies = json.loads(message.payload)["responses"]
+            errors = [r for r in replies if r.get("error")]
+            assert not errors, errors
+            return
+
+
+def full_access_commands(username: str, password: str) -> list[dict[str, object]]:
+    """A service account allowed everything under farm/ (until per-worker roles exist)."""
+    role = f"{username}-role"
+    acls: list[dict[str, object]] = [
+        {
+            "command": "addRoleACL",
+            "rolename": role,
+            "acltype": kind,
+            "topic": "farm/#",
+            "allow": True,
+        }
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
+    ]
+    return [
+        {"command": "createRole", "rolename": role},
+        *acls,
+        {
+            "command": "createClient",
+            "username": username,
+            "password": password,
+            "roles": [{"rolename": role}],
+        },
+    ]
+
+
+@asynccontextmanager
+async def mosquitto() -> AsyncIterator[RunningBroker]:
+    workdir = Path(tempfile.mkdtemp(prefix="farm-mosquitto-"))
+    port = free_port()
+    admin_password = uuid.uuid4().hex
+    subprocess.run(
+        [
+            "mosquitto_ctrl",
+            "dynsec",
+            "init",
+            str(workdir / "dynamic-security.json"),
+            "admin",
+            admin_password,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    if os.geteuid() == 0:  # Mosquitto drops to the mosquitto user: let it write its files
+        for path in (workdir, *workdir.iterdir()):
+            shutil.chown(path, "mosquitto", "mosquitto")
+    config = render_config(workdir, port)
+    process = subprocess.Popen(
+        ["mosquitto", "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        await _wait_port(port)
+        password = uuid.uuid4().hex
+        await dynsec(port, admin_password, full_access_commands("farm-test", password))
+        yield RunningBroker("mosquitto", port, "farm-test", password, admin_password)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def amqtt_broker() -> AsyncIterator[RunningBroker]:
+    port = free_port()
+    async with embedded_broker(port):
+        yield RunningBroker("amqtt", port)
+
+
+@asynccontextmanager
+async def broker_of(kind: str) -> AsyncIterator[RunningBroker]:
+    factory = mosquitto if kind == "mosquitto" else amqtt_broker
+    async with factory() as broker:
+        yield broker

@@ -1,0 +1,180 @@
+"""The farm in the test's own event loop: simulator, coordinator, webapp and workers on a
+real broker and a real SQLite file, talking over real MQTT and HTTP."""
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from pydantic import SecretStr
+
+from coordinator.service import Coordinator
+from coordinator.settings import CoordinatorSettings
+from farm_protocol.http_serving import serve_app
+from farm_protocol.lifecycle import run_services
+from fleet_worker.service import FleetWorker
+from fleet_worker.settings import WorkerSettings
+from llama_farm.ollama_sim.app import create_sim_app
+from llama_farm.ollama_sim.settings import SimSettings
+from tests.brokers import RunningBroker, free_port
+from webapp.service import Webapp
+from webapp.settings import WebappSettings
+
+
+@dataclass
+class Farm:
+    web_url: str
+    sim_url: str
+    coordinator: Coordinator
+    workers: list[FleetWorker]
+    broker: RunningBroker
+    stop: asyncio.Event
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    def browser(self) -> httpx.AsyncClient:
+        """An HTTP client with its own cookie jar: one anonymous browser."""
+        client = httpx.AsyncClient(base_url=self.web_url, timeout=10)
+        self.clients.append(client)
+        return client
+
+
+async def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_farm(
+    tmp_path: Path,
+    broker: RunningBroker,
+    *,
+    sim: SimSettings | None = None,
+    workers: int = 1,
+    concurrency: int = 2,
+) -> AsyncIterator[Farm]:
+    stop = asyncio.Event()
+    sim = (sim or SimSettings(ttft_ms=20, tokens_per_s=200)).model_copy(
+        update={"host": "127.0.0.1", "port": free_port()}
+    )
+    token = SecretStr(secrets.token_urlsafe(24))
+    coordinator = Coordinator(
+        CoordinatorSettings(
+            database_url=f"sqlite:///{tmp_path / 'farm.sqlite3'}",
+            broker=broker.settings(),
+            http_port=free_port(),
+            service_token=token,
+            coordinator_client_id=f"coordinator-{uuid.uuid4().hex[:8]}",
+        )
+    )
+    fleet = []
+    for i in range(workers):
+        info, key = await coordinator.runner.call(coordinator.workers.add, f"test worker {i}")
+        await broker.add_client(info.id, key)
+        settings = WorkerSettings(
+            broker_url=broker.settings().url,
+            worker_id=info.id,
+            api_key=SecretStr(key),
+            ollama_host=f"http://127.0.0.1:{sim.port}",
+            concurrency=concurrency,
+            heartbeat_s=0.5,
+        )
+        fleet.append(FleetWorker(settings, drain_grace_s=1.0))
+    web_port = free_port()
+    webapp = Webapp(
+        WebappSettings(
+            web_port=web_port,
+            coordinator_url=f"http://127.0.0.1:{coordinator.settings.http_port}",
+            service_token=token,
+            broker=broker.settings(),
+        )
+    )
+    services = {
+        "simulator": serve_app(create_sim_app(sim), sim.host, sim.port, stop),
+        "coordinator": coordinator.run(stop),
+        "webapp": webapp.run(stop),
+        **{f"worker-{i}": w.run(stop) for i, w in enumerate(fleet)},
+    }
+    task = asyncio.create_task(run_services(services, stop))
+    farm = Farm(
+        f"http://127.0.0.1:{web_port}",
+        f"http://127.0.0.1:{sim.port}",
+        coordinator,
+        fleet,
+        broker,
+        stop,
+    )
+    try:
+        probe = farm.browser()
+
+        async def fleet_online() -> bool:
+            try:
+                response = await probe.get("/api/models")
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200 and response.json()["workers_online"] == workers
+
+        await wait_until(fleet_online, what="the fleet to come online")
+        yield farm
+    finally:
+        stop.set()
+        for client in farm.clients:
+            await client.aclose()
+        await asyncio.wait_for(task, timeout=15)
+
+
+async def new_thread(browser: httpx.AsyncClient, system_prompt: str = "") -> str:
+    response = await browser.post("/api/threads", json={"system_prompt": system_prompt})
+    assert response.status_code == 201, response.text
+    thread_id: str = response.json()["thread_id"]
+    return thread_id
+
+
+def ws_url(farm: Farm, thread_id: str) -> str:
+    return farm.web_url.replace("http://", "ws://") + f"/ws/threads/{thread_id}"
+
+
+@dataclass
+class Streamed:
+    reply_id: str
+    chunks: list[str]
+    final: dict[str, Any]
+    chunks_before_final: int
+
+
+async def send_and_stream(
+    farm: Farm, browser: httpx.AsyncClient, thread_id: str, text: str, model: str | None = None
+) -> Streamed:
+    """Open the thread's websocket like a browser, send ``text``, and collect the live
+    chunks of the reply until its final message event."""
+    cookie = browser.cookies.get("farm_session")
+    assert cookie, "the browser has no session cookie yet"
+    async with websockets.connect(
+        ws_url(farm, thread_id), additional_headers={"Cookie": f"farm_session={cookie}"}
+    ) as socket:
+        first = json.loads(await socket.recv())
+        assert first["type"] == "snapshot"
+        response = await browser.post(
+            f"/api/threads/{thread_id}/messages", json={"text": text, "model": model}
+        )
+        assert response.status_code == 201, response.text
+        reply = response.json()["reply"]
+        chunks: list[str] = []
+        while True:
+            event = json.loads(await asyncio.wait_for(socket.recv(), timeout=20))
+            if event["type"] == "chunk" and event["job_id"] == reply["job_id"]:
+                chunks.append(event["text"])
+            elif (
+                event["type"] == "message" and event["message"]["message_id"] == reply["message_id"]
+            ) and event["message"]["state"] not in ("queued", "generating"):
+                return Streamed(reply["message_id"], chunks, event["message"], len(chunks))

@@ -1,0 +1,143 @@
+"""The job queue on a real database: atomic claims under racing dispatchers, and fencing
+of late writes from an earlier attempt. Runs on SQLite, and on PostgreSQL when
+FARM_TEST_POSTGRES_URL is set (CI sets it)."""
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from coordinator.chat_store import ChatStore
+from coordinator.database import migrate, open_database
+from coordinator.job_store import JobStore, Outcome, TextAppend
+from coordinator.tables import Job, Worker
+from tests.conftest import POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    else:
+        if not POSTGRES_URL:
+            pytest.skip("FARM_TEST_POSTGRES_URL is not set")
+        admin = open_database(POSTGRES_URL)
+        name = f"farm_test_{uuid.uuid4().hex[:10]}"
+        admin.execute_sql(f"CREATE DATABASE {name}")  # type: ignore[no-untyped-call]
+        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    database = open_database(url)
+    migrate(database)
+    yield database
+    database.close()
+    if request.param == "postgres":
+        admin.execute_sql(f"DROP DATABASE {name}")  # type: ignore[no-untyped-call]
+        admin.close()
+
+
+def queue_jobs(db: pw.Database, count: int) -> None:
+    chat = ChatStore(db)
+    user = chat.session_user("s" * 40)
+    thread = chat.create_thread(user.user_id, "")
+    with db.atomic():
+        for i in range(count):
+            db.execute_sql(  # type: ignore[no-untyped-call]
+                "UPDATE job SET state = 'succeeded' WHERE state = 'queued'"
+            )
+            chat.send_message(user.user_id, thread.thread_id, f"m{i}", "llama3")
+
+
+def add_worker(worker_id: str, capacity: int) -> None:
+    Worker.create(
+        id=worker_id,
+        name=worker_id,
+        key_hash="x",
+        capacity=capacity,
+        state="online",
+        models=json.dumps(["llama3:latest"]),
+    )
+
+
+def test_racing_dispatchers_never_double_claim(db: pw.Database) -> None:
+    jobs_n, dispatchers = 400, 4
+    queue_jobs(db, jobs_n)
+    db.execute_sql("UPDATE job SET state = 'queued'")  # type: ignore[no-untyped-call]
+    for i in range(dispatchers):
+        add_worker(f"w{i}", capacity=jobs_n)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    claimed: dict[str, list[str]] = {f"w{i}": [] for i in range(dispatchers)}
+    barrier = threading.Barrier(dispatchers)
+
+    def dispatch(worker_id: str) -> None:
+        with db.connection_context():
+            barrier.wait()
+            for job in store.queued_jobs(limit=jobs_n):
+                if store.claim(job.id, worker_id, capacity=jobs_n):
+                    claimed[worker_id].append(job.id)
+
+    threads = [threading.Thread(target=dispatch, args=(w,)) for w in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everyone = [j for ids in claimed.values() for j in ids]
+    assert len(everyone) == jobs_n
+    assert len(set(everyone)) == jobs_n
+    held = {j.id: j.worker_id for j in Job.select()}
+    for worker_id, ids in claimed.items():
+        assert all(held[j] == worker_id for j in ids)
+
+
+def test_capacity_is_respected(db: pw.Database) -> None:
+    queue_jobs(db, 3)
+    db.execute_sql("UPDATE job SET state = 'queued'")  # type: ignore[no-untyped-call]
+    add_worker("w", capacity=2)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    results = [store.claim(j.id, "w", capacity=2) for j in store.queued_jobs()]
+    assert [r is not None for r in results] == [True, True, False]
+
+
+def test_late_writes_from_an_earlier_attempt_are_fenced(db: pw.Database) -> None:
+    queue_jobs(db, 1)
+    add_worker("a", 1)
+    add_worker("b", 1)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    job = store.queued_jobs()[0]
+    first = store.claim(job.id, "a", 1)
+    assert first is not None
+    assert first.attempt == 1
+    view = store.fail_or_retry(job.id, 1, "a", "refused", retryable=True)
+    assert view is not None
+    assert view.state == "queued"
+    second = store.claim(job.id, "b", 1)
+    assert second is not None
+    assert second.attempt == 2
+    message_id = Job.get_by_id(job.id).message_id
+    stale = TextAppend(job.id, 1, "a", message_id, "zombie text", last_seq=0, chunks=1)
+    assert store.append_text([stale]) == []
+    assert store.finish(job.id, 1, "a", Outcome.SUCCEEDED) is None
+    fresh = TextAppend(job.id, 2, "b", message_id, "real text", last_seq=0, chunks=1)
+    assert [v.state for v in store.append_text([fresh])] == ["generating"]
+    done = store.finish(job.id, 2, "b", Outcome.SUCCEEDED)
+    assert done is not None
+    assert done.content == "real text"
+    assert done.state == "done"
+
+
+def test_context_is_system_prompt_plus_recent_successes(db: pw.Database) -> None:
+    chat = ChatStore(db)
+    user = chat.session_user("u" * 40)
+    thread = chat.create_thread(user.user_id, "be brief")
+    first = chat.send_message(user.user_id, thread.thread_id, "one", "llama3")
+    Job.update(state="succeeded").where(Job.id == first.job_id).execute()
+    second = chat.send_message(user.user_id, thread.thread_id, "two", "llama3")
+    add_worker("w", 1)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    assignment = store.claim(second.job_id, "w", 1)
+    assert assignment is not None
+    turns = [(t.role, t.content) for t in assignment.messages]
+    # the first reply never completed (empty, not "done"), so it is left out
+    assert turns == [("system", "be brief"), ("user", "one"), ("user", "two")]

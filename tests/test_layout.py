@@ -1,0 +1,46 @@
+"""Import rules: farm_protocol is a leaf; the services never import each other; the
+worker needs neither a database driver nor a web framework."""
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = {"coordinator", "fleet_worker", "webapp"}
+OURS = SERVICES | {"farm_protocol", "llama_farm"}
+
+
+def imports_of(package: str) -> dict[str, set[str]]:
+    """Top-level modules imported by each file of ``package``."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_farm_protocol_imports_no_service() -> None:
+    for path, names in imports_of("farm_protocol").items():
+        assert not names & (OURS - {"farm_protocol"}), path
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_services_never_import_each_other(service: str) -> None:
+    forbidden = OURS - {service, "farm_protocol"}
+    for path, names in imports_of(service).items():
+        assert not names & forbidden, f"{path} imports {names & forbidden}"
+
+
+def test_the_worker_needs_no_database_or_web_framework() -> None:
+    for path, names in imports_of("fleet_worker").items():
+        assert not names & {"peewee", "quart", "hypercorn", "amqtt"}, path
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    worker_deps = project["dependencies"] + project["optional-dependencies"]["worker"]
+    assert not [d for d in worker_deps if d.startswith(("peewee", "quart", "hypercorn"))]

@@ -1,0 +1,69 @@
+"""`llama-farm workers add|list|rotate|revoke` against a real SQLite file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import peewee as pw
+
+from coordinator.database import open_database
+from coordinator.keys import verify_key
+from coordinator.tables import Worker, database_proxy
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'farm.sqlite3'}")
+    return subprocess.run(
+        [sys.executable, "-m", "llama_farm.cli", "workers", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=30,
+    )
+
+
+def key_of(output: str) -> str:
+    return next(line.split()[-1] for line in output.splitlines() if line.startswith("api key:"))
+
+
+def stored_hash(tmp_path: Path, worker_id: str) -> str:
+    db = open_database(f"sqlite:///{tmp_path / 'farm.sqlite3'}")
+    database_proxy.initialize(db)
+    with db.connection_context():
+        return str(Worker.get_by_id(worker_id).key_hash)
+
+
+def test_add_rotate_revoke(tmp_path: Path) -> None:
+    added = cli(tmp_path, "add", "--name", "Laptop A")
+    assert added.returncode == 0, added.stderr
+    key = key_of(added.stdout)
+    assert key.startswith("lf_")
+    assert len(key) >= 32
+    assert "worker id: laptop-a" in added.stdout
+    stored = stored_hash(tmp_path, "laptop-a")
+    assert key not in stored
+    assert verify_key(key, stored)
+
+    rotated = cli(tmp_path, "rotate", "laptop-a")
+    new_key = key_of(rotated.stdout)
+    stored = stored_hash(tmp_path, "laptop-a")
+    assert new_key != key
+    assert verify_key(new_key, stored)
+    assert not verify_key(key, stored)
+
+    listing = cli(tmp_path, "list")
+    assert "laptop-a" in listing.stdout
+    assert key not in listing.stdout
+    assert cli(tmp_path, "revoke", "laptop-a").returncode == 0
+    assert "revoked" in cli(tmp_path, "list").stdout
+    again = cli(tmp_path, "revoke", "laptop-a")
+    assert again.returncode == 1
+    assert "no active worker" in again.stderr
+    assert cli(tmp_path, "add", "--name", "x", "--id", "bad/id").returncode == 1
+
+
+def test_database_url_is_respected(tmp_path: Path) -> None:
+    assert cli(tmp_path, "list").returncode == 0
+    assert isinstance(open_database(f"sqlite:///{tmp_path / 'farm.sqlite3'}"), pw.SqliteDatabase)
