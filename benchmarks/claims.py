@@ -1,0 +1,93 @@
+"""Dispatch throughput: full dispatch rounds (find queued jobs, pick a worker, claim
+atomically, build the assignment with its chat context) per second, on SQLite and, when
+FARM_TEST_POSTGRES_URL is set, on PostgreSQL, side by side in one run."""
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import peewee as pw
+
+from coordinator.chat_store import ChatStore
+from coordinator.database import migrate, open_database
+from coordinator.dispatch import Dispatcher
+from coordinator.job_store import JobStore
+from coordinator.tables import Job, Worker
+from coordinator.worker_store import WorkerStore
+from farm_protocol.broker import Outbox
+
+
+def _prepare(db: pw.Database, jobs: int, workers: int) -> None:
+    chat = ChatStore(db)
+    user = chat.session_user("b" * 40)
+    thread = chat.create_thread(user.user_id, "You are a benchmark.")
+    with db.atomic():
+        for i in range(jobs):
+            Job.update(state="succeeded").where(Job.state == "queued").execute()
+            chat.send_message(user.user_id, thread.thread_id, f"question {i}", "llama3")
+        Job.update(state="queued").execute()
+        for w in range(workers):
+            Worker.create(
+                id=f"w{w}",
+                name=f"w{w}",
+                key_hash="x",
+                capacity=jobs,
+                state="online",
+                last_seen=time.time() + 3600,
+                models=json.dumps(["llama3:latest"]),
+            )
+
+
+def measure(db: pw.Database, jobs: int, workers: int) -> float:
+    migrate(db)
+    with db.connection_context():
+        _prepare(db, jobs, workers)
+        store = JobStore(db, context_messages=5, max_attempts=3)
+        dispatcher = Dispatcher(None, store, WorkerStore(db, grace_s=7200), Outbox())  # type: ignore[arg-type]
+        started = time.perf_counter()
+        claimed = 0
+        while claimed < jobs:
+            round_ = dispatcher._round()
+            assert round_, "dispatch stalled"
+            claimed += len(round_)
+        return jobs / (time.perf_counter() - started)
+
+
+def run(jobs: int = 2000, workers: int = 10) -> list[tuple[str, float]]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        results.append(
+            (
+                "SQLite (WAL)",
+                measure(open_database(f"sqlite:///{Path(tmp) / 'b.db'}"), jobs, workers),
+            )
+        )
+    url = os.environ.get("FARM_TEST_POSTGRES_URL")
+    if url:
+        admin = open_database(url)
+        name = f"farm_bench_{uuid.uuid4().hex[:8]}"
+        admin.execute_sql(f"CREATE DATABASE {name}")  # type: ignore[no-untyped-call]
+        try:
+            db = open_database(url.rsplit("/", 1)[0] + f"/{name}")
+            results.append(("PostgreSQL", measure(db, jobs, workers)))
+            db.close()
+        finally:
+            admin.execute_sql(f"DROP DATABASE {name}")  # type: ignore[no-untyped-call]
+            admin.close()
+    return results
+
+
+def main() -> None:
+    jobs, workers = 2000, 10
+    print(f"dispatch: {jobs} queued jobs, {workers} online workers, claim + assignment per job")
+    results = run(jobs, workers)
+    base = results[0][1]
+    for name, rate in results:
+        print(f"  {name:<14} {rate:8.0f} jobs/s   ({rate / base:.2f}x SQLite)")
+
+
+if __name__ == "__main__":
+    main()
