@@ -19,6 +19,7 @@ from farm_protocol.payloads import (
     JobFailed,
     RunningJob,
     WorkerState,
+    WorkerStatus,
 )
 from fleet_worker.job_runner import JobRunner
 from fleet_worker.llm import Inventory, LlmError, OllamaBackend
@@ -83,6 +84,9 @@ class FleetWorker:
             capacity=self.settings.concurrency,
             reason=self.unavailable_reason,
         )
+        await self._send_status(client, status)
+
+    async def _send_status(self, client: aiomqtt.Client, status: WorkerStatus) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(
                 topics.worker_status(self.worker_id),
@@ -287,10 +291,4 @@ class FleetWorker:
                 capacity=0,
                 reason="stopped",
             )
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(
-                    topics.worker_status(self.worker_id),
-                    encode(death),
-                    qos=topics.QOS_STATUS,
-                    retain=True,
-                )
+            await self._send_status(client, death)
