@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,17 @@ async def run_until_stopped(
             raise TaskCrashed(f"task {running[task]!r} ended unexpectedly")
 
 
+def _quiet_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """While shutting down, a QoS1 message arriving as an MQTT client disconnects makes
+    paho schedule a write on a socket that is already closed; asyncio would print that
+    as a traceback. It is harmless then: log it at debug level, and leave the rest alone."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF:
+        log.debug("ignored a write on a closed socket during shutdown: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
 def run_with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run ``main(stop)`` in a fresh loop; SIGINT/SIGTERM set ``stop`` (graceful), and a
     second signal cancels at once. No traceback on Ctrl-C."""
@@ -49,6 +61,7 @@ def run_with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
             if stop.is_set() and task is not None:
                 task.cancel()
             stop.set()
+            loop.set_exception_handler(_quiet_closed_sockets)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)

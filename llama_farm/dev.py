@@ -11,8 +11,11 @@ import os
 import secrets
 import socket
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -67,6 +70,22 @@ async def ollama_answers(host: str) -> bool:
         return False
 
 
+async def _after_port(url: str, service: Coroutine[Any, Any, None]) -> None:
+    """Start ``service`` once something listens at ``url`` (the in-process simulator
+    starts alongside; without this the worker's first look finds nothing)."""
+    parts = urlsplit(url)
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        break
+    await service
+
+
 def _dev_worker_key(workers: WorkerStore) -> str:
     """A fresh key for the in-process worker each run (keys are only stored hashed)."""
     try:
@@ -81,6 +100,7 @@ async def _announce(host: str, port: int, lines: list[str], stop: asyncio.Event)
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection(host, port)
             writer.close()
+            await writer.wait_closed()
             break
         await asyncio.sleep(0.05)
     print("\n".join(lines), flush=True)
@@ -152,7 +172,7 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
         services |= {
             "coordinator": coordinator.run(stop),
             "webapp": webapp.run(stop),
-            "worker": worker.run(stop),
+            "worker": _after_port(ollama_host, worker.run(stop)),
             "announce": _announce(options.host, options.port, lines, stop),
         }
         try:

@@ -1,0 +1,105 @@
+"""Deadlines and lost workers (the janitor's sweep), on a real SQLite file."""
+
+import json
+import time
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from coordinator.chat_store import ChatStore
+from coordinator.database import migrate, open_database
+from coordinator.job_store import Deadlines, JobStore, TextAppend
+from coordinator.tables import Job, Message, Worker
+
+DEADLINES = Deadlines(
+    accept_s=10, queue_s=120, first_token_s=60, stall_s=30, reply_s=600, worker_grace_s=10
+)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> pw.Database:
+    database = open_database(f"sqlite:///{tmp_path / 'j.sqlite3'}")
+    migrate(database)
+    return database
+
+
+def setup_job(db: pw.Database) -> tuple[JobStore, str, str]:
+    chat = ChatStore(db)
+    user = chat.session_user("j" * 40)
+    thread = chat.create_thread(user.user_id, "")
+    reply = chat.send_message(user.user_id, thread.thread_id, "hi", "llama3")
+    Worker.create(
+        id="w",
+        name="w",
+        key_hash="x",
+        state="online",
+        last_seen=time.time(),
+        models=json.dumps(["llama3:latest"]),
+    )
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    assert store.claim(reply.job_id, "w", 1) is not None
+    return store, reply.job_id, reply.reply.message_id
+
+
+def test_lost_worker_before_any_token_requeues(db: pw.Database) -> None:
+    store, job_id, message_id = setup_job(db)
+    store.accept(job_id, 1, "w")
+    Worker.update(last_seen=time.time() - 60).execute()
+    result = store.sweep(DEADLINES)
+    assert result.requeued == 1
+    assert Job.get_by_id(job_id).state == "queued"
+    assert Message.get_by_id(message_id).state == "queued"
+
+
+def test_lost_worker_after_tokens_fails_with_a_reason(db: pw.Database) -> None:
+    store, job_id, message_id = setup_job(db)
+    store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
+    Worker.update(state="offline").execute()
+    store.sweep(DEADLINES)
+    message = Message.get_by_id(message_id)
+    assert (message.state, message.content) == ("failed", "partial")
+    assert "stopped responding" in (message.error or "")
+
+
+def test_unaccepted_job_returns_to_the_queue_and_worker_is_told(db: pw.Database) -> None:
+    store, job_id, _ = setup_job(db)
+    Worker.update(last_seen=time.time() + 100).execute()  # alive, just not answering
+    result = store.sweep(DEADLINES, now=time.time() + 11)
+    assert Job.get_by_id(job_id).state == "queued"
+    assert [(c.worker_id, c.job_id) for c in result.cancels] == [("w", job_id)]
+
+
+def test_stall_times_out_and_sets_the_message(db: pw.Database) -> None:
+    store, job_id, message_id = setup_job(db)
+    store.append_text([TextAppend(job_id, 1, "w", message_id, "some", 0, 1)])
+    Worker.update(last_seen=time.time() + 100).execute()  # still heartbeating
+    result = store.sweep(DEADLINES, now=time.time() + 31)
+    assert Job.get_by_id(job_id).state == "timed_out"
+    message = Message.get_by_id(message_id)
+    assert (message.state, message.content) == ("timed_out", "some")
+    assert "stalled" in (message.error or "")
+    assert len(result.cancels) == 1
+
+
+def test_queue_deadline_times_out_unserved_jobs(db: pw.Database) -> None:
+    chat = ChatStore(db)
+    user = chat.session_user("q" * 40)
+    thread = chat.create_thread(user.user_id, "")
+    reply = chat.send_message(user.user_id, thread.thread_id, "anyone?", "llama3")
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    store.sweep(DEADLINES, now=time.time() + 121)
+    message = Message.get_by_id(reply.reply.message_id)
+    assert message.state == "timed_out"
+    assert "no worker could take" in (message.error or "")
+
+
+def test_retries_stop_after_max_attempts(db: pw.Database) -> None:
+    store, job_id, message_id = setup_job(db)
+    for attempt in (1, 2, 3):
+        view = store.fail_or_retry(job_id, attempt, "w", "refused", retryable=True)
+        assert view is not None
+        if attempt < 3:
+            assert view.state == "queued"
+            assert store.claim(job_id, "w", 1) is not None
+    assert Message.get_by_id(message_id).state == "failed"
