@@ -74,6 +74,8 @@ def dev_farm(tmp_path: Path) -> Iterator[str]:
         output = process.communicate(timeout=20)[0]
         assert process.returncode == 0, output
         assert "Traceback" not in output, output
+        # the worker starts once the in-process simulator listens: no false alarm at start
+        assert "worker unavailable" not in output, output
         assert "Chat:" in output
         assert url in output
 

@@ -1,0 +1,39 @@
+"""The shutdown exception handler hides only writes on already-closed sockets."""
+
+import asyncio
+import errno
+from typing import Any
+
+import pytest
+
+from farm_protocol.lifecycle import _quiet_closed_sockets
+
+
+class RecordingLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: list[dict[str, Any]] = []
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.reported.append(context)
+
+
+@pytest.fixture
+def loop() -> Any:
+    recording = RecordingLoop()
+    yield recording
+    recording.close()
+
+
+def test_closed_socket_writes_are_quiet(loop: RecordingLoop) -> None:
+    bad_fd = OSError(errno.EBADF, "Bad file descriptor")
+    _quiet_closed_sockets(loop, {"message": "add_writer", "exception": bad_fd})
+    assert loop.reported == []
+
+
+def test_other_errors_still_reach_asyncio(loop: RecordingLoop) -> None:
+    refused = {"message": "x", "exception": OSError(errno.ECONNREFUSED, "refused")}
+    crash = {"message": "y", "exception": RuntimeError("boom")}
+    _quiet_closed_sockets(loop, refused)
+    _quiet_closed_sockets(loop, crash)
+    assert loop.reported == [refused, crash]
