@@ -1,18 +1,37 @@
 """Opening the database from a URL, and bringing its schema up to date in place."""
 
 import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import peewee as pw
+from playhouse import migrate as schema
 
 from coordinator.errors import StoreError
-from coordinator.tables import ALL_TABLES, SCHEMA_VERSION, SchemaInfo, database_proxy
+from coordinator.tables import ALL_TABLES, SCHEMA_VERSION, ApiKey, SchemaInfo, database_proxy
 
 log = logging.getLogger(__name__)
 
-# Upgrades from version N to N+1, applied in order. Each is a list of SQL statements
-# (portable between SQLite and PostgreSQL). Version 1 is the initial schema.
-MIGRATIONS: dict[int, list[str]] = {}
+
+def _v1_to_v2(db: pw.Database) -> None:
+    """Worker health and totals, API keys, and the worker a retry should avoid."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(
+        m.add_column("worker", "failures", pw.IntegerField(default=0)),
+        m.add_column("worker", "quarantined_until", pw.DoubleField(null=True)),
+        m.add_column("worker", "jobs_succeeded", pw.IntegerField(default=0)),
+        m.add_column("worker", "jobs_failed", pw.IntegerField(default=0)),
+        m.add_column("worker", "chars_generated", pw.BigIntegerField(default=0)),
+        m.add_column("job", "api_key_id", pw.CharField(max_length=32, null=True)),
+        m.add_index("job", ("api_key_id",), False),
+        m.add_column("job", "avoid_worker_id", pw.CharField(max_length=64, null=True)),
+    )
+    db.create_tables([ApiKey])
+
+
+# Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
+# the initial schema; tests/data holds its DDL so the upgrade path stays tested.
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2}
 
 
 def open_database(url: str) -> pw.Database:
@@ -62,8 +81,7 @@ def migrate(db: pw.Database) -> int:
                     f"database schema {version} is newer than this coordinator's {SCHEMA_VERSION}"
                 )
             while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version]:
-                    db.execute_sql(statement)  # type: ignore[no-untyped-call]
+                MIGRATIONS[version](db)
                 version += 1
                 log.info("upgraded database schema to version %d", version)
             SchemaInfo.update(version=version).execute()

@@ -1,4 +1,8 @@
-"""The peewee schema. All queries live in :mod:`coordinator.store`; this file only declares."""
+"""The peewee schema. Queries live in the ``*_store`` modules; this file only declares.
+
+Changing it means bumping ``SCHEMA_VERSION`` and adding the upgrade to
+:data:`coordinator.database.MIGRATIONS`; ``tests/test_migrations.py`` upgrades a database
+created by every earlier version and checks it ends up identical to a fresh one."""
 
 import time
 
@@ -6,7 +10,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def now() -> float:
@@ -70,6 +74,27 @@ class Worker(_Base):
     capacity = pw.IntegerField(default=1)
     simulated = pw.BooleanField(default=False)
     version = pw.CharField(max_length=64, default="")
+    # Health: consecutive failed jobs; at the threshold the worker is quarantined (gets no
+    # new jobs) until ``quarantined_until``. Totals are for the admin API and the farm page.
+    failures = pw.IntegerField(default=0)
+    quarantined_until = pw.DoubleField(null=True)
+    jobs_succeeded = pw.IntegerField(default=0)
+    jobs_failed = pw.IntegerField(default=0)
+    chars_generated = pw.BigIntegerField(default=0)
+
+
+class ApiKey(_Base):
+    """A key for programmatic clients (the OpenAI-compatible API). Its conversations
+    belong to ``user_id``; at most ``max_concurrent`` of its jobs are active at once."""
+
+    id = pw.CharField(primary_key=True, max_length=32)
+    name = pw.CharField(max_length=200)
+    key_hash = pw.CharField(max_length=300)
+    user_id = pw.CharField(max_length=32)
+    max_concurrent = pw.IntegerField(default=4)
+    created_at = pw.DoubleField(default=now)
+    revoked_at = pw.DoubleField(null=True)
+    last_used_at = pw.DoubleField(null=True)
 
 
 class Message(_Base):
@@ -105,6 +130,10 @@ class Job(_Base):
     attempt = pw.IntegerField(default=0)
     worker_id = pw.CharField(max_length=64, null=True, index=True)
     chunks = pw.IntegerField(default=0)  # chunks applied for the current attempt
+    # The programmatic client that asked (None for the chat UI).
+    api_key_id = pw.CharField(max_length=32, null=True, index=True)
+    # The worker the previous attempt failed on: a retry goes elsewhere when it can.
+    avoid_worker_id = pw.CharField(max_length=64, null=True)
     error = pw.TextField(null=True)
     created_at = pw.DoubleField(default=now)
     assigned_at = pw.DoubleField(null=True)
@@ -124,6 +153,7 @@ ALL_TABLES: list[type[pw.Model]] = [
     Thread,
     ThreadMember,
     Worker,
+    ApiKey,
     Message,
     Job,
 ]

@@ -1,27 +1,18 @@
-"""Deadlines and lost workers (the janitor's sweep), on a real SQLite file."""
+"""Deadlines and lost workers (the janitor's sweep), on SQLite and PostgreSQL (the ``db``
+fixture of conftest)."""
 
 import json
 import time
-from pathlib import Path
 
 import peewee as pw
-import pytest
 
 from coordinator.chat_store import ChatStore
-from coordinator.database import migrate, open_database
 from coordinator.job_store import Deadlines, JobStore, TextAppend
 from coordinator.tables import Job, Message, Worker
 
 DEADLINES = Deadlines(
     accept_s=10, queue_s=120, first_token_s=60, stall_s=30, reply_s=600, worker_grace_s=10
 )
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> pw.Database:
-    database = open_database(f"sqlite:///{tmp_path / 'j.sqlite3'}")
-    migrate(database)
-    return database
 
 
 def setup_job(db: pw.Database) -> tuple[JobStore, str, str]:

@@ -4,38 +4,12 @@ FARM_TEST_POSTGRES_URL is set (CI sets it)."""
 
 import json
 import threading
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import peewee as pw
-import pytest
 
 from coordinator.chat_store import ChatStore
-from coordinator.database import migrate, open_database
 from coordinator.job_store import JobStore, Outcome, TextAppend
 from coordinator.tables import Job, Worker
-from tests.conftest import POSTGRES_URL
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pw.Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    else:
-        if not POSTGRES_URL:
-            pytest.skip("FARM_TEST_POSTGRES_URL is not set")
-        admin = open_database(POSTGRES_URL)
-        name = f"farm_test_{uuid.uuid4().hex[:10]}"
-        admin.execute_sql(f"CREATE DATABASE {name}")  # type: ignore[no-untyped-call]
-        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    database = open_database(url)
-    migrate(database)
-    yield database
-    database.close()
-    if request.param == "postgres":
-        admin.execute_sql(f"DROP DATABASE {name}")  # type: ignore[no-untyped-call]
-        admin.close()
 
 
 def queue_jobs(db: pw.Database, count: int) -> None:
