@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from coordinator.errors import Conflict, NotFound
+from coordinator.api_keys import ACTIVE_JOB_STATES, ApiKeyInfo
+from coordinator.errors import Busy, Conflict, NotFound, RateLimited
 from coordinator.keys import hash_session_token
 from coordinator.tables import (
     BrowserSession,
@@ -21,7 +22,6 @@ from coordinator.views import message_view, thread_view
 from farm_protocol.chat import MessageState, MessageView, ThreadSnapshot, ThreadView, UserView
 
 MAX_THREAD_MEMBERS = 25
-ACTIVE_JOB_STATES = ("queued", "assigned", "running")
 
 _ANIMALS = [
     ("🦙", "Llama"),
@@ -125,20 +125,39 @@ class ChatStore:
             raise NotFound(f"no message {message_id}")
         return message_view(row)
 
-    def send_message(self, user_id: str, thread_id: str, text: str, model: str) -> NewReply:
-        """Store the user's message, an empty reply in ``queued`` and its job, atomically."""
+    def send_message(
+        self,
+        user_id: str,
+        thread_id: str,
+        text: str,
+        model: str,
+        *,
+        api_key: ApiKeyInfo | None = None,
+        max_queued: int | None = None,
+    ) -> NewReply:
+        """Store the user's message, an empty reply in ``queued`` and its job, atomically.
+
+        A chat user has one reply generating at a time; an API key up to its limit. With
+        ``max_queued``, a full queue refuses the message (:class:`Busy`)."""
         with self.db.atomic():
             thread = Thread.get_or_none(Thread.id == thread_id)
             if thread is None:
                 raise NotFound(f"no thread {thread_id}")
             user = User.get_by_id(user_id)
-            busy = (
-                Job.select()
-                .where((Job.user == user_id) & Job.state.in_(ACTIVE_JOB_STATES))
-                .exists()
-            )
-            if busy:
-                raise Conflict("a reply to your previous message is still being generated")
+            active = Job.state.in_(ACTIVE_JOB_STATES)
+            if api_key is None:
+                if Job.select().where((Job.user == user_id) & active).exists():
+                    raise Conflict("a reply to your previous message is still being generated")
+            else:
+                running = Job.select().where((Job.api_key_id == api_key.id) & active).count()
+                if running >= api_key.max_concurrent:
+                    raise RateLimited(
+                        f"this API key has {running} replies in progress, its limit", 2.0
+                    )
+            if max_queued is not None:
+                queued = Job.select().where(Job.state == "queued").count()
+                if queued >= max_queued:
+                    raise Busy(f"the farm's queue is full ({queued} requests waiting)", 10.0)
             self._join(thread_id, user_id)
             stamp = now()
             mine = Message.create(
@@ -163,7 +182,14 @@ class ChatStore:
                 job_id=job_id,
                 created_at=stamp + 1e-6,
             )
-            Job.create(id=job_id, message=reply, user=user_id, model=model, state="queued")
+            Job.create(
+                id=job_id,
+                message=reply,
+                user=user_id,
+                api_key_id=api_key.id if api_key else None,
+                model=model,
+                state="queued",
+            )
             updates: dict[pw.Field, object] = {Thread.updated_at: stamp}
             if not thread.description:
                 updates[Thread.description] = text[:200]

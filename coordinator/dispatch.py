@@ -3,10 +3,11 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
+from dataclasses import replace
 
 from coordinator.db_runner import DbRunner
-from coordinator.job_store import JobStore
+from coordinator.job_store import JobStore, Pick
 from coordinator.worker_store import WorkerLoad, WorkerStore
 from farm_protocol import topics
 from farm_protocol.broker import Outbox
@@ -17,14 +18,23 @@ from farm_protocol.payloads import JobAssignment
 log = logging.getLogger(__name__)
 
 
-def pick_worker(model: str, workers: Sequence[WorkerLoad]) -> WorkerLoad | None:
+def pick_worker(
+    model: str, workers: Iterable[WorkerLoad], avoid: str | None = None
+) -> WorkerLoad | None:
     """The best worker for ``model``: it serves the model and has a free slot; prefer one
-    with the model loaded already (no swap thrash), then the least loaded."""
+    with the model loaded already (no swap thrash), then the least loaded. ``avoid`` (the
+    worker a previous attempt failed on) is chosen only when no other worker can take it."""
     wanted = normalize_model(model)
     candidates = [w for w in workers if wanted in w.models and w.active < w.capacity]
     return min(
         candidates,
-        key=lambda w: (wanted not in w.loaded, w.active / max(w.capacity, 1), w.active, w.id),
+        key=lambda w: (
+            w.id == avoid,
+            wanted not in w.loaded,
+            w.active / max(w.capacity, 1),
+            w.active,
+            w.id,
+        ),
         default=None,
     )
 
@@ -68,20 +78,20 @@ class Dispatcher:
         return len(assigned)
 
     def _round(self) -> list[tuple[str, JobAssignment]]:
-        """One pass over the queue, in the database thread."""
+        """One pass over the queue, in the database thread: pick a worker for each job in
+        serving order, then claim all the picks in one transaction."""
         fleet = {w.id: w for w in self.workers.online()}
-        if not fleet:
+        free = sum(max(w.capacity - w.active, 0) for w in fleet.values())
+        if not free:
             return []
-        assigned: list[tuple[str, JobAssignment]] = []
+        picks: list[Pick] = []
         for job in self.jobs.queued_jobs():
-            worker = pick_worker(job.model, list(fleet.values()))
+            worker = pick_worker(job.model, fleet.values(), job.avoid_worker)
             if worker is None:
                 continue
-            assignment = self.jobs.claim(job.id, worker.id, worker.capacity)
-            if assignment is None:
-                continue
-            assigned.append((worker.id, assignment))
-            fleet[worker.id] = WorkerLoad(
-                worker.id, worker.models, worker.loaded, worker.capacity, worker.active + 1
-            )
-        return assigned
+            picks.append(Pick(job.id, worker.id, worker.capacity))
+            fleet[worker.id] = replace(worker, active=worker.active + 1)
+            free -= 1
+            if not free:
+                break
+        return self.jobs.claim_many(picks)

@@ -23,3 +23,11 @@ class Busy(CoordinatorError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(CoordinatorError):
+    """This client has as much running as it may; it can try again shortly."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

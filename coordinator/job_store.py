@@ -8,17 +8,22 @@
 attempt and worker it belongs to, so a late message from an earlier attempt never lands.
 """
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, cast
 
 import peewee as pw
 
+from coordinator.fairness import QueuedJob, fair_order
 from coordinator.tables import Job, Message, Worker
 from coordinator.views import message_view
 from farm_protocol.chat import MessageState, MessageView
 from farm_protocol.payloads import ChatTurn, JobAssignment
+
+log = logging.getLogger(__name__)
 
 ACTIVE = ("assigned", "running")
 
@@ -39,10 +44,20 @@ _MESSAGE_STATE = {
 
 
 @dataclass(frozen=True, slots=True)
-class QueuedJob:
-    id: str
-    model: str
-    created_at: float
+class Pick:
+    """Dispatch's choice: this job to this worker, which runs ``capacity`` jobs at once."""
+
+    job_id: str
+    worker_id: str
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """When a worker that keeps failing is quarantined, and for how long."""
+
+    quarantine_after: int = 3  # failed jobs in a row
+    quarantine_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +111,23 @@ class SweepResult:
     requeued: int = 0
 
 
+def _owner() -> pw.Function:
+    return pw.fn.COALESCE(Job.api_key_id, Job.user)
+
+
+def _tuples(query: "pw.ModelSelect[Any]") -> list[tuple[Any, ...]]:
+    """A query's rows as plain tuples (peewee's stubs type them as model instances)."""
+    return cast(list[tuple[Any, ...]], list(query.tuples()))
+
+
+def active_by_owner() -> dict[str, int]:
+    """How many jobs each owner (API key, else user) has held by a worker right now."""
+    rows = _tuples(
+        Job.select(_owner(), pw.fn.COUNT(Job.id)).where(Job.state.in_(ACTIVE)).group_by(_owner())
+    )
+    return {str(owner): int(held) for owner, held in rows}
+
+
 def active_counts() -> dict[str, int]:
     """How many jobs each worker holds right now."""
     rows = (
@@ -107,10 +139,18 @@ def active_counts() -> dict[str, int]:
 
 
 class JobStore:
-    def __init__(self, db: pw.Database, *, context_messages: int, max_attempts: int) -> None:
+    def __init__(
+        self,
+        db: pw.Database,
+        *,
+        context_messages: int,
+        max_attempts: int,
+        health: Health | None = None,
+    ) -> None:
         self.db = db
         self.context_messages = context_messages
         self.max_attempts = max_attempts
+        self.health = health or Health()
 
     def _write(self) -> pw._atomic:
         """A write transaction; on SQLite take the write lock up front (no upgrade deadlock)."""
@@ -120,50 +160,95 @@ class JobStore:
 
     # --- dispatch -----------------------------------------------------------------------
 
-    def queued_jobs(self, limit: int = 200) -> list[QueuedJob]:
-        rows = (
-            Job.select(Job.id, Job.model, Job.created_at)
+    def queued_jobs(self, limit: int = 1000) -> list[QueuedJob]:
+        """The oldest ``limit`` queued jobs, in serving order (round-robin by owner)."""
+        rows = _tuples(
+            Job.select(Job.id, Job.model, Job.created_at, _owner(), Job.avoid_worker_id)
             .where(Job.state == "queued")
             .order_by(Job.created_at, Job.id)
             .limit(limit)
         )
-        return [QueuedJob(r.id, r.model, r.created_at) for r in rows]
+        jobs = [QueuedJob(j, m, c, str(o), a) for j, m, c, o, a in rows]
+        return fair_order(jobs, active_by_owner())
 
     def claim(self, job_id: str, worker_id: str, capacity: int) -> JobAssignment | None:
         """Give ``job_id`` to ``worker_id`` if it is still queued and the worker has a free
-        slot. Atomic; on PostgreSQL the worker row is locked so two coordinators cannot
-        overfill one worker."""
+        slot. Atomic."""
+        claimed = self.claim_many([Pick(job_id, worker_id, capacity)])
+        return claimed[0][1] if claimed else None
+
+    def claim_many(self, picks: Sequence["Pick"]) -> list[tuple[str, JobAssignment]]:
+        """Claim a dispatch round's picks in one transaction. Each claim is a conditional
+        UPDATE (the job must still be queued) and respects the worker's free slots as the
+        database sees them; on PostgreSQL the workers' rows are locked first, in id order,
+        so two coordinators cannot overfill one worker. Picks that lost a race are skipped.
+        Returns (worker id, assignment) for each claim that landed."""
+        if not picks:
+            return []
+        workers = sorted({p.worker_id for p in picks})
         with self._write():
             if not isinstance(self.db, pw.SqliteDatabase):
-                Worker.select(Worker.id).where(Worker.id == worker_id).for_update().execute()
-            active = Job.select().where((Job.worker_id == worker_id) & Job.state.in_(ACTIVE))
-            if active.count() >= capacity:
-                return None
-            stamp = time.time()
-            claimed = (
-                Job.update(
-                    state="assigned",
-                    worker_id=worker_id,
-                    attempt=Job.attempt + 1,
-                    assigned_at=stamp,
-                    accepted_at=None,
-                    first_token_at=None,
-                    last_token_at=None,
-                    chunks=0,
+                list(
+                    Worker.select(Worker.id)
+                    .where(Worker.id.in_(workers))
+                    .order_by(Worker.id)
+                    .for_update()
                 )
-                .where((Job.id == job_id) & (Job.state == "queued"))
-                .execute()
-            )
-            if claimed != 1:
-                return None
-            job = Job.get_by_id(job_id)
-            return JobAssignment(
-                job_id=job.id,
-                attempt=job.attempt,
-                model=job.model,
-                messages=self._context(job.message_id),
-                issued_at=stamp,
-            )
+            held: dict[str, int] = {
+                str(worker): int(count)
+                for worker, count in _tuples(
+                    Job.select(Job.worker_id, pw.fn.COUNT(Job.id))
+                    .where(Job.worker_id.in_(workers) & Job.state.in_(ACTIVE))
+                    .group_by(Job.worker_id)
+                )
+            }
+            stamp = time.time()
+            landed: list[Pick] = []
+            for pick in picks:
+                if held.get(pick.worker_id, 0) >= pick.capacity:
+                    continue
+                claimed = (
+                    Job.update(
+                        state="assigned",
+                        worker_id=pick.worker_id,
+                        attempt=Job.attempt + 1,
+                        assigned_at=stamp,
+                        accepted_at=None,
+                        first_token_at=None,
+                        last_token_at=None,
+                        chunks=0,
+                    )
+                    .where((Job.id == pick.job_id) & (Job.state == "queued"))
+                    .execute()
+                )
+                if claimed == 1:
+                    held[pick.worker_id] = held.get(pick.worker_id, 0) + 1
+                    landed.append(pick)
+            if not landed:
+                return []
+            rows = {
+                job.id: job
+                for job in Job.select(Job.id, Job.attempt, Job.model, Job.message).where(
+                    Job.id.in_([p.job_id for p in landed])
+                )
+            }
+            assigned: list[tuple[str, JobAssignment]] = []
+            for pick in landed:
+                row = rows[pick.job_id]
+                context = self._context(row.message_id)
+                if not context:  # nothing to answer (the question was deleted): fail it
+                    where = (Job.id == row.id) & (Job.attempt == row.attempt)
+                    self._end(where, row.id, Outcome.FAILED, "there is nothing to reply to", stamp)
+                    continue
+                assignment = JobAssignment(
+                    job_id=row.id,
+                    attempt=row.attempt,
+                    model=row.model,
+                    messages=context,
+                    issued_at=stamp,
+                )
+                assigned.append((pick.worker_id, assignment))
+            return assigned
 
     def _context(self, reply_id: str) -> list[ChatTurn]:
         """The thread's latest system prompt, then the last N successful messages."""
@@ -282,11 +367,46 @@ class JobStore:
         )
         if ended != 1:
             return None
-        message_id = Job.get_by_id(job_id).message_id
+        job = Job.get_by_id(job_id)
         Message.update(state=_MESSAGE_STATE[outcome].value, error=error, updated_at=stamp).where(
-            Message.id == message_id
+            Message.id == job.message_id
         ).execute()
-        return message_view(Message.get_by_id(message_id))
+        view = message_view(Message.get_by_id(job.message_id))
+        if job.worker_id is not None:
+            if outcome is Outcome.SUCCEEDED:
+                self._credit(job.worker_id, len(view.content))
+            elif outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
+                self._blame(job.worker_id, stamp)
+        return view
+
+    @staticmethod
+    def _credit(worker_id: str, chars: int) -> None:
+        Worker.update(
+            failures=0,
+            jobs_succeeded=Worker.jobs_succeeded + 1,
+            chars_generated=Worker.chars_generated + chars,
+        ).where(Worker.id == worker_id).execute()
+
+    def _blame(self, worker_id: str, stamp: float) -> None:
+        """Count a job the worker failed. While online, enough failures in a row
+        quarantine it: no new jobs until the cool-down is over. (A worker that is
+        draining or gone fails its jobs on purpose and is not blamed.)"""
+        Worker.update(jobs_failed=Worker.jobs_failed + 1).where(Worker.id == worker_id).execute()
+        Worker.update(failures=Worker.failures + 1).where(
+            (Worker.id == worker_id) & (Worker.state == "online")
+        ).execute()
+        quarantined = (
+            Worker.update(failures=0, quarantined_until=stamp + self.health.quarantine_s)
+            .where((Worker.id == worker_id) & (Worker.failures >= self.health.quarantine_after))
+            .execute()
+        )
+        if quarantined:
+            log.warning(
+                "worker %s quarantined for %.0f s after %d failed jobs in a row",
+                worker_id,
+                self.health.quarantine_s,
+                self.health.quarantine_after,
+            )
 
     def fail_or_retry(
         self,
@@ -328,11 +448,15 @@ class JobStore:
             return None
         if retryable and job.attempt < self.max_attempts:
             requeued = (
-                Job.update(state="queued", worker_id=None, error=reason)
+                Job.update(
+                    state="queued", worker_id=None, avoid_worker_id=job.worker_id, error=reason
+                )
                 .where(where & (Job.chunks == 0))
                 .execute()
             )
             if requeued == 1:
+                if job.worker_id is not None:
+                    self._blame(job.worker_id, stamp)
                 Message.update(
                     state=MessageState.QUEUED.value, content="", content_seq=-1, updated_at=stamp
                 ).where(Message.id == job.message_id).execute()

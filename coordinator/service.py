@@ -12,7 +12,7 @@ from coordinator.db_runner import DbRunner
 from coordinator.dispatch import Dispatcher
 from coordinator.inbound import SUBSCRIPTIONS, Inbound
 from coordinator.janitor import Janitor, deadlines_from
-from coordinator.job_store import JobStore
+from coordinator.job_store import Health, JobStore
 from coordinator.settings import CoordinatorSettings
 from coordinator.streams import JobStreams
 from coordinator.worker_store import WorkerStore
@@ -35,7 +35,10 @@ class Coordinator:
         self.runner = DbRunner(db)
         self.chat = ChatStore(db)
         self.jobs = JobStore(
-            db, context_messages=settings.context_messages, max_attempts=settings.max_attempts
+            db,
+            context_messages=settings.context_messages,
+            max_attempts=settings.max_attempts,
+            health=Health(settings.quarantine_after, settings.quarantine_s),
         )
         self.workers = WorkerStore(db, grace_s=settings.worker_grace_s)
         self.outbox = Outbox()

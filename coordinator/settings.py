@@ -21,8 +21,10 @@ class CoordinatorSettings(BaseSettings):
     service_token: SecretStr = Field(default=SecretStr(""))
     # Models offered when the fleet is empty, in picker order (the original's list).
     default_models: list[str] = ["llama3", "codegemma", "codellama:7b", "llama2", "mistral"]
-    context_messages: int = 5  # successful non-system messages sent as context
+    context_messages: int = Field(default=5, ge=1)  # successful messages sent as context
     max_attempts: int = 3  # attempts per job before it fails for good
+    quarantine_after: int = 3  # a worker failing this many jobs in a row is quarantined...
+    quarantine_s: float = 60.0  # ...for this long (no new jobs), then let back in
     accept_timeout_s: float = 10.0  # a worker must answer "accepted" within this
     queue_timeout_s: float = 120.0  # longest wait in the queue
     first_token_timeout_s: float = 120.0  # accepted -> first token (includes model load)

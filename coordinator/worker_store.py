@@ -30,6 +30,11 @@ class WorkerInfo:
     capacity: int
     active_jobs: int
     simulated: bool
+    version: str
+    quarantined_until: float | None
+    jobs_succeeded: int
+    jobs_failed: int
+    chars_generated: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,15 @@ class WorkerStore:
             capacity=row.capacity,
             active_jobs=active,
             simulated=row.simulated,
+            version=row.version,
+            quarantined_until=(
+                row.quarantined_until
+                if row.quarantined_until and row.quarantined_until > stamp
+                else None
+            ),
+            jobs_succeeded=row.jobs_succeeded,
+            jobs_failed=row.jobs_failed,
+            chars_generated=row.chars_generated,
         )
 
     def _is_online(self, row: Worker, stamp: float) -> bool:
@@ -168,11 +182,13 @@ class WorkerStore:
         return bool(changed == 1)
 
     def online(self) -> list[WorkerLoad]:
+        """Workers that may get a job now: online, fresh, not revoked, not quarantined."""
         stamp = time.time()
         rows = Worker.select().where(
             (Worker.state == "online")
             & Worker.revoked_at.is_null()
             & (Worker.last_seen >= stamp - self.grace_s)
+            & (Worker.quarantined_until.is_null() | (Worker.quarantined_until <= stamp))
         )
         counts = active_counts()
         return [

@@ -1,0 +1,104 @@
+"""API keys for programmatic clients (the OpenAI-compatible API).
+
+A key reads ``lfa_<id>_<secret>``: the id finds its row, the secret is checked against a
+salted scrypt hash (the key itself is shown once and never stored). Each key owns a user
+row, so its conversations are stored like everyone's, and has a limit on how many of its
+replies may be generating at once.
+"""
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import peewee as pw
+
+from coordinator.errors import NotFound
+from coordinator.keys import hash_key, verify_key
+from coordinator.tables import ApiKey, Job, User
+
+API_KEY_PREFIX = "lfa_"
+ACTIVE_JOB_STATES = ("queued", "assigned", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    id: str
+    name: str
+    user_id: str
+    max_concurrent: int
+    created_at: float
+    revoked_at: float | None
+    last_used_at: float | None
+    active_jobs: int
+
+
+class ApiKeyStore:
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+
+    def create(self, name: str, max_concurrent: int = 4) -> tuple[ApiKeyInfo, str]:
+        if not 1 <= max_concurrent <= 1000:
+            raise ValueError("max_concurrent must be between 1 and 1000")
+        if not name.strip() or len(name) > 200:
+            raise ValueError("an API key needs a name of 1 to 200 characters")
+        key_id = uuid.uuid4().hex[:16]
+        key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+        with self.db.atomic():
+            user = User.create(id=uuid.uuid4().hex, name=f"API: {name.strip()[:58]}")
+            ApiKey.create(
+                id=key_id,
+                name=name.strip(),
+                key_hash=hash_key(key),
+                user_id=user.id,
+                max_concurrent=max_concurrent,
+            )
+        return self.get(key_id), key
+
+    def get(self, key_id: str) -> ApiKeyInfo:
+        row = ApiKey.get_or_none(ApiKey.id == key_id)
+        if row is None:
+            raise NotFound(f"no API key {key_id}")
+        return self._info(row)
+
+    def list_keys(self) -> list[ApiKeyInfo]:
+        return [self._info(r) for r in ApiKey.select().order_by(ApiKey.created_at)]
+
+    def revoke(self, key_id: str) -> None:
+        changed = (
+            ApiKey.update(revoked_at=time.time())
+            .where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
+            .execute()
+        )
+        if changed != 1:
+            raise NotFound(f"no active API key {key_id}")
+
+    def verify(self, key: str) -> ApiKeyInfo | None:
+        """The key's record if ``key`` is a live key, else None."""
+        body = key.removeprefix(API_KEY_PREFIX)
+        key_id, _, secret = body.partition("_")
+        if not key.startswith(API_KEY_PREFIX) or not key_id or not secret:
+            return None
+        row = ApiKey.get_or_none((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
+        if row is None or not verify_key(key, str(row.key_hash)):
+            return None
+        ApiKey.update(last_used_at=time.time()).where(ApiKey.id == key_id).execute()
+        return self._info(row)
+
+    @staticmethod
+    def _info(row: ApiKey) -> ApiKeyInfo:
+        active = (
+            Job.select()
+            .where((Job.api_key_id == row.id) & Job.state.in_(ACTIVE_JOB_STATES))
+            .count()
+        )
+        return ApiKeyInfo(
+            id=row.id,
+            name=row.name,
+            user_id=row.user_id,
+            max_concurrent=row.max_concurrent,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+            last_used_at=row.last_used_at,
+            active_jobs=active,
+        )

@@ -1,0 +1,162 @@
+"""Who gets the next job: round-robin between owners, retries on a different worker, and
+quarantine of a worker that keeps failing. On SQLite and PostgreSQL."""
+
+import json
+import time
+
+import peewee as pw
+import pytest
+
+from coordinator.api_keys import ApiKeyStore
+from coordinator.chat_store import ChatStore
+from coordinator.dispatch import Dispatcher, pick_worker
+from coordinator.errors import Busy, RateLimited
+from coordinator.fairness import QueuedJob, fair_order, positions
+from coordinator.job_store import Health, JobStore, Outcome
+from coordinator.tables import Job, Message, Worker
+from coordinator.worker_store import WorkerLoad, WorkerStore
+from farm_protocol.broker import Outbox
+
+
+def add_worker(worker_id: str, capacity: int = 1, loaded: tuple[str, ...] = ()) -> None:
+    Worker.create(
+        id=worker_id,
+        name=worker_id,
+        key_hash="x",
+        capacity=capacity,
+        state="online",
+        last_seen=time.time() + 3600,
+        models=json.dumps(["llama3:latest"]),
+        loaded_models=json.dumps(list(loaded)),
+    )
+
+
+def dispatcher(store: JobStore, db: pw.Database) -> Dispatcher:
+    return Dispatcher(None, store, WorkerStore(db, grace_s=60), Outbox())  # type: ignore[arg-type]
+
+
+def ask(chat: ChatStore, session: str, text: str) -> str:
+    user = chat.session_user(session * 20)
+    thread = chat.create_thread(user.user_id, "")
+    return chat.send_message(user.user_id, thread.thread_id, text, "llama3").job_id
+
+
+def test_fair_order_takes_turns_between_owners() -> None:
+    heavy = [QueuedJob(f"h{i}", "m", created_at=i, owner="heavy") for i in range(5)]
+    light = [QueuedJob("l0", "m", created_at=3.5, owner="light")]
+    late = [QueuedJob("n0", "m", created_at=9, owner="newcomer")]
+    order = [j.id for j in fair_order(heavy + light + late, running={})]
+    assert order == ["h0", "l0", "n0", "h1", "h2", "h3", "h4"]
+    # An owner with jobs already running waits behind owners with none.
+    order = [j.id for j in fair_order(heavy + light, running={"heavy": 2})]
+    assert order == ["l0", "h0", "h1", "h2", "h3", "h4"]
+    assert positions(fair_order(heavy + light, running={}))["l0"] == 2
+
+
+def test_one_heavy_client_does_not_starve_a_chat_user(db: pw.Database) -> None:
+    """An API key with six replies queued first; the chat user's one reply queued last
+    still goes out in the first round with a free slot after the key's first."""
+    chat = ChatStore(db)
+    key, _ = ApiKeyStore(db).create("batch job", max_concurrent=6)
+    thread = chat.create_thread(key.user_id, "")
+    heavy = [
+        chat.send_message(key.user_id, thread.thread_id, f"q{i}", "llama3", api_key=key).job_id
+        for i in range(6)
+    ]
+    with pytest.raises(RateLimited, match="limit"):
+        chat.send_message(key.user_id, thread.thread_id, "one more", "llama3", api_key=key)
+    light = ask(chat, "c", "me too")
+    add_worker("w", capacity=2)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    got = [a.job_id for _, a in dispatcher(store, db)._round()]
+    assert got == [heavy[0], light]
+    assert positions(store.queued_jobs())[heavy[1]] == 1
+
+
+def test_a_full_queue_refuses_at_once(db: pw.Database) -> None:
+    chat = ChatStore(db)
+    ask(chat, "f", "first")
+    user = chat.session_user("g" * 40)
+    thread = chat.create_thread(user.user_id, "")
+    with pytest.raises(Busy, match="queue is full") as refused:
+        chat.send_message(user.user_id, thread.thread_id, "second", "llama3", max_queued=1)
+    assert refused.value.retry_after_s > 0
+
+
+def test_pick_worker_prefers_loaded_then_least_loaded_and_avoids_the_failed_one() -> None:
+    m = frozenset({"llama3:latest"})
+    a = WorkerLoad("a", m, frozenset(), capacity=4, active=0)
+    b = WorkerLoad("b", m, m, capacity=4, active=2)
+    c = WorkerLoad("c", m, m, capacity=4, active=1)
+    assert pick_worker("llama3", [a, b, c]) == c
+    assert pick_worker("llama3", [a, b, c], avoid="c") == b
+    assert pick_worker("llama3", [c], avoid="c") == c  # nobody else: the same worker
+    assert pick_worker("mistral", [a, b, c]) is None
+
+
+def test_a_retry_goes_to_a_different_worker(db: pw.Database) -> None:
+    job_id = ask(ChatStore(db), "r", "retry me")
+    add_worker("a", loaded=("llama3:latest",))
+    add_worker("b")
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    first = dispatcher(store, db)._round()
+    assert [(w, a.attempt) for w, a in first] == [("a", 1)]  # the loaded one
+    view = store.fail_or_retry(job_id, 1, "a", "out of memory", retryable=True)
+    assert view is not None
+    assert view.state == "queued"
+    second = dispatcher(store, db)._round()
+    assert [(w, a.attempt) for w, a in second] == [("b", 2)]
+
+
+def test_a_worker_that_keeps_failing_is_quarantined_then_let_back(db: pw.Database) -> None:
+    chat = ChatStore(db)
+    add_worker("flaky", capacity=1)
+    store = JobStore(
+        db, context_messages=5, max_attempts=1, health=Health(quarantine_after=2, quarantine_s=30)
+    )
+    workers = WorkerStore(db, grace_s=60)
+    for n in range(2):
+        job_id = ask(chat, f"q{n}", "fail")
+        assert store.claim(job_id, "flaky", 1) is not None
+        assert store.fail_or_retry(job_id, 1, "flaky", "boom", retryable=False) is not None
+    flaky = Worker.get_by_id("flaky")
+    assert (flaky.quarantined_until or 0) > time.time() + 25
+    assert (flaky.jobs_failed, flaky.failures) == (2, 0)
+    assert workers.online() == []
+    assert workers.get("flaky").quarantined_until is not None
+    # The cool-down ends: back in dispatch, and a success resets the count.
+    Worker.update(quarantined_until=time.time() - 1).execute()
+    assert [w.id for w in workers.online()] == ["flaky"]
+    job_id = ask(chat, "ok", "works")
+    assert store.claim(job_id, "flaky", 1) is not None
+    assert store.finish(job_id, 1, "flaky", Outcome.SUCCEEDED) is not None
+    flaky = Worker.get_by_id("flaky")
+    assert (flaky.jobs_succeeded, flaky.failures) == (1, 0)
+
+
+def test_a_draining_worker_is_not_blamed_for_the_jobs_it_hands_back(db: pw.Database) -> None:
+    add_worker("leaving", capacity=1)
+    store = JobStore(
+        db, context_messages=5, max_attempts=3, health=Health(quarantine_after=1, quarantine_s=30)
+    )
+    job_id = ask(ChatStore(db), "d", "drain")
+    assert store.claim(job_id, "leaving", 1) is not None
+    Worker.update(state="draining").execute()
+    store.fail_or_retry(job_id, 1, "leaving", "the worker is shutting down", retryable=True)
+    leaving = Worker.get_by_id("leaving")
+    assert leaving.quarantined_until is None
+    assert Job.get_by_id(job_id).state == "queued"
+
+
+def test_a_reply_with_nothing_to_answer_fails_instead_of_crashing_dispatch(
+    db: pw.Database,
+) -> None:
+    chat = ChatStore(db)
+    job_id = ask(chat, "z", "gone")
+    # The question disappears (e.g. deleted by an operator) before dispatch.
+    reply = Job.get_by_id(job_id).message
+    Message.delete().where((Message.thread == reply.thread_id) & (Message.role == "user")).execute()
+    add_worker("w")
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    assert dispatcher(store, db)._round() == []
+    assert Job.get_by_id(job_id).state == "failed"

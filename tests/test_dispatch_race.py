@@ -1,0 +1,135 @@
+"""Whole dispatch rounds racing over thousands of jobs on one database (threads here; two
+coordinator processes in test_two_coordinators.py): no job is claimed twice, no worker
+gets more jobs than its slots. On SQLite, and on PostgreSQL when FARM_TEST_POSTGRES_URL
+is set."""
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+
+import peewee as pw
+
+from coordinator.chat_store import ChatStore
+from coordinator.dispatch import Dispatcher
+from coordinator.job_store import JobStore
+from coordinator.tables import Job, Message, Worker
+from coordinator.worker_store import WorkerStore
+from farm_protocol.broker import Outbox
+from farm_protocol.payloads import JobAssignment
+
+
+def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
+    """``count`` queued replies (and their jobs) in one thread, inserted in bulk."""
+    chat = ChatStore(db)
+    user = chat.session_user(uuid.uuid4().hex * 2)
+    thread = chat.create_thread(user.user_id, "")
+    stamp = time.time()
+    messages, jobs = [], []
+    for i in range(count):
+        message_id, job_id = uuid.uuid4().hex, uuid.uuid4().hex
+        messages.append(
+            {
+                "id": uuid.uuid4().hex,
+                "thread": thread.thread_id,
+                "user": user.user_id,
+                "role": "user",
+                "author": user.name,
+                "content": f"question {i}",
+                "state": "done",
+                "created_at": stamp + i * 1e-3 - 5e-4,
+                "updated_at": stamp,
+            }
+        )
+        messages.append(
+            {
+                "id": message_id,
+                "thread": thread.thread_id,
+                "user": user.user_id,
+                "role": "assistant",
+                "author": model,
+                "state": "queued",
+                "model": model,
+                "job_id": job_id,
+                "created_at": stamp + i * 1e-3,
+                "updated_at": stamp,
+            }
+        )
+        jobs.append(
+            {
+                "id": job_id,
+                "message": message_id,
+                "user": user.user_id,
+                "model": model,
+                "state": "queued",
+                "created_at": stamp + i * 1e-3,
+            }
+        )
+    with db.atomic():
+        for start in range(0, count, 500):
+            Message.insert_many(messages[2 * start : 2 * start + 1000]).execute()
+            Job.insert_many(jobs[start : start + 500]).execute()
+
+
+def add_workers(count: int, capacity: int) -> None:
+    for i in range(count):
+        Worker.create(
+            id=f"w{i}",
+            name=f"w{i}",
+            key_hash="x",
+            capacity=capacity,
+            state="online",
+            last_seen=time.time() + 3600,
+            models=json.dumps(["llama3:latest"]),
+        )
+
+
+def race(db: pw.Database, dispatchers: int) -> list[tuple[str, JobAssignment]]:
+    """Each dispatcher runs rounds until the queue is empty or the fleet is full."""
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    workers = WorkerStore(db, grace_s=7200)
+    barrier = threading.Barrier(dispatchers)
+    claims: list[list[tuple[str, JobAssignment]]] = [[] for _ in range(dispatchers)]
+
+    def run(index: int) -> None:
+        dispatcher = Dispatcher(None, store, workers, Outbox())  # type: ignore[arg-type]
+        with db.connection_context():
+            barrier.wait()
+            idle = 0
+            while idle < 3:
+                got = dispatcher._round()
+                claims[index].extend(got)
+                idle = 0 if got else idle + 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(dispatchers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [c for per in claims for c in per]
+
+
+def test_racing_dispatch_rounds_claim_each_job_once(db: pw.Database) -> None:
+    jobs_n = 3000
+    bulk_queue(db, jobs_n)
+    add_workers(6, capacity=500)
+    claims = race(db, dispatchers=4)
+    ids = [a.job_id for _, a in claims]
+    assert len(ids) == jobs_n
+    assert len(set(ids)) == jobs_n
+    assert {a.attempt for _, a in claims} == {1}
+    held = {j.id: j.worker_id for j in Job.select(Job.id, Job.worker_id)}
+    assert all(held[a.job_id] == worker for worker, a in claims)
+    assert max(Counter(held.values()).values()) <= 500
+    assert Job.select().where(Job.state == "queued").count() == 0
+
+
+def test_racing_dispatch_rounds_never_overfill_a_worker(db: pw.Database) -> None:
+    bulk_queue(db, 400)
+    add_workers(2, capacity=7)
+    claims = race(db, dispatchers=4)
+    assert len(claims) == 14
+    per_worker = Counter(worker for worker, _ in claims)
+    assert per_worker == {"w0": 7, "w1": 7}
+    assert Job.select().where(Job.state == "assigned").count() == 14
