@@ -50,7 +50,7 @@ def measure(db: pw.Database, jobs: int, workers: int) -> float:
         started = time.perf_counter()
         claimed = 0
         while claimed < jobs:
-            round_ = dispatcher._round()
+            round_ = dispatcher._round().assigned
             assert round_, "dispatch stalled"
             claimed += len(round_)
         return jobs / (time.perf_counter() - started)

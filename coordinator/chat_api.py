@@ -10,9 +10,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Quart, Response, request
 
+from coordinator.admission import Admission
 from coordinator.chat_store import ChatStore
 from coordinator.db_runner import DbRunner
-from coordinator.errors import Busy, Conflict, CoordinatorError, NotFound, StoreError
+from coordinator.errors import (
+    Busy,
+    Conflict,
+    CoordinatorError,
+    NotFound,
+    RateLimited,
+    StoreError,
+)
 from coordinator.worker_store import WorkerStore
 from farm_protocol.chat import (
     CreateThreadRequest,
@@ -40,6 +48,9 @@ class ChatContext:
     default_models: list[str]
     publish_message: Callable[[MessageView], Awaitable[None]]
     job_queued: Callable[[], None]
+    admission: Admission
+    max_queued: int
+    cancel: Callable[[str, str], Awaitable[MessageView | None]]
 
 
 def _json(model: BaseModel | list[Any], status: int = 200) -> Response:
@@ -108,13 +119,30 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         req: SendMessageRequest = await body(SendMessageRequest)
         me = await user()
         model = await _choose_model(ctx, req.model)
+        ctx.admission.check(model)
         new = await ctx.runner.call(
-            ctx.chat.send_message, me.user_id, check_id(thread_id, "thread id"), req.text, model
+            ctx.chat.send_message,
+            me.user_id,
+            check_id(thread_id, "thread id"),
+            req.text,
+            model,
+            max_queued=ctx.max_queued,
         )
         await ctx.publish_message(new.user_message)
         await ctx.publish_message(new.reply)
         ctx.job_queued()
         return _json(SendMessageResponse(user_message=new.user_message, reply=new.reply), 201)
+
+    @bp.post("/threads/<thread_id>/messages/<message_id>/stop")
+    async def stop(thread_id: str, message_id: str) -> Response:
+        me = await user()
+        job_id = await ctx.runner.call(
+            ctx.chat.job_to_stop, me.user_id, check_id(thread_id, "thread id"), message_id
+        )
+        view = await ctx.cancel(job_id, f"stopped by {me.name}")
+        if view is None:
+            raise Conflict("this reply has already ended")
+        return _json(view)
 
     @bp.errorhandler(ValidationError)
     async def _invalid(exc: ValidationError) -> Response:
@@ -135,6 +163,8 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
                 return error(409, str(exc))
             case Busy():
                 return error(503, str(exc), exc.retry_after_s)
+            case RateLimited():
+                return error(429, str(exc), exc.retry_after_s)
             case StoreError():
                 log.error("store failure: %s", exc)
                 return error(503, "the database is unavailable; try again shortly", 5)

@@ -8,6 +8,8 @@ import peewee as pw
 
 from coordinator.api_keys import ACTIVE_JOB_STATES, ApiKeyInfo
 from coordinator.errors import Busy, Conflict, NotFound, RateLimited
+from coordinator.fairness import positions
+from coordinator.job_store import queued_in_order
 from coordinator.keys import hash_session_token
 from coordinator.tables import (
     BrowserSession,
@@ -115,9 +117,16 @@ class ChatStore:
             .order_by(Message.created_at.desc(), Message.id.desc())
             .limit(limit)
         )
-        return ThreadSnapshot(
-            thread=thread_view(thread), messages=[message_view(r) for r in reversed(rows)]
-        )
+        views = [message_view(r) for r in reversed(rows)]
+        if any(v.state is MessageState.QUEUED for v in views):
+            places = positions(queued_in_order())
+            views = [
+                v.model_copy(update={"queue_position": places.get(v.job_id or "")})
+                if v.state is MessageState.QUEUED
+                else v
+                for v in views
+            ]
+        return ThreadSnapshot(thread=thread_view(thread), messages=views)
 
     def message(self, message_id: str) -> MessageView:
         row = Message.get_or_none(Message.id == message_id)
@@ -196,6 +205,20 @@ class ChatStore:
                 updates[Thread.title] = text[:60]
             Thread.update(updates).where(Thread.id == thread_id).execute()
         return NewReply(message_view(mine), message_view(reply), job_id)
+
+    def job_to_stop(self, user_id: str, thread_id: str, message_id: str) -> str:
+        """The job behind a reply that a member of its thread wants to stop."""
+        message = Message.get_or_none((Message.id == message_id) & (Message.thread == thread_id))
+        if message is None or message.job_id is None:
+            raise NotFound(f"no reply {message_id} in thread {thread_id}")
+        member = ThreadMember.select().where(
+            (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+        )
+        if not member.exists():
+            raise NotFound(f"no reply {message_id} in thread {thread_id}")
+        if message.state not in (MessageState.QUEUED.value, MessageState.GENERATING.value):
+            raise Conflict(f"this reply has already ended ({message.state})")
+        return str(message.job_id)
 
     def _join(self, thread_id: str, user_id: str) -> None:
         exists = ThreadMember.select().where(

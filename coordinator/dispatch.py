@@ -3,14 +3,18 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
-from dataclasses import replace
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
 
+from coordinator.admission import Admission
 from coordinator.db_runner import DbRunner
+from coordinator.fairness import QueuedJob, positions
 from coordinator.job_store import JobStore, Pick
 from coordinator.worker_store import WorkerLoad, WorkerStore
 from farm_protocol import topics
 from farm_protocol.broker import Outbox
+from farm_protocol.chat import MessageView
 from farm_protocol.codec import encode
 from farm_protocol.models import normalize_model
 from farm_protocol.payloads import JobAssignment
@@ -39,18 +43,43 @@ def pick_worker(
     )
 
 
+@dataclass(slots=True)
+class Round:
+    """What one dispatch round did, and what it saw of the queue afterwards."""
+
+    assigned: list[tuple[str, JobAssignment]] = field(default_factory=list)
+    head_ages: dict[str, float] = field(default_factory=dict)  # oldest queued, per model
+    moved: list[MessageView] = field(default_factory=list)  # replies whose place changed
+
+
 class Dispatcher:
     """Runs a dispatch round whenever kicked (a job queued, a worker free or online), and
-    once a second as a safety net for changes made by another coordinator process."""
+    once a second as a safety net for changes made by another coordinator process.
+
+    After each round it tells the admission control how old each model's queue head is,
+    and publishes the new queue position of every reply (of the first
+    ``POSITIONS_PUBLISHED``) whose place changed."""
+
+    POSITIONS_PUBLISHED = 100
 
     def __init__(
-        self, runner: DbRunner, jobs: JobStore, workers: WorkerStore, outbox: Outbox
+        self,
+        runner: DbRunner,
+        jobs: JobStore,
+        workers: WorkerStore,
+        outbox: Outbox,
+        admission: Admission | None = None,
+        publish_message: Callable[[MessageView], Awaitable[None]] | None = None,
     ) -> None:
         self.runner = runner
         self.jobs = jobs
         self.workers = workers
         self.outbox = outbox
+        self.admission = admission
+        self.publish_message = publish_message
         self._wake = asyncio.Event()
+        self._positions: dict[str, int] = {}
+        self.on_assigned: Callable[[float], None] = lambda waited_s: None
 
     def kick(self) -> None:
         self._wake.set()
@@ -63,8 +92,8 @@ class Dispatcher:
             await self.dispatch_once()
 
     async def dispatch_once(self) -> int:
-        assigned = await self.runner.call(self._round)
-        for worker_id, assignment in assigned:
+        done = await self.runner.call(self._round)
+        for worker_id, assignment in done.assigned:
             log.info(
                 "job %s attempt %d -> worker %s (%s)",
                 assignment.job_id,
@@ -75,23 +104,47 @@ class Dispatcher:
             await self.outbox.put(
                 topics.worker_assign(worker_id), encode(assignment), qos=topics.QOS_ASSIGN
             )
-        return len(assigned)
+        if self.admission is not None:
+            self.admission.observe(done.head_ages)
+        if self.publish_message is not None:
+            for view in done.moved:
+                await self.publish_message(view)
+        return len(done.assigned)
 
-    def _round(self) -> list[tuple[str, JobAssignment]]:
+    def _round(self) -> Round:
         """One pass over the queue, in the database thread: pick a worker for each job in
-        serving order, then claim all the picks in one transaction."""
+        serving order, claim all the picks in one transaction, then look at what is left."""
+        queued = self.jobs.queued_jobs()
+        done = Round()
+        if queued:
+            done.assigned = self._assign(queued)
+        stamp = time.time()
+        taken = {a.job_id for _, a in done.assigned}
+        left = [job for job in queued if job.id not in taken]
+        for job in left:
+            model = normalize_model(job.model)
+            done.head_ages[model] = max(done.head_ages.get(model, 0.0), stamp - job.created_at)
+        for job in queued:
+            if job.id in taken:
+                self.on_assigned(stamp - job.created_at)
+        now_at = positions(left[: self.POSITIONS_PUBLISHED])
+        changed = {j: p for j, p in now_at.items() if self._positions.get(j) != p}
+        self._positions = now_at
+        if changed and self.publish_message is not None:
+            done.moved = self.jobs.queued_views(changed)
+        return done
+
+    def _assign(self, queued: list[QueuedJob]) -> list[tuple[str, JobAssignment]]:
         fleet = {w.id: w for w in self.workers.online()}
         free = sum(max(w.capacity - w.active, 0) for w in fleet.values())
-        if not free:
-            return []
         picks: list[Pick] = []
-        for job in self.jobs.queued_jobs():
+        for job in queued:
+            if not free:
+                break
             worker = pick_worker(job.model, fleet.values(), job.avoid_worker)
             if worker is None:
                 continue
             picks.append(Pick(job.id, worker.id, worker.capacity))
             fleet[worker.id] = replace(worker, active=worker.active + 1)
             free -= 1
-            if not free:
-                break
         return self.jobs.claim_many(picks)

@@ -128,6 +128,18 @@ def active_by_owner() -> dict[str, int]:
     return {str(owner): int(held) for owner, held in rows}
 
 
+def queued_in_order(limit: int = 1000) -> list[QueuedJob]:
+    """The oldest ``limit`` queued jobs, in serving order (round-robin by owner)."""
+    rows = _tuples(
+        Job.select(Job.id, Job.model, Job.created_at, _owner(), Job.avoid_worker_id)
+        .where(Job.state == "queued")
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    )
+    jobs = [QueuedJob(j, m, c, str(o), a) for j, m, c, o, a in rows]
+    return fair_order(jobs, active_by_owner())
+
+
 def active_counts() -> dict[str, int]:
     """How many jobs each worker holds right now."""
     rows = (
@@ -161,15 +173,17 @@ class JobStore:
     # --- dispatch -----------------------------------------------------------------------
 
     def queued_jobs(self, limit: int = 1000) -> list[QueuedJob]:
-        """The oldest ``limit`` queued jobs, in serving order (round-robin by owner)."""
-        rows = _tuples(
-            Job.select(Job.id, Job.model, Job.created_at, _owner(), Job.avoid_worker_id)
-            .where(Job.state == "queued")
-            .order_by(Job.created_at, Job.id)
-            .limit(limit)
+        return queued_in_order(limit)
+
+    def queued_views(self, positions: dict[str, int]) -> list[MessageView]:
+        """The queued replies of these jobs, each with its queue position."""
+        rows = Message.select().where(
+            Message.job_id.in_(list(positions)) & (Message.state == MessageState.QUEUED.value)
         )
-        jobs = [QueuedJob(j, m, c, str(o), a) for j, m, c, o, a in rows]
-        return fair_order(jobs, active_by_owner())
+        return [
+            message_view(row).model_copy(update={"queue_position": positions[str(row.job_id)]})
+            for row in rows
+        ]
 
     def claim(self, job_id: str, worker_id: str, capacity: int) -> JobAssignment | None:
         """Give ``job_id`` to ``worker_id`` if it is still queued and the worker has a free
@@ -462,6 +476,29 @@ class JobStore:
                 ).where(Message.id == job.message_id).execute()
                 return message_view(Message.get_by_id(job.message_id))
         return self._end(where, job_id, outcome, reason, stamp)
+
+    def cancel(
+        self, job_id: str, reason: str, tail: TextAppend | None = None
+    ) -> tuple[MessageView | None, Cancel | None]:
+        """Stop a job: a queued one ends at once; a held one ends with its text so far kept
+        (``tail`` is what was received but not yet written), and the returned
+        :class:`Cancel` is for its worker. (None, None) if the job already ended."""
+        with self._write():
+            stamp = time.time()
+            job = Job.get_or_none(Job.id == job_id)
+            if job is None:
+                return None, None
+            if job.state == "queued":
+                where = (Job.id == job_id) & (Job.state == "queued")
+                return self._end(where, job_id, Outcome.CANCELLED, reason, stamp), None
+            if job.state not in ACTIVE:
+                return None, None
+            worker_id = str(job.worker_id)
+            if tail is not None:
+                self._apply(tail, stamp)
+            where = self._held(job_id, job.attempt, worker_id)
+            view = self._end(where, job_id, Outcome.CANCELLED, reason, stamp)
+            return view, Cancel(worker_id, job_id, job.attempt, reason) if view else None
 
     # --- deadlines ----------------------------------------------------------------------
 

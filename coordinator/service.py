@@ -5,6 +5,8 @@ import logging
 
 import aiomqtt
 
+from coordinator.admission import Admission
+from coordinator.cancellation import Canceller
 from coordinator.chat_api import ChatContext, create_app
 from coordinator.chat_store import ChatStore
 from coordinator.database import migrate, open_database
@@ -42,7 +44,15 @@ class Coordinator:
         )
         self.workers = WorkerStore(db, grace_s=settings.worker_grace_s)
         self.outbox = Outbox()
-        self.dispatcher = Dispatcher(self.runner, self.jobs, self.workers, self.outbox)
+        self.admission = Admission(settings.queue_target_s, settings.queue_interval_s)
+        self.dispatcher = Dispatcher(
+            self.runner,
+            self.jobs,
+            self.workers,
+            self.outbox,
+            self.admission,
+            self.publish_message,
+        )
         self.streams = JobStreams(
             self.runner,
             self.jobs,
@@ -59,6 +69,14 @@ class Coordinator:
             self.streams.forget,
             self.dispatcher.kick,
         )
+        self.canceller = Canceller(
+            self.runner,
+            self.jobs,
+            self.streams,
+            self.outbox,
+            self.publish_message,
+            self.dispatcher.kick,
+        )
         self.inbound = Inbound(self.runner, self.workers, self.streams, self.dispatcher)
         self.app = create_app(
             ChatContext(
@@ -69,6 +87,9 @@ class Coordinator:
                 default_models=settings.default_models,
                 publish_message=self.publish_message,
                 job_queued=self.dispatcher.kick,
+                admission=self.admission,
+                max_queued=settings.max_queued,
+                cancel=self.canceller.cancel,
             )
         )
 

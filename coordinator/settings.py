@@ -30,6 +30,11 @@ class CoordinatorSettings(BaseSettings):
     first_token_timeout_s: float = 120.0  # accepted -> first token (includes model load)
     stall_timeout_s: float = 60.0  # longest silence between tokens
     reply_timeout_s: float = 600.0  # whole reply
+    # Load shedding: at most this many requests wait; and while a model's oldest queued
+    # request has waited over the target for a whole interval, new ones are refused.
+    max_queued: int = Field(default=1000, ge=1)
+    queue_target_s: float = 15.0
+    queue_interval_s: float = 5.0
     worker_grace_s: float = 10.0  # a worker silent this long is offline
     flush_interval_s: float = 0.1  # how often streamed text is written to the database
     sweep_interval_s: float = 1.0  # janitor period

@@ -184,6 +184,11 @@ class JobStreams:
         for view in await self.runner.call(self.jobs.append_text, batch):
             await self.publish_message(view)
 
+    def take_tail(self, job_id: str) -> TextAppend | None:
+        """The text received for a job but not yet written; the stream is forgotten."""
+        assembly = self._live.pop(job_id, None)
+        return assembly.take() if assembly is not None else None
+
     def forget(self, job_id: str) -> None:
         """Drop a job's stream (it ended by a deadline or a cancel)."""
         self._live.pop(job_id, None)

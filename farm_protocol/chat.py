@@ -56,6 +56,8 @@ class MessageView(_View):
     content_seq: int = -1
     error: str | None = None
     created_at: float
+    # While queued: 1 for the next reply to be served. None when unknown or not queued.
+    queue_position: int | None = None
 
 
 class ThreadView(_View):

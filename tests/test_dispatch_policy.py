@@ -16,6 +16,7 @@ from coordinator.job_store import Health, JobStore, Outcome
 from coordinator.tables import Job, Message, Worker
 from coordinator.worker_store import WorkerLoad, WorkerStore
 from farm_protocol.broker import Outbox
+from farm_protocol.chat import MessageView
 
 
 def add_worker(worker_id: str, capacity: int = 1, loaded: tuple[str, ...] = ()) -> None:
@@ -68,7 +69,7 @@ def test_one_heavy_client_does_not_starve_a_chat_user(db: pw.Database) -> None:
     light = ask(chat, "c", "me too")
     add_worker("w", capacity=2)
     store = JobStore(db, context_messages=5, max_attempts=3)
-    got = [a.job_id for _, a in dispatcher(store, db)._round()]
+    got = [a.job_id for _, a in dispatcher(store, db)._round().assigned]
     assert got == [heavy[0], light]
     assert positions(store.queued_jobs())[heavy[1]] == 1
 
@@ -99,12 +100,12 @@ def test_a_retry_goes_to_a_different_worker(db: pw.Database) -> None:
     add_worker("a", loaded=("llama3:latest",))
     add_worker("b")
     store = JobStore(db, context_messages=5, max_attempts=3)
-    first = dispatcher(store, db)._round()
+    first = dispatcher(store, db)._round().assigned
     assert [(w, a.attempt) for w, a in first] == [("a", 1)]  # the loaded one
     view = store.fail_or_retry(job_id, 1, "a", "out of memory", retryable=True)
     assert view is not None
     assert view.state == "queued"
-    second = dispatcher(store, db)._round()
+    second = dispatcher(store, db)._round().assigned
     assert [(w, a.attempt) for w, a in second] == [("b", 2)]
 
 
@@ -158,5 +159,40 @@ def test_a_reply_with_nothing_to_answer_fails_instead_of_crashing_dispatch(
     Message.delete().where((Message.thread == reply.thread_id) & (Message.role == "user")).execute()
     add_worker("w")
     store = JobStore(db, context_messages=5, max_attempts=3)
-    assert dispatcher(store, db)._round() == []
+    assert dispatcher(store, db)._round().assigned == []
     assert Job.get_by_id(job_id).state == "failed"
+
+
+def test_queue_positions_are_published_when_they_change(db: pw.Database) -> None:
+    chat = ChatStore(db)
+    jobs = [ask(chat, s, "wait") for s in "xyz"]
+
+    async def publish(view: MessageView) -> None:
+        raise AssertionError("a round only collects; dispatch_once publishes")
+
+    d = Dispatcher(
+        None,  # type: ignore[arg-type]
+        JobStore(db, context_messages=5, max_attempts=3),
+        WorkerStore(db, grace_s=60),
+        Outbox(),
+        publish_message=publish,
+    )
+    first = d._round()
+    assert [
+        (v.job_id, v.queue_position)
+        for v in sorted(first.moved, key=lambda v: v.queue_position or 0)
+    ] == [
+        (jobs[0], 1),
+        (jobs[1], 2),
+        (jobs[2], 3),
+    ]
+    assert set(first.head_ages) == {"llama3:latest"}
+    assert d._round().moved == []  # nothing moved
+    add_worker("w")
+    third = d._round()
+    assert [a.job_id for _, a in third.assigned] == [jobs[0]]
+    assert sorted((v.job_id, v.queue_position) for v in third.moved) == sorted(
+        [(jobs[1], 1), (jobs[2], 2)]
+    )
+    snapshot = chat.snapshot(Job.get_by_id(jobs[2]).message.thread_id)
+    assert snapshot.messages[-1].queue_position == 2

@@ -98,7 +98,7 @@ def race(db: pw.Database, dispatchers: int) -> list[tuple[str, JobAssignment]]:
             barrier.wait()
             idle = 0
             while idle < 3:
-                got = dispatcher._round()
+                got = dispatcher._round().assigned
                 claims[index].extend(got)
                 idle = 0 if got else idle + 1
 

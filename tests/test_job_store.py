@@ -115,3 +115,28 @@ def test_context_is_system_prompt_plus_recent_successes(db: pw.Database) -> None
     turns = [(t.role, t.content) for t in assignment.messages]
     # the first reply never completed (empty, not "done"), so it is left out
     assert turns == [("system", "be brief"), ("user", "one"), ("user", "two")]
+
+
+def test_cancel_keeps_the_text_so_far_and_names_the_worker(db: pw.Database) -> None:
+    queue_jobs(db, 1)
+    add_worker("w", 1)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    job = store.queued_jobs()[0]
+    assert store.claim(job.id, "w", 1) is not None
+    message_id = Job.get_by_id(job.id).message_id
+    store.append_text([TextAppend(job.id, 1, "w", message_id, "Once upon", 0, 1)])
+    tail = TextAppend(job.id, 1, "w", message_id, " a time", 1, 2)
+    view, order = store.cancel(job.id, "stopped by Owl", tail)
+    assert view is not None
+    assert (view.state, view.content, view.error) == (
+        "cancelled",
+        "Once upon a time",
+        "stopped by Owl",
+    )
+    assert order is not None
+    assert (order.worker_id, order.attempt) == ("w", 1)
+    # Late text from the worker does not land; cancelling again does nothing.
+    late = TextAppend(job.id, 1, "w", message_id, " there was", 2, 3)
+    assert store.append_text([late]) == []
+    assert store.cancel(job.id, "again") == (None, None)
+    assert Job.get_by_id(job.id).state == "cancelled"

@@ -109,6 +109,11 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     async def send(thread_id: str) -> Response:
         return await forward("POST", f"/threads/{_id(thread_id)}/messages", await json_body())
 
+    @app.post("/api/threads/<thread_id>/messages/<message_id>/stop")
+    async def stop(thread_id: str, message_id: str) -> Response:
+        path = f"/threads/{_id(thread_id)}/messages/{_id(message_id)}/stop"
+        return await forward("POST", path)
+
     @app.errorhandler(TopicError)
     async def _bad_id(exc: TopicError) -> Response:
         return _error(404, str(exc))

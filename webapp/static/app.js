@@ -49,7 +49,10 @@
     if (!el) {
       el = document.createElement("article");
       el.dataset.id = message.message_id;
-      el.innerHTML = '<div class="who"></div><div class="body"></div><div class="state"></div>';
+      el.innerHTML = '<div class="who"></div><div class="body"></div>' +
+        '<div class="foot"><span class="state"></span>' +
+        '<button type="button" class="stop" hidden>Stop</button></div>';
+      el.querySelector(".stop").addEventListener("click", () => stop(el.dataset.id));
       $("messages").appendChild(el);
     }
     el.className = `msg ${message.role} ${message.state}`;
@@ -60,8 +63,12 @@
     body.innerHTML = window.renderMarkdown(message.content);
     body.classList.toggle("cursor", message.state === "generating");
     let label = STATE_LABEL[message.state] || "";
+    if (message.state === "queued" && message.queue_position) {
+      label += ` (#${message.queue_position} in the queue)`;
+    }
     if (message.error && message.state !== "done") label += `: ${message.error}`;
     el.querySelector(".state").textContent = label;
+    el.querySelector(".stop").hidden = message.role !== "assistant" || isFinal(message.state);
     if (stick) $("messages").scrollTop = $("messages").scrollHeight;
   }
 
@@ -76,6 +83,14 @@
   }
 
   function isFinal(state) { return !["queued", "generating"].includes(state); }
+
+  async function stop(messageId) {
+    try {
+      upsert(await api("POST", `/api/threads/${app.threadId}/messages/${messageId}/stop`));
+    } catch (error) {
+      notice(error.message);
+    }
+  }
 
   function applyChunk(event) {
     const message = [...app.messages.values()].find((m) => m.job_id === event.job_id);
