@@ -83,4 +83,5 @@ class Admission:
             f"the farm is busy: requests for {display_model(normalize_model(model))} are "
             f"waiting {queue.head_age_s:.0f} s; try again in {retry} s",
             retry,
+            "queue_standing",
         )

@@ -166,7 +166,9 @@ class ChatStore:
             if max_queued is not None:
                 queued = Job.select().where(Job.state == "queued").count()
                 if queued >= max_queued:
-                    raise Busy(f"the farm's queue is full ({queued} requests waiting)", 10.0)
+                    raise Busy(
+                        f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full"
+                    )
             self._join(thread_id, user_id)
             stamp = now()
             mine = Message.create(

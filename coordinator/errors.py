@@ -18,11 +18,12 @@ class Conflict(CoordinatorError):
 
 
 class Busy(CoordinatorError):
-    """The farm cannot take this now; try again later."""
+    """The farm cannot take this now; try again later. ``reason`` labels the metric."""
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    def __init__(self, message: str, retry_after_s: float, reason: str = "busy") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 class RateLimited(CoordinatorError):

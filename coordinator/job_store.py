@@ -71,6 +71,7 @@ class ActiveJob:
     thread_id: str
     content: str
     content_seq: int
+    created_at: float  # when the request was queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +116,14 @@ def _owner() -> pw.Function:
     return pw.fn.COALESCE(Job.api_key_id, Job.user)
 
 
-def _tuples(query: "pw.ModelSelect[Any]") -> list[tuple[Any, ...]]:
+def row_tuples(query: "pw.ModelSelect[Any]") -> list[tuple[Any, ...]]:
     """A query's rows as plain tuples (peewee's stubs type them as model instances)."""
     return cast(list[tuple[Any, ...]], list(query.tuples()))
 
 
 def active_by_owner() -> dict[str, int]:
     """How many jobs each owner (API key, else user) has held by a worker right now."""
-    rows = _tuples(
+    rows = row_tuples(
         Job.select(_owner(), pw.fn.COUNT(Job.id)).where(Job.state.in_(ACTIVE)).group_by(_owner())
     )
     return {str(owner): int(held) for owner, held in rows}
@@ -130,7 +131,7 @@ def active_by_owner() -> dict[str, int]:
 
 def queued_in_order(limit: int = 1000) -> list[QueuedJob]:
     """The oldest ``limit`` queued jobs, in serving order (round-robin by owner)."""
-    rows = _tuples(
+    rows = row_tuples(
         Job.select(Job.id, Job.model, Job.created_at, _owner(), Job.avoid_worker_id)
         .where(Job.state == "queued")
         .order_by(Job.created_at, Job.id)
@@ -210,7 +211,7 @@ class JobStore:
                 )
             held: dict[str, int] = {
                 str(worker): int(count)
-                for worker, count in _tuples(
+                for worker, count in row_tuples(
                     Job.select(Job.worker_id, pw.fn.COUNT(Job.id))
                     .where(Job.worker_id.in_(workers) & Job.state.in_(ACTIVE))
                     .group_by(Job.worker_id)
@@ -301,7 +302,14 @@ class JobStore:
             return None
         msg = row.message
         return ActiveJob(
-            row.id, row.attempt, row.worker_id, msg.id, msg.thread_id, msg.content, msg.content_seq
+            row.id,
+            row.attempt,
+            row.worker_id,
+            msg.id,
+            msg.thread_id,
+            msg.content,
+            msg.content_seq,
+            row.created_at,
         )
 
     @staticmethod

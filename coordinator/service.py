@@ -5,16 +5,20 @@ import logging
 
 import aiomqtt
 
+from coordinator.admin_api import AdminContext
 from coordinator.admission import Admission
+from coordinator.api_keys import ApiKeyStore
 from coordinator.cancellation import Canceller
-from coordinator.chat_api import ChatContext, create_app
+from coordinator.chat_api import ChatContext
 from coordinator.chat_store import ChatStore
 from coordinator.database import migrate, open_database
 from coordinator.db_runner import DbRunner
 from coordinator.dispatch import Dispatcher
+from coordinator.http_app import create_app
 from coordinator.inbound import SUBSCRIPTIONS, Inbound
 from coordinator.janitor import Janitor, deadlines_from
 from coordinator.job_store import Health, JobStore
+from coordinator.metrics import Metrics
 from coordinator.settings import CoordinatorSettings
 from coordinator.streams import JobStreams
 from coordinator.worker_store import WorkerStore
@@ -44,6 +48,7 @@ class Coordinator:
         )
         self.workers = WorkerStore(db, grace_s=settings.worker_grace_s)
         self.outbox = Outbox()
+        self.metrics = Metrics(settings.worker_grace_s)
         self.admission = Admission(settings.queue_target_s, settings.queue_interval_s)
         self.dispatcher = Dispatcher(
             self.runner,
@@ -69,6 +74,8 @@ class Coordinator:
             self.streams.forget,
             self.dispatcher.kick,
         )
+        self.dispatcher.on_assigned = self.metrics.queue_wait.observe
+        self.streams.on_first_token = self.metrics.time_to_first_token.observe
         self.canceller = Canceller(
             self.runner,
             self.jobs,
@@ -90,7 +97,18 @@ class Coordinator:
                 admission=self.admission,
                 max_queued=settings.max_queued,
                 cancel=self.canceller.cancel,
-            )
+                metrics=self.metrics,
+            ),
+            AdminContext(
+                runner=self.runner,
+                workers=self.workers,
+                api_keys=ApiKeyStore(db),
+                outbox=self.outbox,
+                admin_token=settings.admin_token.get_secret_value(),
+                grace_s=settings.worker_grace_s,
+                admission=self.admission,
+                cancel=self.canceller.cancel,
+            ),
         )
 
     async def publish_message(self, view: MessageView) -> None:

@@ -19,6 +19,8 @@ class CoordinatorSettings(BaseSettings):
     http_port: int = 8700
     # The webapp presents this bearer token on the chat API.
     service_token: SecretStr = Field(default=SecretStr(""))
+    # Bearer token of the admin API (/api/v1/admin); empty keeps that API closed.
+    admin_token: SecretStr = Field(default=SecretStr(""))
     # Models offered when the fleet is empty, in picker order (the original's list).
     default_models: list[str] = ["llama3", "codegemma", "codellama:7b", "llama2", "mistral"]
     context_messages: int = Field(default=5, ge=1)  # successful messages sent as context

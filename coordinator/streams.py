@@ -4,6 +4,7 @@ write text in batches, and finish a job only once its whole text is verified."""
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -79,6 +80,7 @@ class JobStreams:
         self.on_job_ended = on_job_ended
         self.flush_interval_s = flush_interval_s
         self._live: dict[str, Assembly] = {}
+        self.on_first_token: Callable[[float], None] = lambda seconds: None
 
     async def on_event(self, worker_id: str, event: JobEvent) -> None:
         assembly = await self._assembly(worker_id, event.job_id, event.attempt)
@@ -95,8 +97,11 @@ class JobStreams:
             case JobAccepted():
                 await self.runner.call(self.jobs.accept, event.job_id, event.attempt, worker_id)
             case JobChunk():
+                first = assembly.next_seq == 0
                 if not assembly.add(event):
                     log.debug("duplicate chunk %d of job %s", event.seq, event.job_id)
+                elif first and assembly.next_seq > 0:
+                    self.on_first_token(time.time() - assembly.job.created_at)
                 await self._try_finish(assembly)
             case JobDone():
                 assembly.done = event

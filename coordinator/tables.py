@@ -125,6 +125,7 @@ class Job(_Base):
     message = pw.ForeignKeyField(Message, on_delete="CASCADE")
     message_id: str  # peewee's column accessor, declared for the type checker
     user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    user_id: str | None  # peewee's column accessor, declared for the type checker
     model = pw.CharField(max_length=200)
     state = pw.CharField(max_length=16)
     attempt = pw.IntegerField(default=0)

@@ -38,6 +38,20 @@ class Farm:
     stop: asyncio.Event
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
+    @property
+    def coordinator_url(self) -> str:
+        return f"http://127.0.0.1:{self.coordinator.settings.http_port}"
+
+    def admin(self, token: str) -> httpx.AsyncClient:
+        """An HTTP client of the coordinator's admin API with this bearer token."""
+        client = httpx.AsyncClient(
+            base_url=self.coordinator_url + "/api/v1/admin",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        self.clients.append(client)
+        return client
+
     def browser(self) -> httpx.AsyncClient:
         """An HTTP client with its own cookie jar: one anonymous browser."""
         client = httpx.AsyncClient(base_url=self.web_url, timeout=10)
@@ -62,6 +76,7 @@ async def running_farm(
     sim: SimSettings | None = None,
     workers: int = 1,
     concurrency: int = 2,
+    coordinator_settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[Farm]:
     stop = asyncio.Event()
     sim = (sim or SimSettings(ttft_ms=20, tokens_per_s=200)).model_copy(
@@ -75,6 +90,7 @@ async def running_farm(
             http_port=free_port(),
             service_token=token,
             coordinator_client_id=f"coordinator-{uuid.uuid4().hex[:8]}",
+            **(coordinator_settings or {}),
         )
     )
     fleet = []

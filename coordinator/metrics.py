@@ -1,0 +1,82 @@
+"""Prometheus metrics at ``/metrics``.
+
+Counts that the database already knows (queue depth, jobs by state, workers online) are
+read from it at scrape time, so they are right after a restart and across several
+coordinator processes. Latencies are observed in this process as they happen.
+"""
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from coordinator import reports
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _FromDatabase(Collector):
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = reports.queue_stats(self.grace_s)
+        depth = GaugeMetricFamily("farm_queue_depth", "Jobs waiting for a worker", labels=["model"])
+        for model, queue in stats.by_model.items():
+            depth.add_metric([model], queue.queued)
+        yield depth
+        oldest = GaugeMetricFamily(
+            "farm_queue_oldest_wait_seconds",
+            "How long the oldest queued job has waited",
+            labels=["model"],
+        )
+        for model, queue in stats.by_model.items():
+            oldest.add_metric([model], queue.oldest_wait_s)
+        yield oldest
+        yield GaugeMetricFamily("farm_jobs_running", "Jobs held by a worker", value=stats.running)
+        finished = CounterMetricFamily(
+            "farm_jobs_finished", "Jobs that ended, by final state", labels=["state"]
+        )
+        for state in reports.FINAL_STATES:
+            finished.add_metric([state], stats.jobs_by_state[state])
+        yield finished
+        yield GaugeMetricFamily(
+            "farm_workers_online", "Workers online and heartbeating", value=stats.workers_online
+        )
+        yield GaugeMetricFamily(
+            "farm_workers_quarantined",
+            "Online workers kept from new jobs after repeated failures",
+            value=stats.workers_quarantined,
+        )
+        yield GaugeMetricFamily(
+            "farm_slots_free", "Free job slots on available workers", value=stats.slots_free
+        )
+
+
+class Metrics:
+    def __init__(self, grace_s: float) -> None:
+        self.registry = CollectorRegistry()
+        self.queue_wait = Histogram(
+            "farm_queue_wait_seconds",
+            "Time from a request being queued to its job being assigned",
+            buckets=_SECONDS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "farm_time_to_first_token_seconds",
+            "Time from a request being queued to its first token reaching the coordinator",
+            buckets=_SECONDS,
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "farm_requests_refused",
+            "Requests refused at once because the farm was busy",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.registry.register(_FromDatabase(grace_s))
+
+    def render(self) -> bytes:
+        """The exposition text; reads the database, so call it in the database thread."""
+        return generate_latest(self.registry)

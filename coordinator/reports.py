@@ -1,0 +1,136 @@
+"""Read-only views of the queue and the fleet, for the admin API and the metrics."""
+
+import time
+from typing import Any
+
+import peewee as pw
+from pydantic import BaseModel
+
+from coordinator.fairness import positions
+from coordinator.job_store import ACTIVE, active_counts, queued_in_order, row_tuples
+from coordinator.tables import Job, Worker
+from farm_protocol.models import normalize_model
+
+FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
+JOB_STATES = ("queued", *ACTIVE, *FINAL_STATES)
+
+
+class JobInfo(BaseModel):
+    job_id: str
+    state: str
+    model: str
+    attempt: int
+    worker_id: str | None
+    user_id: str | None
+    api_key_id: str | None
+    message_id: str
+    chunks: int
+    error: str | None
+    queue_position: int | None
+    created_at: float
+    assigned_at: float | None
+    accepted_at: float | None
+    first_token_at: float | None
+    finished_at: float | None
+
+
+class ModelQueue(BaseModel):
+    queued: int
+    oldest_wait_s: float
+
+
+class QueueStats(BaseModel):
+    queued: int
+    running: int
+    by_model: dict[str, ModelQueue]
+    jobs_by_state: dict[str, int]
+    workers_online: int
+    workers_quarantined: int
+    workers_registered: int
+    slots_free: int
+
+
+def _info(row: Job, places: dict[str, int]) -> JobInfo:
+    return JobInfo(
+        job_id=row.id,
+        state=row.state,
+        model=row.model,
+        attempt=row.attempt,
+        worker_id=row.worker_id,
+        user_id=row.user_id,
+        api_key_id=row.api_key_id,
+        message_id=row.message_id,
+        chunks=row.chunks,
+        error=row.error,
+        queue_position=places.get(row.id),
+        created_at=row.created_at,
+        assigned_at=row.assigned_at,
+        accepted_at=row.accepted_at,
+        first_token_at=row.first_token_at,
+        finished_at=row.finished_at,
+    )
+
+
+def list_jobs(state: str | None = None, limit: int = 100) -> list[JobInfo]:
+    """The newest ``limit`` jobs, optionally in one state."""
+    if state is not None and state not in JOB_STATES:
+        raise ValueError(f"state must be one of {', '.join(JOB_STATES)}")
+    if not 1 <= limit <= 1000:
+        raise ValueError("limit must be between 1 and 1000")
+    query = Job.select().order_by(Job.created_at.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == state)
+    places = positions(queued_in_order()) if state in (None, "queued") else {}
+    return [_info(row, places) for row in query]
+
+
+def job(job_id: str) -> JobInfo | None:
+    row = Job.get_or_none(Job.id == job_id)
+    if row is None:
+        return None
+    places = positions(queued_in_order()) if row.state == "queued" else {}
+    return _info(row, places)
+
+
+def jobs_by_state() -> dict[str, int]:
+    counts: dict[str, Any] = dict.fromkeys(JOB_STATES, 0)
+    for state, count in row_tuples(Job.select(Job.state, pw.fn.COUNT(Job.id)).group_by(Job.state)):
+        counts[str(state)] = int(count)
+    return counts
+
+
+def queue_stats(grace_s: float) -> QueueStats:
+    stamp = time.time()
+    by_model: dict[str, ModelQueue] = {}
+    rows = row_tuples(
+        Job.select(Job.model, pw.fn.COUNT(Job.id), pw.fn.MIN(Job.created_at))
+        .where(Job.state == "queued")
+        .group_by(Job.model)
+    )
+    for model, count, oldest in rows:
+        name = normalize_model(str(model))
+        known = by_model.get(name, ModelQueue(queued=0, oldest_wait_s=0.0))
+        by_model[name] = ModelQueue(
+            queued=known.queued + int(count),
+            oldest_wait_s=max(known.oldest_wait_s, round(stamp - float(oldest), 3)),
+        )
+    states = jobs_by_state()
+    live = Worker.select().where(
+        Worker.revoked_at.is_null()
+        & (Worker.state == "online")
+        & (Worker.last_seen >= stamp - grace_s)
+    )
+    online = list(live)
+    quarantined = [w for w in online if w.quarantined_until and w.quarantined_until > stamp]
+    held = active_counts()
+    free = sum(max(int(w.capacity) - held.get(w.id, 0), 0) for w in online if w not in quarantined)
+    return QueueStats(
+        queued=states["queued"],
+        running=states["assigned"] + states["running"],
+        by_model=by_model,
+        jobs_by_state=states,
+        workers_online=len(online),
+        workers_quarantined=len(quarantined),
+        workers_registered=Worker.select().where(Worker.revoked_at.is_null()).count(),
+        slots_free=free,
+    )
