@@ -114,10 +114,11 @@ class Dispatcher:
     def _round(self) -> Round:
         """One pass over the queue, in the database thread: pick a worker for each job in
         serving order, claim all the picks in one transaction, then look at what is left."""
-        queued = self.jobs.queued_jobs()
         done = Round()
-        if queued:
-            done.assigned = self._assign(queued)
+        with self.jobs.transaction():
+            queued = self.jobs.queued_jobs(lock=True)
+            if queued:
+                done.assigned = self._assign(queued)
         stamp = time.time()
         taken = {a.job_id for _, a in done.assigned}
         left = [job for job in queued if job.id not in taken]

@@ -129,14 +129,21 @@ def active_by_owner() -> dict[str, int]:
     return {str(owner): int(held) for owner, held in rows}
 
 
-def queued_in_order(limit: int = 1000) -> list[QueuedJob]:
-    """The oldest ``limit`` queued jobs, in serving order (round-robin by owner)."""
-    rows = row_tuples(
+def queued_in_order(limit: int = 1000, *, lock: bool = False) -> list[QueuedJob]:
+    """The oldest ``limit`` queued jobs, in serving order (round-robin by owner).
+
+    With ``lock`` (inside a dispatch round's transaction, on PostgreSQL) the rows are
+    locked ``FOR UPDATE SKIP LOCKED``: a second coordinator dispatching at the same moment
+    skips them and takes the next jobs instead of racing for the same ones."""
+    query = (
         Job.select(Job.id, Job.model, Job.created_at, _owner(), Job.avoid_worker_id)
         .where(Job.state == "queued")
         .order_by(Job.created_at, Job.id)
         .limit(limit)
     )
+    if lock and not isinstance(Job._meta.database.obj, pw.SqliteDatabase):
+        query = query.for_update(skip_locked=True)
+    rows = row_tuples(query)
     jobs = [QueuedJob(j, m, c, str(o), a) for j, m, c, o, a in rows]
     return fair_order(jobs, active_by_owner())
 
@@ -173,8 +180,12 @@ class JobStore:
 
     # --- dispatch -----------------------------------------------------------------------
 
-    def queued_jobs(self, limit: int = 1000) -> list[QueuedJob]:
-        return queued_in_order(limit)
+    def queued_jobs(self, limit: int = 1000, *, lock: bool = False) -> list[QueuedJob]:
+        return queued_in_order(limit, lock=lock)
+
+    def transaction(self) -> pw._atomic:
+        """One write transaction around a whole dispatch round."""
+        return self._write()
 
     def queued_views(self, positions: dict[str, int]) -> list[MessageView]:
         """The queued replies of these jobs, each with its queue position."""

@@ -1,15 +1,19 @@
-"""Whole dispatch rounds racing over thousands of jobs on one database (threads here; two
-coordinator processes in test_two_coordinators.py): no job is claimed twice, no worker
+"""Whole dispatch rounds racing over thousands of jobs on one database (threads, and two
+coordinator processes on PostgreSQL): no job is claimed twice, no worker
 gets more jobs than its slots. On SQLite, and on PostgreSQL when FARM_TEST_POSTGRES_URL
 is set."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import peewee as pw
+import pytest
 
 from coordinator.chat_store import ChatStore
 from coordinator.dispatch import Dispatcher
@@ -133,3 +137,35 @@ def test_racing_dispatch_rounds_never_overfill_a_worker(db: pw.Database) -> None
     per_worker = Counter(worker for worker, _ in claims)
     assert per_worker == {"w0": 7, "w1": 7}
     assert Job.select().where(Job.state == "assigned").count() == 14
+
+
+def test_two_coordinator_processes_share_one_database(
+    db: pw.Database, db_url: str, tmp_path: Path
+) -> None:
+    """Two OS processes, each a coordinator's dispatch loop, over 3000 jobs."""
+    if isinstance(db, pw.SqliteDatabase):
+        pytest.skip("scaling out to several coordinators is a PostgreSQL deployment")
+    jobs_n = 3000
+    bulk_queue(db, jobs_n)
+    add_workers(5, capacity=550)  # 2750 slots: the last 250 jobs must stay queued
+    db.close()
+    start_at = time.time() + 4
+    outs = [tmp_path / f"claims-{i}.json" for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.dispatch_process", db_url, str(out), str(start_at)],
+            cwd=Path(__file__).parent.parent,
+        )
+        for out in outs
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    claims = [tuple(c) for out in outs for c in json.loads(out.read_text())]
+    per_process = [len(json.loads(out.read_text())) for out in outs]
+    assert all(n > 0 for n in per_process), f"one process claimed nothing: {per_process}"
+    ids = [job for _, job, _ in claims]
+    assert len(ids) == len(set(ids)) == 2750
+    with db.connection_context():
+        held = Counter(j.worker_id for j in Job.select().where(Job.state == "assigned"))
+        assert held == {f"w{i}": 550 for i in range(5)}
+        assert Job.select().where(Job.state == "queued").count() == 250
