@@ -1,11 +1,12 @@
 """The chat HTTP API the webapp calls (bearer service token; the acting browser session
 in ``X-Farm-Session``). Bad input gets a 4xx with a clear message, never a 500."""
 
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from quart import Blueprint, Response, request
@@ -34,6 +35,7 @@ from farm_protocol.models import display_model, normalize_model
 log = logging.getLogger(__name__)
 
 SESSION_HEADER = "X-Farm-Session"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,15 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
             raise ValueError("the request body must be a JSON object")
         return model.model_validate(data)
 
+    async def admitted(model: str, queue_it: Callable[[], T]) -> T:
+        """Queue a request unless the farm is shedding load for ``model``."""
+        try:
+            ctx.admission.check(model)
+            return await ctx.runner.call(queue_it)
+        except Busy as busy:
+            ctx.metrics.shed.labels(busy.reason).inc()
+            raise
+
     @bp.get("/me")
     async def me() -> Response:
         return json_response(await user())
@@ -104,25 +115,38 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         req: SendMessageRequest = await body(SendMessageRequest)
         me = await user()
         model = await _choose_model(ctx, req.model)
-        try:
-            ctx.admission.check(model)
-            new = await ctx.runner.call(
+        new = await admitted(
+            model,
+            functools.partial(
                 ctx.chat.send_message,
                 me.user_id,
                 check_id(thread_id, "thread id"),
                 req.text,
                 model,
                 max_queued=ctx.max_queued,
-            )
-        except Busy as busy:
-            ctx.metrics.shed.labels(busy.reason).inc()
-            raise
+            ),
+        )
         await ctx.publish_message(new.user_message)
         await ctx.publish_message(new.reply)
         ctx.job_queued()
         return json_response(
             SendMessageResponse(user_message=new.user_message, reply=new.reply), 201
         )
+
+    @bp.post("/threads/<thread_id>/messages/<message_id>/retry")
+    async def retry(thread_id: str, message_id: str) -> Response:
+        me = await user()
+        tid = check_id(thread_id, "thread id")
+        model = await ctx.runner.call(ctx.chat.reply_model, tid, message_id)
+        view = await admitted(
+            model,
+            functools.partial(
+                ctx.chat.retry_reply, me.user_id, tid, message_id, max_queued=ctx.max_queued
+            ),
+        )
+        await ctx.publish_message(view)
+        ctx.job_queued()
+        return json_response(view, 201)
 
     @bp.post("/threads/<thread_id>/messages/<message_id>/stop")
     async def stop(thread_id: str, message_id: str) -> Response:

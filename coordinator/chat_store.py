@@ -24,6 +24,11 @@ from coordinator.views import message_view, thread_view
 from farm_protocol.chat import MessageState, MessageView, ThreadSnapshot, ThreadView, UserView
 
 MAX_THREAD_MEMBERS = 25
+RETRYABLE_STATES = (
+    MessageState.FAILED.value,
+    MessageState.TIMED_OUT.value,
+    MessageState.CANCELLED.value,
+)
 
 _ANIMALS = [
     ("🦙", "Llama"),
@@ -153,22 +158,7 @@ class ChatStore:
             if thread is None:
                 raise NotFound(f"no thread {thread_id}")
             user = User.get_by_id(user_id)
-            active = Job.state.in_(ACTIVE_JOB_STATES)
-            if api_key is None:
-                if Job.select().where((Job.user == user_id) & active).exists():
-                    raise Conflict("a reply to your previous message is still being generated")
-            else:
-                running = Job.select().where((Job.api_key_id == api_key.id) & active).count()
-                if running >= api_key.max_concurrent:
-                    raise RateLimited(
-                        f"this API key has {running} replies in progress, its limit", 2.0
-                    )
-            if max_queued is not None:
-                queued = Job.select().where(Job.state == "queued").count()
-                if queued >= max_queued:
-                    raise Busy(
-                        f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full"
-                    )
+            self._admit(user_id, api_key, max_queued)
             self._join(thread_id, user_id)
             stamp = now()
             mine = Message.create(
@@ -208,6 +198,47 @@ class ChatStore:
             Thread.update(updates).where(Thread.id == thread_id).execute()
         return NewReply(message_view(mine), message_view(reply), job_id)
 
+    def retry_reply(
+        self, user_id: str, thread_id: str, message_id: str, *, max_queued: int | None = None
+    ) -> MessageView:
+        """Generate a reply that failed, timed out or was stopped once more, as a new job
+        (the earlier jobs stay on record). The same limits apply as to sending."""
+        with self.db.atomic():
+            reply = Message.get_or_none(
+                (Message.id == message_id)
+                & (Message.thread == thread_id)
+                & (Message.role == "assistant")
+            )
+            member = ThreadMember.select().where(
+                (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+            )
+            if reply is None or not member.exists():
+                raise NotFound(f"no reply {message_id} in thread {thread_id}")
+            if reply.state not in RETRYABLE_STATES:
+                raise Conflict(
+                    f"only a failed, timed out or stopped reply can be retried ({reply.state})"
+                )
+            self._admit(user_id, None, max_queued)
+            stamp = now()
+            job_id = _new_id()
+            Job.create(id=job_id, message=reply, user=user_id, model=reply.model, state="queued")
+            Message.update(
+                job_id=job_id,
+                state=MessageState.QUEUED.value,
+                content="",
+                content_seq=-1,
+                error=None,
+                updated_at=stamp,
+            ).where(Message.id == message_id).execute()
+            Thread.update(updated_at=stamp).where(Thread.id == thread_id).execute()
+        return message_view(Message.get_by_id(message_id))
+
+    def reply_model(self, thread_id: str, message_id: str) -> str:
+        reply = Message.get_or_none((Message.id == message_id) & (Message.thread == thread_id))
+        if reply is None or reply.model is None:
+            raise NotFound(f"no reply {message_id} in thread {thread_id}")
+        return str(reply.model)
+
     def job_to_stop(self, user_id: str, thread_id: str, message_id: str) -> str:
         """The job behind a reply that a member of its thread wants to stop."""
         message = Message.get_or_none((Message.id == message_id) & (Message.thread == thread_id))
@@ -221,6 +252,24 @@ class ChatStore:
         if message.state not in (MessageState.QUEUED.value, MessageState.GENERATING.value):
             raise Conflict(f"this reply has already ended ({message.state})")
         return str(message.job_id)
+
+    @staticmethod
+    def _admit(user_id: str, api_key: ApiKeyInfo | None, max_queued: int | None) -> None:
+        """The per-client limits, and the bound on the queue."""
+        active = Job.state.in_(ACTIVE_JOB_STATES)
+        if api_key is None:
+            if Job.select().where((Job.user == user_id) & active).exists():
+                raise Conflict("a reply to your previous message is still being generated")
+        else:
+            running = Job.select().where((Job.api_key_id == api_key.id) & active).count()
+            if running >= api_key.max_concurrent:
+                raise RateLimited(f"this API key has {running} replies in progress, its limit", 2.0)
+        if max_queued is not None:
+            queued = Job.select().where(Job.state == "queued").count()
+            if queued >= max_queued:
+                raise Busy(
+                    f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full"
+                )
 
     def _join(self, thread_id: str, user_id: str) -> None:
         exists = ThreadMember.select().where(

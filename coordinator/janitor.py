@@ -24,6 +24,7 @@ def deadlines_from(settings: CoordinatorSettings) -> Deadlines:
         stall_s=settings.stall_timeout_s,
         reply_s=settings.reply_timeout_s,
         worker_grace_s=settings.worker_grace_s,
+        requeue_lost_streaming=settings.requeue_lost_streaming,
     )
 
 

@@ -95,6 +95,9 @@ class Deadlines:
     stall_s: float
     reply_s: float
     worker_grace_s: float
+    # A job whose worker was lost after text reached the user: fail it (the user can retry,
+    # as in the original), or start it again elsewhere from an empty text.
+    requeue_lost_streaming: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,16 +478,24 @@ class JobStore:
         retryable: bool,
         outcome: Outcome,
         stamp: float,
+        after_tokens: bool = False,
     ) -> MessageView | None:
+        """Re-queue the job while attempts remain and no token reached the user (or even
+        after, with ``after_tokens``: the text starts again from empty); else end it."""
         job = Job.get_or_none(Job.id == job_id)
         if job is None:
             return None
         if retryable and job.attempt < self.max_attempts:
+            untouched = pw.SQL("1 = 1") if after_tokens else (Job.chunks == 0)
             requeued = (
                 Job.update(
-                    state="queued", worker_id=None, avoid_worker_id=job.worker_id, error=reason
+                    state="queued",
+                    worker_id=None,
+                    avoid_worker_id=job.worker_id,
+                    error=reason,
+                    chunks=0,
                 )
-                .where(where & (Job.chunks == 0))
+                .where(where & untouched)
                 .execute()
             )
             if requeued == 1:
@@ -558,6 +569,7 @@ class JobStore:
                     retryable=True,
                     outcome=Outcome.FAILED,
                     stamp=stamp,
+                    after_tokens=d.requeue_lost_streaming,
                 ),
             )
 

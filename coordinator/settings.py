@@ -38,5 +38,8 @@ class CoordinatorSettings(BaseSettings):
     queue_target_s: float = 15.0
     queue_interval_s: float = 5.0
     worker_grace_s: float = 10.0  # a worker silent this long is offline
+    # When a worker is lost after its reply started streaming: False fails the reply with a
+    # reason (the user can retry it); True starts it again on another worker from scratch.
+    requeue_lost_streaming: bool = False
     flush_interval_s: float = 0.1  # how often streamed text is written to the database
     sweep_interval_s: float = 1.0  # janitor period

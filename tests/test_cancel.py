@@ -1,6 +1,7 @@
 """Stopping a reply: through the webapp, on Mosquitto and on amqtt. The job ends
 cancelled with its text so far kept, the worker stops generating (its only slot is free
-for the next reply at once), and a reply that already ended cannot be stopped."""
+for the next reply at once), a reply that already ended cannot be stopped, and a stopped
+reply can be retried."""
 
 import asyncio
 import json
@@ -54,6 +55,22 @@ async def test_stop_keeps_the_partial_reply_and_frees_the_worker(
         # The worker's only slot is free again: the next reply is served, not refused.
         follow = await send_and_stream(farm, browser, thread_id, "[[sim:tokens=5]] again")
         assert follow.final["state"] == "done"
+
+        # The stopped reply can be generated again: a new job, from an empty text.
+        retry_url = stop_url.removesuffix("/stop") + "/retry"
+        retried = await browser.post(retry_url)
+        assert retried.status_code == 201, retried.text
+        assert (retried.json()["state"], retried.json()["content"]) == ("queued", "")
+        assert retried.json()["job_id"] != reply["job_id"]
+        assert (await browser.post(retry_url)).status_code == 409  # one at a time
+        stopped_again = await browser.post(stop_url)
+        assert stopped_again.json()["state"] == "cancelled"
+        done_reply = follow.final["message_id"]
+        done_url = f"/api/threads/{thread_id}/messages/{done_reply}/retry"
+        refused = await browser.post(done_url)
+        assert refused.status_code == 409
+        assert "only a failed" in refused.json()["error"]
+        assert (await browser.post(stop_url.removesuffix("/stop") + "/bogus")).status_code == 404
 
 
 async def test_stopping_a_queued_reply_never_reaches_a_worker(

@@ -1,6 +1,7 @@
 """Deadlines and lost workers (the janitor's sweep), on SQLite and PostgreSQL (the ``db``
 fixture of conftest)."""
 
+import dataclasses
 import json
 import time
 
@@ -94,3 +95,16 @@ def test_retries_stop_after_max_attempts(db: pw.Database) -> None:
             assert view.state == "queued"
             assert store.claim(job_id, "w", 1) is not None
     assert Message.get_by_id(message_id).state == "failed"
+
+
+def test_lost_worker_after_tokens_can_be_configured_to_start_again(db: pw.Database) -> None:
+    store, job_id, message_id = setup_job(db)
+    store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
+    Worker.update(state="offline").execute()
+    again = dataclasses.replace(DEADLINES, requeue_lost_streaming=True)
+    result = store.sweep(again)
+    assert result.requeued == 1
+    job = Job.get_by_id(job_id)
+    assert (job.state, job.chunks, job.avoid_worker_id) == ("queued", 0, "w")
+    message = Message.get_by_id(message_id)
+    assert (message.state, message.content, message.content_seq) == ("queued", "", -1)

@@ -109,9 +109,11 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     async def send(thread_id: str) -> Response:
         return await forward("POST", f"/threads/{_id(thread_id)}/messages", await json_body())
 
-    @app.post("/api/threads/<thread_id>/messages/<message_id>/stop")
-    async def stop(thread_id: str, message_id: str) -> Response:
-        path = f"/threads/{_id(thread_id)}/messages/{_id(message_id)}/stop"
+    @app.post("/api/threads/<thread_id>/messages/<message_id>/<action>")
+    async def message_action(thread_id: str, message_id: str, action: str) -> Response:
+        if action not in ("stop", "retry"):
+            return _error(404, f"no action {action!r}: use stop or retry")
+        path = f"/threads/{_id(thread_id)}/messages/{_id(message_id)}/{action}"
         return await forward("POST", path)
 
     @app.errorhandler(TopicError)

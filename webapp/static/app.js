@@ -51,8 +51,10 @@
       el.dataset.id = message.message_id;
       el.innerHTML = '<div class="who"></div><div class="body"></div>' +
         '<div class="foot"><span class="state"></span>' +
-        '<button type="button" class="stop" hidden>Stop</button></div>';
-      el.querySelector(".stop").addEventListener("click", () => stop(el.dataset.id));
+        '<button type="button" class="stop" hidden>Stop</button>' +
+        '<button type="button" class="retry" hidden>Retry</button></div>';
+      el.querySelector(".stop").addEventListener("click", () => act(el.dataset.id, "stop"));
+      el.querySelector(".retry").addEventListener("click", () => act(el.dataset.id, "retry"));
       $("messages").appendChild(el);
     }
     el.className = `msg ${message.role} ${message.state}`;
@@ -68,7 +70,10 @@
     }
     if (message.error && message.state !== "done") label += `: ${message.error}`;
     el.querySelector(".state").textContent = label;
-    el.querySelector(".stop").hidden = message.role !== "assistant" || isFinal(message.state);
+    const reply = message.role === "assistant";
+    el.querySelector(".stop").hidden = !reply || isFinal(message.state);
+    el.querySelector(".retry").hidden =
+      !reply || !["failed", "timed_out", "cancelled"].includes(message.state);
     if (stick) $("messages").scrollTop = $("messages").scrollHeight;
   }
 
@@ -84,9 +89,10 @@
 
   function isFinal(state) { return !["queued", "generating"].includes(state); }
 
-  async function stop(messageId) {
+  async function act(messageId, action) {  // "stop" or "retry" a reply
     try {
-      upsert(await api("POST", `/api/threads/${app.threadId}/messages/${messageId}/stop`));
+      upsert(await api("POST", `/api/threads/${app.threadId}/messages/${messageId}/${action}`));
+      notice("");
     } catch (error) {
       notice(error.message);
     }
