@@ -312,19 +312,26 @@ class JobStore:
             .where((Job.id == job_id) & Job.state.in_(ACTIVE))
             .first()
         )
-        if row is None:
-            return None
+        return None if row is None else self._active(row)
+
+    @staticmethod
+    def _active(row: Job) -> ActiveJob:
         msg = row.message
         return ActiveJob(
             row.id,
             row.attempt,
-            row.worker_id,
+            str(row.worker_id),
             msg.id,
             msg.thread_id,
             msg.content,
             msg.content_seq,
             row.created_at,
         )
+
+    def running_jobs(self) -> list[ActiveJob]:
+        """Every job a worker has accepted, with the text the database holds."""
+        rows = Job.select(Job, Message).join(Message).where(Job.state == "running")
+        return [self._active(row) for row in rows]
 
     @staticmethod
     def _held(job_id: str, attempt: int, worker_id: str) -> pw.Expression:

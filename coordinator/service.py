@@ -28,7 +28,7 @@ from farm_protocol.chat import MessageView
 from farm_protocol.codec import encode
 from farm_protocol.http_serving import serve_app
 from farm_protocol.lifecycle import run_until_stopped
-from farm_protocol.payloads import MessageEvent
+from farm_protocol.payloads import JobReplay, MessageEvent
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Coordinator:
             self.publish_message,
             self.dispatcher.kick,
             settings.flush_interval_s,
+            self.send_control,
         )
         self.janitor = Janitor(
             self.runner,
@@ -111,6 +112,11 @@ class Coordinator:
             ),
         )
 
+    async def send_control(self, worker_id: str, command: JobReplay) -> None:
+        await self.outbox.put(
+            topics.worker_control(worker_id), encode(command), qos=topics.QOS_CONTROL
+        )
+
     async def publish_message(self, view: MessageView) -> None:
         await self.outbox.put(
             topics.thread_events(view.thread_id),
@@ -139,6 +145,7 @@ class Coordinator:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         log.info("coordinator serving the chat API on http://%s:%d", s.http_host, s.http_port)
+        await self.streams.resume()  # queued in the outbox until the broker connects
         try:
             await run_until_stopped(
                 {

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from coordinator.db_runner import DbRunner
 from coordinator.job_store import ActiveJob, JobStore, Outcome, TextAppend
 from farm_protocol.chat import MessageView
-from farm_protocol.payloads import JobAccepted, JobChunk, JobDone, JobEvent, JobFailed
+from farm_protocol.payloads import (
+    JobAccepted,
+    JobChunk,
+    JobDone,
+    JobEvent,
+    JobFailed,
+    JobReplay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,12 @@ class Assembly:
     pending: dict[int, str] = field(default_factory=dict)  # out-of-order chunks
     unflushed: list[str] = field(default_factory=list)
     done: JobDone | None = None
+    gap_since: float | None = None  # since when a chunk has been missing
+    replay_after: float = 0.0  # no new replay request before this
+
+    def missing(self) -> bool:
+        """A chunk is missing: later ones (or the final *done*) came before it."""
+        return bool(self.pending) or (self.done is not None and self.next_seq < self.done.chunks)
 
     @classmethod
     def resume(cls, job: ActiveJob) -> "Assembly":
@@ -66,6 +79,10 @@ class Assembly:
 
 
 class JobStreams:
+    """Every running job's stream. A chunk that stays missing for ``gap_s`` (it was
+    lost, typically received by a coordinator process killed before it wrote it) is
+    asked for again: a replay request to the worker, from the first missing chunk."""
+
     def __init__(
         self,
         runner: DbRunner,
@@ -73,12 +90,16 @@ class JobStreams:
         publish_message: PublishMessage,
         on_job_ended: Callable[[], None],
         flush_interval_s: float,
+        request_replay: Callable[[str, JobReplay], Awaitable[None]],
+        gap_s: float = 1.0,
     ) -> None:
         self.runner = runner
         self.jobs = jobs
         self.publish_message = publish_message
         self.on_job_ended = on_job_ended
         self.flush_interval_s = flush_interval_s
+        self.request_replay = request_replay
+        self.gap_s = gap_s
         self._live: dict[str, Assembly] = {}
         self.on_first_token: Callable[[float], None] = lambda seconds: None
 
@@ -183,11 +204,51 @@ class JobStreams:
             await self.flush()
 
     async def flush(self) -> None:
+        await self._chase_gaps(time.monotonic())
         batch = [a for a in (s.take() for s in self._live.values()) if a is not None]
         if not batch:
             return
         for view in await self.runner.call(self.jobs.append_text, batch):
             await self.publish_message(view)
+
+    async def _chase_gaps(self, now: float) -> None:
+        for assembly in list(self._live.values()):
+            if not assembly.missing():
+                assembly.gap_since = None
+                continue
+            if assembly.gap_since is None:
+                assembly.gap_since = now
+            if now - assembly.gap_since < self.gap_s or now < assembly.replay_after:
+                continue
+            assembly.replay_after = now + self.gap_s
+            job = assembly.job
+            log.info(
+                "job %s: chunk %d missing for %.1f s; asking worker %s to replay",
+                job.job_id,
+                assembly.next_seq,
+                now - assembly.gap_since,
+                job.worker_id,
+            )
+            await self.request_replay(
+                job.worker_id,
+                JobReplay(job_id=job.job_id, attempt=job.attempt, from_seq=assembly.next_seq),
+            )
+
+    async def resume(self) -> None:
+        """After a start: ask every worker holding a running job to replay it from the
+        first chunk not in the database (what a killed predecessor received but never
+        wrote is otherwise lost: the broker counts it as delivered)."""
+        for job in await self.runner.call(self.jobs.running_jobs):
+            log.info(
+                "resuming job %s from chunk %d (worker %s)",
+                job.job_id,
+                job.content_seq + 1,
+                job.worker_id,
+            )
+            await self.request_replay(
+                job.worker_id,
+                JobReplay(job_id=job.job_id, attempt=job.attempt, from_seq=job.content_seq + 1),
+            )
 
     def take_tail(self, job_id: str) -> TextAppend | None:
         """The text received for a job but not yet written; the stream is forgotten."""

@@ -52,7 +52,19 @@ class Drain(_Payload):
     reason: str = "drain requested"
 
 
-ControlMessage = Annotated[JobCancel | Drain, Field(discriminator="kind")]
+class JobReplay(_Payload):
+    """Publish this job attempt's events again from chunk ``from_seq`` on (and its final
+    event if it has one). The coordinator asks after a restart, or when a gap in a
+    stream does not fill by itself; a worker that no longer knows the job answers with
+    a retryable *failed*."""
+
+    kind: Literal["replay"] = "replay"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+    from_seq: int = Field(ge=0)
+
+
+ControlMessage = Annotated[JobCancel | Drain | JobReplay, Field(discriminator="kind")]
 
 
 # --- worker -> coordinator and webapp (job events topic) ------------------------------

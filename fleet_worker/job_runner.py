@@ -14,6 +14,7 @@ from farm_protocol.payloads import JobAccepted, JobAssignment, JobChunk, JobDone
 from fleet_worker.coalesce import Coalescer
 from fleet_worker.llm import LlmError, OllamaBackend
 from fleet_worker.settings import WorkerSettings
+from fleet_worker.transcripts import Transcripts
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,12 @@ class JobRunner:
         # Set when the worker stops: a job cancelled then is reported failed (retryable) so
         # the coordinator can give it to another worker at once.
         self.stopping = False
+        self.transcripts = Transcripts()
 
     async def run(self, job: JobAssignment, session_id: str) -> bool:
         """Run ``job`` to its end. True if it succeeded. A cancel (CancelledError) stops the
         Ollama stream at once and sends nothing more: the coordinator already ended it."""
-        emitter = _Emitter(self.outbox, self.worker_id, job)
+        emitter = _Emitter(self.outbox, self.worker_id, job, self.transcripts)
         started = time.monotonic()
         await emitter.send(
             JobAccepted(job_id=job.job_id, attempt=job.attempt, session_id=session_id)
@@ -122,8 +124,11 @@ async def _pump(stream: AsyncIterator[str], out: asyncio.Queue[object]) -> None:
 class _Emitter:
     """Publishes one job's events in order, keeping the running sequence and checksum."""
 
-    def __init__(self, outbox: Outbox, worker_id: str, job: JobAssignment) -> None:
+    def __init__(
+        self, outbox: Outbox, worker_id: str, job: JobAssignment, transcripts: Transcripts
+    ) -> None:
         self.outbox = outbox
+        self.transcripts = transcripts
         self.job = job
         self.topic = topics.job_events(worker_id, job.job_id)
         self.seq = 0
@@ -131,6 +136,7 @@ class _Emitter:
         self.digest = hashlib.sha256()
 
     async def send(self, payload: JobAccepted | JobChunk | JobDone | JobFailed) -> None:
+        self.transcripts.record(payload)
         await self.outbox.put(self.topic, encode(payload), qos=topics.QOS_JOB_EVENTS)
 
     async def chunk(self, text: str | None) -> None:

@@ -17,6 +17,7 @@ from farm_protocol.payloads import (
     JobAssignment,
     JobCancel,
     JobFailed,
+    JobReplay,
     RunningJob,
     WorkerState,
     WorkerStatus,
@@ -187,7 +188,7 @@ class FleetWorker:
         self.totals["succeeded" if ok else "failed"] += 1
         return ok
 
-    async def _on_control(self, command: JobCancel | Drain) -> None:
+    async def _on_control(self, command: JobCancel | Drain | JobReplay) -> None:
         match command:
             case JobCancel():
                 entry = self.jobs.get(command.job_id)
@@ -198,6 +199,25 @@ class FleetWorker:
                 log.info("drain requested: %s", command.reason)
                 self.draining = True
                 await self.publish_status()
+            case JobReplay():
+                await self._replay(command)
+
+    async def _replay(self, command: JobReplay) -> None:
+        topic = topics.job_events(self.worker_id, command.job_id)
+        events = self.runner.transcripts.replay(command.job_id, command.attempt, command.from_seq)
+        if events is None:
+            log.info("asked to replay job %s, which this worker does not have", command.job_id)
+            lost = JobFailed(
+                job_id=command.job_id,
+                attempt=command.attempt,
+                reason="the worker no longer has this job",
+                retryable=True,
+            )
+            await self.outbox.put(topic, encode(lost), qos=topics.QOS_JOB_EVENTS)
+            return
+        log.info("replaying job %s from chunk %d", command.job_id, command.from_seq)
+        for event in events:
+            await self.outbox.put(topic, encode(event), qos=topics.QOS_JOB_EVENTS)
 
     async def _ensure_model(self, model: str) -> None:
         """Pull a configured model Ollama does not have yet (as the original did)."""
