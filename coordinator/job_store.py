@@ -27,6 +27,24 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("assigned", "running")
 
+# Hand-written statements for the dispatch hot path (placeholders: %s).
+_CLAIM = (
+    "UPDATE job SET state = 'assigned', worker_id = %s, attempt = attempt + 1, "
+    "assigned_at = %s, accepted_at = NULL, first_token_at = NULL, last_token_at = NULL, "
+    "chunks = 0 WHERE id = %s AND state = 'queued'"
+)
+_CONTEXT = (
+    "SELECT kind, role, content, created_at FROM ("
+    " SELECT 0 AS kind, role, content, created_at FROM message"
+    " WHERE thread_id = %s AND created_at < %s AND role = 'system'"
+    " ORDER BY created_at DESC LIMIT 1) AS system_prompt "
+    "UNION ALL "
+    "SELECT kind, role, content, created_at FROM ("
+    " SELECT 1 AS kind, role, content, created_at FROM message"
+    " WHERE thread_id = %s AND created_at < %s AND role IN ('user', 'assistant')"
+    " AND state = 'done' ORDER BY created_at DESC LIMIT %s) AS history"
+)
+
 
 class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
@@ -236,20 +254,7 @@ class JobStore:
             for pick in picks:
                 if held.get(pick.worker_id, 0) >= pick.capacity:
                     continue
-                claimed = (
-                    Job.update(
-                        state="assigned",
-                        worker_id=pick.worker_id,
-                        attempt=Job.attempt + 1,
-                        assigned_at=stamp,
-                        accepted_at=None,
-                        first_token_at=None,
-                        last_token_at=None,
-                        chunks=0,
-                    )
-                    .where((Job.id == pick.job_id) & (Job.state == "queued"))
-                    .execute()
-                )
+                claimed = self._sql(_CLAIM, (pick.worker_id, stamp, pick.job_id)).rowcount
                 if claimed == 1:
                     held[pick.worker_id] = held.get(pick.worker_id, 0) + 1
                     landed.append(pick)
@@ -257,14 +262,16 @@ class JobStore:
                 return []
             rows = {
                 job.id: job
-                for job in Job.select(Job.id, Job.attempt, Job.model, Job.message).where(
-                    Job.id.in_([p.job_id for p in landed])
+                for job in Job.select(
+                    Job.id, Job.attempt, Job.model, Message.thread, Message.created_at
                 )
+                .join(Message)
+                .where(Job.id.in_([p.job_id for p in landed]))
             }
             assigned: list[tuple[str, JobAssignment]] = []
             for pick in landed:
                 row = rows[pick.job_id]
-                context = self._context(row.message_id)
+                context = self._context(row.message.thread_id, row.message.created_at)
                 if not context:  # nothing to answer (the question was deleted): fail it
                     where = (Job.id == row.id) & (Job.attempt == row.attempt)
                     self._end(where, row.id, Outcome.FAILED, "there is nothing to reply to", stamp)
@@ -279,29 +286,20 @@ class JobStore:
                 assigned.append((pick.worker_id, assignment))
             return assigned
 
-    def _context(self, reply_id: str) -> list[ChatTurn]:
-        """The thread's latest system prompt, then the last N successful messages."""
-        reply = Message.get_by_id(reply_id)
-        earlier = (Message.thread == reply.thread_id) & (Message.created_at < reply.created_at)
-        system = (
-            Message.select()
-            .where(earlier & (Message.role == "system"))
-            .order_by(Message.created_at.desc())
-            .first()
-        )
-        history = list(
-            Message.select()
-            .where(
-                earlier
-                & Message.role.in_(("user", "assistant"))
-                & (Message.state == MessageState.DONE.value)
-            )
-            .order_by(Message.created_at.desc())
-            .limit(self.context_messages)
-        )
-        turns = [ChatTurn(role="system", content=system.content)] if system else []
-        turns += [ChatTurn(role=m.role, content=m.content) for m in reversed(history)]
-        return turns
+    def _context(self, thread_id: str, before: float) -> list[ChatTurn]:
+        """The thread's latest system prompt before the reply, then the last N messages
+        that completed (a failed or empty reply is left out), oldest first. One statement,
+        written out once: building it with the query builder per job cost most of a
+        dispatch round."""
+        rows = self._sql(_CONTEXT, (thread_id, before, thread_id, before, self.context_messages))
+        turns = sorted(rows.fetchall(), key=lambda r: (r[0], r[3]))
+        return [ChatTurn(role=role, content=content) for _, role, content, _ in turns]
+
+    def _sql(self, template: str, params: tuple[Any, ...]) -> Any:
+        """Run one of this module's hand-written statements (``%s`` placeholders become
+        the driver's own)."""
+        param = self.db.param
+        return self.db.execute_sql(template.replace("%s", param), params)  # type: ignore[no-untyped-call]
 
     # --- the event path -----------------------------------------------------------------
 
