@@ -1,7 +1,6 @@
 """Who gets the next job: round-robin between owners, retries on a different worker, and
 quarantine of a worker that keeps failing. On SQLite and PostgreSQL."""
 
-import json
 import time
 
 import peewee as pw
@@ -17,19 +16,7 @@ from coordinator.tables import Job, Message, Worker
 from coordinator.worker_store import WorkerLoad, WorkerStore
 from farm_protocol.broker import Outbox
 from farm_protocol.chat import MessageView
-
-
-def add_worker(worker_id: str, capacity: int = 1, loaded: tuple[str, ...] = ()) -> None:
-    Worker.create(
-        id=worker_id,
-        name=worker_id,
-        key_hash="x",
-        capacity=capacity,
-        state="online",
-        last_seen=time.time() + 3600,
-        models=json.dumps(["llama3:latest"]),
-        loaded_models=json.dumps(list(loaded)),
-    )
+from tests.stores import add_worker
 
 
 def dispatcher(store: JobStore, db: pw.Database) -> Dispatcher:

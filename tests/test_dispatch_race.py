@@ -18,10 +18,11 @@ import pytest
 from coordinator.chat_store import ChatStore
 from coordinator.dispatch import Dispatcher
 from coordinator.job_store import JobStore
-from coordinator.tables import Job, Message, Worker
+from coordinator.tables import Job, Message
 from coordinator.worker_store import WorkerStore
 from farm_protocol.broker import Outbox
 from farm_protocol.payloads import JobAssignment
+from tests.stores import add_worker
 
 
 def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
@@ -78,15 +79,7 @@ def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
 
 def add_workers(count: int, capacity: int) -> None:
     for i in range(count):
-        Worker.create(
-            id=f"w{i}",
-            name=f"w{i}",
-            key_hash="x",
-            capacity=capacity,
-            state="online",
-            last_seen=time.time() + 3600,
-            models=json.dumps(["llama3:latest"]),
-        )
+        add_worker(f"w{i}", capacity)
 
 
 def race(db: pw.Database, dispatchers: int) -> list[tuple[str, JobAssignment]]:

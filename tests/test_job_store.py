@@ -2,14 +2,14 @@
 of late writes from an earlier attempt. Runs on SQLite, and on PostgreSQL when
 FARM_TEST_POSTGRES_URL is set (CI sets it)."""
 
-import json
 import threading
 
 import peewee as pw
 
 from coordinator.chat_store import ChatStore
 from coordinator.job_store import JobStore, Outcome, TextAppend
-from coordinator.tables import Job, Worker
+from coordinator.tables import Job
+from tests.stores import add_worker
 
 
 def queue_jobs(db: pw.Database, count: int) -> None:
@@ -22,17 +22,6 @@ def queue_jobs(db: pw.Database, count: int) -> None:
                 "UPDATE job SET state = 'succeeded' WHERE state = 'queued'"
             )
             chat.send_message(user.user_id, thread.thread_id, f"m{i}", "llama3")
-
-
-def add_worker(worker_id: str, capacity: int) -> None:
-    Worker.create(
-        id=worker_id,
-        name=worker_id,
-        key_hash="x",
-        capacity=capacity,
-        state="online",
-        models=json.dumps(["llama3:latest"]),
-    )
 
 
 def test_racing_dispatchers_never_double_claim(db: pw.Database) -> None:

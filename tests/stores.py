@@ -1,0 +1,21 @@
+"""Rows the store tests need, made the same way everywhere."""
+
+import json
+import time
+
+from coordinator.tables import Worker
+
+
+def add_worker(worker_id: str, capacity: int = 1, loaded: tuple[str, ...] = ()) -> None:
+    """An online worker serving llama3, heartbeating (its last beat is an hour ahead, so no
+    grace period runs out during a test)."""
+    Worker.create(
+        id=worker_id,
+        name=worker_id,
+        key_hash="x",
+        capacity=capacity,
+        state="online",
+        last_seen=time.time() + 3600,
+        models=json.dumps(["llama3:latest"]),
+        loaded_models=json.dumps(list(loaded)),
+    )
