@@ -19,6 +19,7 @@ from coordinator.api_keys import ApiKeyStore
 from coordinator.db_runner import DbRunner
 from coordinator.errors import Conflict, NotFound
 from coordinator.http_json import error, install_error_handlers
+from coordinator.provisioning import Provisioner
 from coordinator.worker_store import WorkerStore
 from farm_protocol import topics
 from farm_protocol.broker import Outbox
@@ -38,6 +39,7 @@ class AdminContext:
     grace_s: float
     admission: Admission
     cancel: Callable[[str, str], Awaitable[MessageView | None]]
+    provisioner: Provisioner
 
 
 class NewWorker(BaseModel):
@@ -89,7 +91,8 @@ def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
     async def add_worker() -> Response:
         req: NewWorker = await body(NewWorker)
         info, key = await ctx.runner.call(ctx.workers.add, req.name, req.worker_id)
-        return _ok({"worker": asdict(info), "api_key": key}, 201)
+        broker = await ctx.provisioner.worker_added(info.id, key)
+        return _ok({"worker": asdict(info), "api_key": key, "broker": broker}, 201)
 
     @bp.get("/workers/<worker_id>")
     async def get_worker(worker_id: str) -> Response:
@@ -97,15 +100,20 @@ def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
 
     @bp.post("/workers/<worker_id>/rotate")
     async def rotate(worker_id: str) -> Response:
-        key = await ctx.runner.call(ctx.workers.rotate, check_id(worker_id, "worker id"))
-        return _ok({"worker_id": worker_id, "api_key": key})
+        wid = check_id(worker_id, "worker id")
+        key, nonce = await ctx.runner.call(ctx.workers.new_key_for, wid)
+        broker = await ctx.provisioner.worker_rotated(wid, key)  # disconnects the old key
+        await ctx.runner.call(ctx.workers.set_key, wid, key, nonce)
+        return _ok({"worker_id": wid, "api_key": key, "broker": broker})
 
     @bp.post("/workers/<worker_id>/revoke")
     async def revoke(worker_id: str) -> Response:
         wid = check_id(worker_id, "worker id")
         await ctx.runner.call(ctx.workers.revoke, wid)
-        # Tell it to stop taking jobs; its running jobs are failed over by the janitor.
+        # Tell it to stop taking jobs (its running jobs are failed over by the janitor),
+        # then delete its broker account, which disconnects it.
         await _drain(wid, "this worker's key was revoked")
+        await ctx.provisioner.worker_revoked(wid)
         return _ok(asdict(await ctx.runner.call(ctx.workers.get, wid)))
 
     @bp.post("/workers/<worker_id>/drain")

@@ -123,6 +123,15 @@ class ChatStore:
             .limit(limit)
         )
         views = [message_view(r) for r in reversed(rows)]
+        live = [v.job_id for v in views if v.job_id and not v.state.final]
+        if live:
+            held = {
+                str(job.id): {"worker_id": job.worker_id, "attempt": job.attempt}
+                for job in Job.select(Job.id, Job.worker_id, Job.attempt).where(
+                    Job.id.in_(live) & Job.state.in_(("assigned", "running"))
+                )
+            }
+            views = [v.model_copy(update=held[v.job_id]) if v.job_id in held else v for v in views]
         if any(v.state is MessageState.QUEUED for v in views):
             places = positions(queued_in_order())
             views = [

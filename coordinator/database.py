@@ -29,9 +29,15 @@ def _v1_to_v2(db: pw.Database) -> None:
     db.create_tables([ApiKey])
 
 
+def _v2_to_v3(db: pw.Database) -> None:
+    """The nonce a worker's key is derived from."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(m.add_column("worker", "key_nonce", pw.CharField(max_length=64, default="")))
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def open_database(url: str) -> pw.Database:

@@ -50,6 +50,7 @@ class Round:
     assigned: list[tuple[str, JobAssignment]] = field(default_factory=list)
     head_ages: dict[str, float] = field(default_factory=dict)  # oldest queued, per model
     moved: list[MessageView] = field(default_factory=list)  # replies whose place changed
+    held: list[MessageView] = field(default_factory=list)  # replies now held by a worker
 
 
 class Dispatcher:
@@ -107,7 +108,7 @@ class Dispatcher:
         if self.admission is not None:
             self.admission.observe(done.head_ages)
         if self.publish_message is not None:
-            for view in done.moved:
+            for view in [*done.held, *done.moved]:
                 await self.publish_message(view)
         return len(done.assigned)
 
@@ -131,8 +132,10 @@ class Dispatcher:
         now_at = positions(left[: self.POSITIONS_PUBLISHED])
         changed = {j: p for j, p in now_at.items() if self._positions.get(j) != p}
         self._positions = now_at
-        if changed and self.publish_message is not None:
-            done.moved = self.jobs.queued_views(changed)
+        if self.publish_message is not None:
+            done.held = self.jobs.holder_views(done.assigned)
+            if changed:
+                done.moved = self.jobs.queued_views(changed)
         return done
 
     def _assign(self, queued: list[QueuedJob]) -> list[tuple[str, JobAssignment]]:

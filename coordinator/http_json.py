@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response
 
+from coordinator.broker_accounts import BrokerAdminError
 from coordinator.errors import (
     Busy,
     Conflict,
@@ -58,6 +59,9 @@ def install_error_handlers(bp: Blueprint) -> None:
                 return error(503, str(exc), exc.retry_after_s)
             case RateLimited():
                 return error(429, str(exc), exc.retry_after_s)
+            case BrokerAdminError():
+                log.error("broker provisioning failed: %s", exc)
+                return error(502, f"the broker's accounts could not be updated: {exc}", 30)
             case StoreError():
                 log.error("store failure: %s", exc)
                 return error(503, "the database is unavailable; try again shortly", 5)

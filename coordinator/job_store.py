@@ -356,8 +356,27 @@ class JobStore:
         with self._write():
             for item in appends:
                 if self._apply(item, time.time()):
-                    started.append(message_view(Message.get_by_id(item.message_id)))
+                    view = message_view(Message.get_by_id(item.message_id))
+                    held = {"worker_id": item.worker_id, "attempt": item.attempt}
+                    started.append(view.model_copy(update=held))
         return started
+
+    def holder_views(self, assigned: Sequence[tuple[str, JobAssignment]]) -> list[MessageView]:
+        """The replies of just-claimed jobs, naming the worker and attempt now holding
+        them (published so the webapp knows whose chunks to forward)."""
+        holders = {a.job_id: (worker, a.attempt) for worker, a in assigned}
+        if not holders:
+            return []
+        rows = Message.select().where(Message.job_id.in_(list(holders)))
+        return [
+            message_view(row).model_copy(
+                update={
+                    "worker_id": holders[str(row.job_id)][0],
+                    "attempt": holders[str(row.job_id)][1],
+                }
+            )
+            for row in rows
+        ]
 
     def _apply(self, item: TextAppend, stamp: float) -> bool:
         """Apply one append; True if it was the attempt's first text."""

@@ -1,5 +1,14 @@
-"""Worker API keys: 192 random bits, shown once, stored only as a salted scrypt hash."""
+"""Worker API keys: shown once, stored only as a salted scrypt hash, never logged.
 
+With ``FARM_KEY_SECRET`` set, a key is derived: ``lf_`` + HMAC-SHA256(secret, worker id,
+a random 192-bit nonce kept in the database), 256 bits no one can guess without the
+secret. The coordinator can then derive a worker's key again to re-create its broker
+account after the broker lost its accounts, without the database holding any key: a
+leaked database alone gives nothing. Without the secret, a key is 192 random bits and
+a lost broker account needs a key rotation.
+"""
+
+import base64
 import hashlib
 import hmac
 import secrets
@@ -10,6 +19,16 @@ _N, _R, _P = 2**14, 8, 1  # ~16 MiB and ~30 ms per check: slow for a guesser, fi
 
 def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(24)
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def derive_key(secret: str, worker_id: str, nonce: str) -> str:
+    message = f"llama-farm worker key\n{worker_id}\n{nonce}".encode()
+    mac = hmac.new(secret.encode(), message, hashlib.sha256).digest()
+    return KEY_PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def hash_key(key: str) -> str:

@@ -19,6 +19,7 @@ from coordinator.inbound import SUBSCRIPTIONS, Inbound
 from coordinator.janitor import Janitor, deadlines_from
 from coordinator.job_store import Health, JobStore
 from coordinator.metrics import Metrics
+from coordinator.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
 from coordinator.streams import JobStreams
 from coordinator.worker_store import WorkerStore
@@ -46,7 +47,10 @@ class Coordinator:
             max_attempts=settings.max_attempts,
             health=Health(settings.quarantine_after, settings.quarantine_s),
         )
-        self.workers = WorkerStore(db, grace_s=settings.worker_grace_s)
+        self.workers = WorkerStore(
+            db, grace_s=settings.worker_grace_s, key_secret=settings.key_secret.get_secret_value()
+        )
+        self.provisioner = Provisioner(settings)
         self.outbox = Outbox()
         self.metrics = Metrics(settings.worker_grace_s)
         self.admission = Admission(settings.queue_target_s, settings.queue_interval_s)
@@ -109,6 +113,7 @@ class Coordinator:
                 grace_s=settings.worker_grace_s,
                 admission=self.admission,
                 cancel=self.canceller.cancel,
+                provisioner=self.provisioner,
             ),
         )
 
@@ -153,6 +158,9 @@ class Coordinator:
                     "dispatcher": self.dispatcher.run(),
                     "flusher": self.streams.run_flusher(),
                     "janitor": self.janitor.run(s.sweep_interval_s),
+                    "broker accounts": self.provisioner.reconcile_forever(
+                        self.runner, self.workers
+                    ),
                     "http": serve_app(self.app, s.http_host, s.http_port, stop),
                 },
                 stop,

@@ -19,6 +19,14 @@ class CoordinatorSettings(BaseSettings):
     http_port: int = 8700
     # The webapp presents this bearer token on the chat API.
     service_token: SecretStr = Field(default=SecretStr(""))
+    # Broker provisioning (Mosquitto dynamic security): the dynsec admin account. Unset:
+    # worker accounts are not managed by the coordinator (dev broker, or by hand).
+    broker_admin_username: str | None = None
+    broker_admin_password: SecretStr | None = None
+    reconcile_interval_s: float = 300.0  # how often broker accounts are checked
+    # Worker keys are derived from this secret, so broker accounts can be re-created
+    # (see coordinator.keys). Keep it out of the database's backups. Empty: random keys.
+    key_secret: SecretStr = Field(default=SecretStr(""))
     # Bearer token of the admin API (/api/v1/admin); empty keeps that API closed.
     admin_token: SecretStr = Field(default=SecretStr(""))
     # Models offered when the fleet is empty, in picker order (the original's list).
@@ -43,3 +51,14 @@ class CoordinatorSettings(BaseSettings):
     requeue_lost_streaming: bool = False
     flush_interval_s: float = 0.1  # how often streamed text is written to the database
     sweep_interval_s: float = 1.0  # janitor period
+
+    def broker_admin(self) -> BrokerSettings | None:
+        """The dynsec admin's connection settings, if provisioning is configured."""
+        if not self.broker_admin_username or self.broker_admin_password is None:
+            return None
+        return self.broker.model_copy(
+            update={
+                "username": self.broker_admin_username,
+                "password": self.broker_admin_password,
+            }
+        )

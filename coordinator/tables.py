@@ -10,7 +10,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def now() -> float:
@@ -63,6 +63,8 @@ class Worker(_Base):
     id = pw.CharField(primary_key=True, max_length=64)
     name = pw.CharField(max_length=200)
     key_hash = pw.CharField(max_length=300)
+    # With FARM_KEY_SECRET the key is derived from this (see coordinator.keys); else "".
+    key_nonce = pw.CharField(max_length=64, default="")
     created_at = pw.DoubleField(default=now)
     revoked_at = pw.DoubleField(null=True)
     # Presence, from the worker's retained status and heartbeats.

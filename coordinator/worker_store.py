@@ -8,8 +8,9 @@ import peewee as pw
 
 from coordinator.errors import Conflict, NotFound
 from coordinator.job_store import active_counts
-from coordinator.keys import hash_key, new_key, verify_key
+from coordinator.keys import derive_key, hash_key, new_key, new_nonce, verify_key
 from coordinator.tables import Worker
+from farm_protocol.acl import is_reserved
 from farm_protocol.chat import FleetModels
 from farm_protocol.ids import check_id, slugify
 from farm_protocol.models import display_model, normalize_model
@@ -49,39 +50,71 @@ class WorkerLoad:
 
 
 class WorkerStore:
-    def __init__(self, db: pw.Database, *, grace_s: float) -> None:
+    def __init__(self, db: pw.Database, *, grace_s: float, key_secret: str = "") -> None:
         self.db = db
         self.grace_s = grace_s
+        self.key_secret = key_secret
+
+    def _issue(self, worker_id: str) -> tuple[str, str]:
+        """A new key for ``worker_id`` and the nonce it was derived from ("" if random)."""
+        if not self.key_secret:
+            return new_key(), ""
+        nonce = new_nonce()
+        return derive_key(self.key_secret, worker_id, nonce), nonce
+
+    def broker_passwords(self) -> dict[str, str | None]:
+        """Every active worker's key, where it can be derived again (for the broker)."""
+        rows = Worker.select(Worker.id, Worker.key_nonce).where(Worker.revoked_at.is_null())
+        return {
+            str(r.id): derive_key(self.key_secret, r.id, r.key_nonce)
+            if self.key_secret and r.key_nonce
+            else None
+            for r in rows
+        }
 
     # --- administration ----------------------------------------------------------------
 
     def add(self, name: str, worker_id: str | None = None) -> tuple[WorkerInfo, str]:
         """Register a worker. Returns it and its key; the key is never stored in clear."""
-        key = new_key()
         with self.db.atomic():
             wid = check_id(worker_id, "worker id") if worker_id else self._free_id(name)
+            if is_reserved(wid):
+                raise ValueError(f"worker ids may not be {wid!r}: 'farm-' and 'admin' are reserved")
             if Worker.get_or_none(Worker.id == wid) is not None:
                 raise Conflict(f"worker {wid} already exists")
-            Worker.create(id=wid, name=name, key_hash=hash_key(key))
+            key, nonce = self._issue(wid)
+            Worker.create(id=wid, name=name, key_hash=hash_key(key), key_nonce=nonce)
         return self.get(wid), key
 
     def _free_id(self, name: str) -> str:
         base = slugify(name)
+        if is_reserved(base):
+            base = f"w-{base}"
         candidate, n = base, 2
         while Worker.get_or_none(Worker.id == candidate) is not None:
             candidate, n = f"{base}-{n}", n + 1
         return candidate
 
     def rotate(self, worker_id: str) -> str:
-        key = new_key()
+        key, nonce = self.new_key_for(worker_id)
+        self.set_key(worker_id, key, nonce)
+        return key
+
+    def new_key_for(self, worker_id: str) -> tuple[str, str]:
+        """A fresh key (and its nonce) for an active worker, not stored yet: the broker
+        learns it first, so a failed broker update leaves the old key working."""
+        if Worker.get_or_none((Worker.id == worker_id) & Worker.revoked_at.is_null()) is None:
+            raise NotFound(f"no active worker {worker_id}")
+        return self._issue(worker_id)
+
+    def set_key(self, worker_id: str, key: str, nonce: str) -> None:
         changed = (
-            Worker.update(key_hash=hash_key(key))
+            Worker.update(key_hash=hash_key(key), key_nonce=nonce)
             .where((Worker.id == worker_id) & Worker.revoked_at.is_null())
             .execute()
         )
         if changed != 1:
             raise NotFound(f"no active worker {worker_id}")
-        return key
 
     def revoke(self, worker_id: str) -> None:
         changed = (

@@ -5,11 +5,14 @@ once and never stored in clear.
 """
 
 import argparse
+import asyncio
 import datetime
 import sys
 
+from coordinator.broker_accounts import BrokerAdminError
 from coordinator.database import migrate, open_database
 from coordinator.errors import Conflict, NotFound
+from coordinator.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
 from coordinator.worker_store import WorkerInfo, WorkerStore
 from farm_protocol.errors import TopicError
@@ -18,29 +21,50 @@ from farm_protocol.errors import TopicError
 def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
     db = open_database(settings.database_url)
     migrate(db)
-    store = WorkerStore(db, grace_s=settings.worker_grace_s)
+    store = WorkerStore(
+        db, grace_s=settings.worker_grace_s, key_secret=settings.key_secret.get_secret_value()
+    )
+    provisioner = Provisioner(settings)
     try:
         with db.connection_context():
-            return _dispatch(args, store)
-    except (NotFound, Conflict, TopicError) as exc:
+            return _dispatch(args, store, provisioner)
+    except (NotFound, Conflict, TopicError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokerAdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         db.close()
 
 
-def _dispatch(args: argparse.Namespace, store: WorkerStore) -> int:
+def _dispatch(args: argparse.Namespace, store: WorkerStore, provisioner: Provisioner) -> int:
+    """The same steps, in the same order, as the admin API."""
     if args.action == "add":
         info, key = store.add(args.name, args.worker_id)
+        _broker(asyncio.run(provisioner.worker_added(info.id, key)))
         _print_key(info.id, key)
     elif args.action == "rotate":
-        _print_key(args.worker_id, store.rotate(args.worker_id))
+        key, nonce = store.new_key_for(args.worker_id)
+        _broker(asyncio.run(provisioner.worker_rotated(args.worker_id, key)))
+        store.set_key(args.worker_id, key, nonce)
+        _print_key(args.worker_id, key)
     elif args.action == "revoke":
         store.revoke(args.worker_id)
+        _broker(asyncio.run(provisioner.worker_revoked(args.worker_id)))
         print(f"worker {args.worker_id} revoked")
     else:
         _print_table(store.list_workers())
     return 0
+
+
+def _broker(outcome: str) -> None:
+    if outcome == "not managed":
+        print(
+            "note: the broker's accounts are not managed here (FARM_BROKER_ADMIN_USERNAME is "
+            "unset); see docs/OPERATIONS.md",
+            file=sys.stderr,
+        )
 
 
 def _print_key(worker_id: str, key: str) -> None:

@@ -58,6 +58,10 @@ class MessageView(_View):
     created_at: float
     # While queued: 1 for the next reply to be served. None when unknown or not queued.
     queue_position: int | None = None
+    # While a worker holds the job: which one, and the attempt. The webapp forwards a
+    # job's chunks only from this worker and attempt (a rogue worker cannot inject text).
+    worker_id: str | None = None
+    attempt: int | None = None
 
 
 class ThreadView(_View):

@@ -32,6 +32,8 @@ ALL_STATUS = f"{_WORKERS}/+/status"
 ALL_HEARTBEATS = f"{_WORKERS}/+/heartbeat"
 ALL_JOB_EVENTS = f"{_WORKERS}/+/jobs/+"
 ALL_THREAD_EVENTS = f"{_THREADS}/+/events"
+ALL_ASSIGN = f"{_WORKERS}/+/assign"
+ALL_CONTROL = f"{_WORKERS}/+/control"
 
 
 def worker_status(worker_id: str) -> str:

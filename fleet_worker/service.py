@@ -195,6 +195,9 @@ class FleetWorker:
                 if entry is not None and entry[0] == command.attempt:
                     log.info("cancelling job %s: %s", command.job_id, command.reason)
                     entry[1].cancel()
+                    # The slot is free now: the coordinator may already be sending the
+                    # next job, right behind this cancel.
+                    del self.jobs[command.job_id]
             case Drain():
                 log.info("drain requested: %s", command.reason)
                 self.draining = True

@@ -57,6 +57,13 @@ def _workers(args: argparse.Namespace) -> int:
     return workers_admin.run(args, CoordinatorSettings())
 
 
+def _broker(args: argparse.Namespace) -> int:
+    from coordinator import broker_cli
+    from coordinator.settings import CoordinatorSettings
+
+    return broker_cli.run(args, CoordinatorSettings())
+
+
 def _sim(args: argparse.Namespace) -> int:
     from farm_protocol.http_serving import serve_app
     from llama_farm.ollama_sim.app import create_sim_app
@@ -134,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     _workers_arguments(workers)
     workers.set_defaults(func=_workers)
 
+    broker = sub.add_parser("broker", help="broker service accounts (Mosquitto dynsec)")
+    broker_sub = broker.add_subparsers(dest="action", required=True)
+    broker_sub.add_parser(
+        "setup", help="create the coordinator, webapp and observer accounts; print passwords"
+    )
+    broker.set_defaults(func=_broker)
     sim = sub.add_parser("sim-ollama", help="run the Ollama-API-compatible simulator")
     sim.add_argument("--host")
     sim.add_argument("--port", type=int)

@@ -196,6 +196,8 @@ class ThreadSocket:
         if not message.job_id or message.state.final:
             return
         self.bridge.watch_job(message.job_id, self.thread_id)
+        if message.worker_id and message.attempt:
+            self.bridge.learn_holder(message.job_id, message.worker_id, message.attempt)
         attempt = self.bridge.attempt_of(message.job_id)
         sent_attempt, sent_seq = self.sent.get(message.job_id, (attempt, -1))
         after = max(message.content_seq, sent_seq if sent_attempt == attempt else -1)

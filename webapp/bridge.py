@@ -29,15 +29,26 @@ _MAX_CHARS_PER_JOB = 2_000_000
 Event = dict[str, Any]
 
 
+_MAX_UNVERIFIED = 500  # chunks held per job until the coordinator names its worker
+
+
 @dataclass(slots=True)
 class JobStream:
-    """The chunks of a job's current attempt this process has seen."""
+    """The chunks of a job's current attempt this process has seen.
+
+    Chunks are forwarded only from the worker and attempt the coordinator says hold the
+    job (``holder``, from its thread events and snapshots): a worker can publish on its
+    own job topics for any job id, so without this check a rogue one could inject text
+    into someone else's reply. Chunks that arrive before the holder is known wait in
+    ``unverified``."""
 
     thread_id: str | None = None
     attempt: int = 0
     chunks: dict[int, str] = field(default_factory=dict)
     chars: int = 0
     ended_at: float | None = None
+    holder: tuple[str, int] | None = None
+    unverified: list[tuple[str, JobChunk]] = field(default_factory=list)
 
 
 class Subscriber:
@@ -91,6 +102,16 @@ class Bridge:
             if s > seq
         ]
 
+    def learn_holder(self, job_id: str, worker_id: str, attempt: int) -> None:
+        """The coordinator says ``worker_id`` holds ``attempt`` of this job."""
+        stream = self._jobs.setdefault(job_id, JobStream())
+        if stream.holder is not None and stream.holder[1] > attempt:
+            return  # news about an earlier attempt
+        stream.holder = (worker_id, attempt)
+        waiting, stream.unverified = stream.unverified, []
+        for sender, chunk in waiting:
+            self._on_chunk(sender, chunk)
+
     def attempt_of(self, job_id: str) -> int:
         stream = self._jobs.get(job_id)
         return stream.attempt if stream else 0
@@ -112,7 +133,7 @@ class Bridge:
                 if where.leaf != "jobs" or job_event.job_id != where.job_id:
                     raise ProtocolError("payload job differs from topic job")
                 if isinstance(job_event, JobChunk):
-                    self._on_chunk(job_event)
+                    self._on_chunk(where.worker_id, job_event)
                 elif isinstance(job_event, JobDone | JobFailed):
                     self._jobs.setdefault(job_event.job_id, JobStream()).ended_at = time.time()
         except ProtocolError as exc:
@@ -126,10 +147,24 @@ class Bridge:
             stream.thread_id = view.thread_id
             if view.state.final:
                 stream.ended_at = stream.ended_at or time.time()
+            if view.worker_id and view.attempt:
+                self.learn_holder(view.job_id, view.worker_id, view.attempt)
         self._fan_out(view.thread_id, {"type": "message", "message": view.model_dump(mode="json")})
 
-    def _on_chunk(self, chunk: JobChunk) -> None:
+    def _on_chunk(self, sender: str, chunk: JobChunk) -> None:
         stream = self._jobs.setdefault(chunk.job_id, JobStream())
+        if stream.holder is None:
+            if len(stream.unverified) < _MAX_UNVERIFIED:
+                stream.unverified.append((sender, chunk))
+            return
+        if stream.holder != (sender, chunk.attempt):
+            if stream.holder[0] != sender:
+                log.warning(
+                    "dropped a chunk of job %s from worker %s: it does not hold that job",
+                    chunk.job_id,
+                    sender,
+                )
+            return
         if chunk.attempt < stream.attempt:
             return  # a late chunk from an earlier attempt
         if chunk.attempt > stream.attempt:
