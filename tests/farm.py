@@ -15,8 +15,11 @@ import httpx
 import websockets
 from pydantic import SecretStr
 
+from coordinator.broker_accounts import BrokerAccounts, Dynsec
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
+from farm_protocol import acl
+from farm_protocol.broker import BrokerSettings
 from farm_protocol.http_serving import serve_app
 from farm_protocol.lifecycle import run_services
 from fleet_worker.service import FleetWorker
@@ -68,6 +71,34 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condi
         await asyncio.sleep(0.02)
 
 
+async def service_accounts(broker: RunningBroker) -> dict[str, BrokerSettings]:
+    """On Mosquitto, the least-privilege service accounts (made by the project's own
+    `broker setup` code); on amqtt (anonymous for now), none."""
+    if broker.admin_password is None:
+        return {}
+    admin = broker.settings().model_copy(
+        update={"username": "admin", "password": SecretStr(broker.admin_password)}
+    )
+    passwords = await BrokerAccounts(Dynsec(admin)).setup_services({})
+    return {
+        name: broker.settings().model_copy(
+            update={"username": name, "password": SecretStr(password)}
+        )
+        for name, password in passwords.items()
+    }
+
+
+def provisioning(broker: RunningBroker) -> dict[str, Any]:
+    """Coordinator settings that let it manage worker accounts on this broker."""
+    if broker.admin_password is None:
+        return {}
+    return {
+        "broker_admin_username": "admin",
+        "broker_admin_password": SecretStr(broker.admin_password),
+        "key_secret": SecretStr(secrets.token_urlsafe(32)),
+    }
+
+
 @asynccontextmanager
 async def running_farm(
     tmp_path: Path,
@@ -83,20 +114,23 @@ async def running_farm(
         update={"host": "127.0.0.1", "port": free_port()}
     )
     token = SecretStr(secrets.token_urlsafe(24))
+    accounts = await service_accounts(broker)
     coordinator = Coordinator(
         CoordinatorSettings(
             database_url=f"sqlite:///{tmp_path / 'farm.sqlite3'}",
-            broker=broker.settings(),
+            broker=accounts.get(acl.COORDINATOR, broker.settings()),
             http_port=free_port(),
             service_token=token,
             coordinator_client_id=f"coordinator-{uuid.uuid4().hex[:8]}",
-            **(coordinator_settings or {}),
+            **(provisioning(broker) | (coordinator_settings or {})),
         )
     )
     fleet = []
     for i in range(workers):
         info, key = await coordinator.runner.call(coordinator.workers.add, f"test worker {i}")
-        await broker.add_client(info.id, key)
+        if not coordinator.provisioner.managed:
+            await broker.add_client(info.id, key)
+        await coordinator.provisioner.worker_added(info.id, key)
         settings = WorkerSettings(
             broker_url=broker.settings().url,
             worker_id=info.id,
@@ -112,7 +146,7 @@ async def running_farm(
             web_port=web_port,
             coordinator_url=f"http://127.0.0.1:{coordinator.settings.http_port}",
             service_token=token,
-            broker=broker.settings(),
+            broker=accounts.get(acl.WEBAPP, broker.settings()),
         )
     )
     services = {

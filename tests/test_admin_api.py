@@ -35,6 +35,9 @@ async def test_admin_api(tmp_path: Path, broker: RunningBroker) -> None:
         new = added.json()
         assert new["worker"]["id"] == "ada-s-laptop"
         assert new["api_key"].startswith("lf_")
+        # On Mosquitto the coordinator made its broker account; amqtt is not managed yet.
+        managed = broker.kind == "mosquitto"
+        assert new["broker"] == ("provisioned" if managed else "not managed")
         stored = await farm.coordinator.runner.call(Worker.get_by_id, "ada-s-laptop")
         assert new["api_key"] not in stored.key_hash
         assert verify_key(new["api_key"], stored.key_hash)
@@ -42,6 +45,12 @@ async def test_admin_api(tmp_path: Path, broker: RunningBroker) -> None:
             await admin.post("/workers", json={"name": "x", "worker_id": "ada-s-laptop"})
         ).status_code == 409
         assert (await admin.post("/workers", json={"name": ""})).status_code == 400
+        # Service account names are reserved: a worker can never take their rights.
+        reserved = await admin.post("/workers", json={"name": "x", "worker_id": "farm-webapp"})
+        assert reserved.status_code == 400
+        assert "reserved" in reserved.json()["error"]
+        renamed = await admin.post("/workers", json={"name": "Farm Coordinator"})
+        assert renamed.json()["worker"]["id"] == "w-farm-coordinator"
         assert (await admin.post("/workers", content=b"[1,2")).status_code == 400
         listed = (await admin.get("/workers")).json()
         live = next(w for w in listed if w["id"] == "test-worker-0")

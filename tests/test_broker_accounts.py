@@ -1,0 +1,166 @@
+"""Per-worker keys enforced by a real Mosquitto with real credentials: accounts created,
+rotated, revoked and reconciled by the coordinator's code over $CONTROL, and the
+least-privilege roles of farm_protocol.acl checked from the outside."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+from pydantic import SecretStr
+
+from coordinator.broker_accounts import BrokerAccounts, Dynsec
+from coordinator.keys import derive_key
+from farm_protocol import acl, topics
+from farm_protocol.broker import BrokerSettings, make_client
+from tests.brokers import RunningBroker, broker_of
+
+REFUSED = 0x80  # SUBACK "failure" in MQTT 3.1.1
+
+
+def account(broker: RunningBroker, username: str | None, password: str | None) -> BrokerSettings:
+    return BrokerSettings(
+        url=f"mqtt://127.0.0.1:{broker.port}",
+        username=username,
+        password=SecretStr(password) if password else None,
+    )
+
+
+@contextlib.asynccontextmanager
+async def farm_broker() -> AsyncIterator[tuple[RunningBroker, BrokerAccounts, dict[str, str]]]:
+    async with broker_of("mosquitto") as broker:
+        accounts = BrokerAccounts(Dynsec(account(broker, "admin", broker.admin_password)))
+        services = await accounts.setup_services({})
+        yield broker, accounts, services
+
+
+async def granted(client: aiomqtt.Client, topic_filter: str) -> int:
+    result = await client.subscribe(topic_filter, qos=1)
+    code = result[0]
+    return code if isinstance(code, int) else int(code.value)
+
+
+async def until_disconnected(client: aiomqtt.Client) -> None:
+    """Wait (up to a second) for the broker to close this client's connection."""
+    async with asyncio.timeout(1.0):
+        async for _ in client.messages:
+            pass
+
+
+async def receives(client: aiomqtt.Client, within_s: float = 0.5) -> list[tuple[str, bytes]]:
+    got: list[tuple[str, bytes]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                got.append((message.topic.value, message.payload))
+    return got
+
+
+async def test_each_worker_reaches_only_its_own_topics() -> None:
+    async with farm_broker() as (broker, accounts, services):
+        await accounts.add_worker("alpha", "lf_alpha-key-" + "a" * 30)
+        await accounts.add_worker("beta", "lf_beta-key-" + "b" * 30)
+        a = account(broker, "alpha", "lf_alpha-key-" + "a" * 30)
+        observer = account(broker, acl.OBSERVER, services[acl.OBSERVER])
+        coordinator = account(broker, acl.COORDINATOR, services[acl.COORDINATOR])
+        webapp = account(broker, acl.WEBAPP, services[acl.WEBAPP])
+        async with (
+            make_client(a, identifier="worker-alpha") as alpha,
+            make_client(observer, identifier="observer") as watch,
+            make_client(coordinator, identifier="coordinator") as coord,
+            make_client(webapp, identifier="webapp") as web,
+        ):
+            # Its own assignments and control: yes. Anyone else's, or wildcards: no.
+            assert await granted(alpha, topics.worker_assign("alpha")) == 1
+            assert await granted(alpha, topics.worker_control("alpha")) == 1
+            assert await granted(alpha, topics.worker_assign("beta")) == REFUSED
+            assert await granted(alpha, "#") == REFUSED
+            assert await granted(alpha, "farm/v1/workers/+/assign") == REFUSED
+            assert await granted(alpha, topics.ALL_JOB_EVENTS) == REFUSED
+            # The observer reads everything under farm/ and nothing else.
+            assert await granted(watch, "farm/#") == 1
+            assert await granted(watch, "#") == REFUSED
+            assert await granted(watch, "$CONTROL/dynamic-security/v1/response") == REFUSED
+
+            # Publishing: alpha's own events arrive; events for beta's jobs, assignments
+            # (even its own) and thread events are dropped by the broker.
+            await alpha.publish(topics.job_events("alpha", "job1"), b"mine", qos=1)
+            await alpha.publish(topics.job_events("beta", "job2"), b"spoof", qos=1)
+            await alpha.publish(topics.worker_assign("alpha"), b"self-assign", qos=1)
+            await alpha.publish(topics.worker_assign("beta"), b"assign-beta", qos=1)
+            await alpha.publish(topics.thread_events("t1"), b"thread", qos=1)
+            await watch.publish(topics.worker_assign("beta"), b"observer-assign", qos=1)
+            # The webapp's account cannot assign jobs either; the coordinator's can.
+            await web.publish(topics.worker_assign("beta"), b"webapp-assign", qos=1)
+            await coord.publish(topics.worker_assign("beta"), b"coordinator-assign", qos=1)
+            seen = {payload for _, payload in await receives(watch)}
+            assert seen == {b"mine", b"self-assign", b"coordinator-assign"} - {b"self-assign"}
+
+
+async def test_wrong_keys_anonymous_and_foreign_client_ids_are_refused() -> None:
+    async with farm_broker() as (broker, accounts, _):
+        key = "lf_gamma-" + "g" * 40
+        await accounts.add_worker("gamma", key)
+        for settings, identifier in (
+            (account(broker, None, None), "worker-gamma"),
+            (account(broker, "gamma", "lf_wrong"), "worker-gamma"),
+            (account(broker, "gamma", key), "someone-else"),  # the client id is bound
+        ):
+            with pytest.raises(aiomqtt.MqttError):
+                async with make_client(settings, identifier=identifier):
+                    pass
+        async with make_client(account(broker, "gamma", key), identifier="worker-gamma"):
+            pass
+
+
+async def test_revoke_disconnects_at_once_and_rotation_replaces_the_key() -> None:
+    async with farm_broker() as (broker, accounts, _):
+        old, new = "lf_delta-old-" + "d" * 30, "lf_delta-new-" + "e" * 30
+        await accounts.add_worker("delta", old)
+        async with make_client(account(broker, "delta", old), identifier="worker-delta") as c:
+            await c.subscribe(topics.worker_assign("delta"), qos=1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await accounts.rotate_worker("delta", new)
+            with pytest.raises(aiomqtt.MqttError):
+                await until_disconnected(c)
+            assert loop.time() - started < 1.0
+        with pytest.raises(aiomqtt.MqttError):
+            async with make_client(account(broker, "delta", old), identifier="worker-delta"):
+                pass
+        async with make_client(account(broker, "delta", new), identifier="worker-delta") as c:
+            started = asyncio.get_running_loop().time()
+            await accounts.revoke_worker("delta")
+            with pytest.raises(aiomqtt.MqttError):
+                await until_disconnected(c)
+            assert asyncio.get_running_loop().time() - started < 1.0
+        with pytest.raises(aiomqtt.MqttError):
+            async with make_client(account(broker, "delta", new), identifier="worker-delta"):
+                pass
+
+
+async def test_reconcile_rebuilds_lost_accounts_and_removes_unknown_ones() -> None:
+    async with farm_broker() as (broker, accounts, _):
+        secret = "s" * 32
+        keys = {w: derive_key(secret, w, f"nonce-{w}") for w in ("eps", "zeta")}
+        await accounts.add_worker("eps", keys["eps"])
+        await accounts.add_worker("stale", "lf_" + "x" * 40)  # revoked in the database
+        # The broker loses zeta's account (or never had it); eps is intact.
+        report = await accounts.reconcile({"eps": keys["eps"], "zeta": keys["zeta"], "old": None})
+        assert report.created == ["zeta"]
+        assert report.deleted == ["stale"]
+        assert report.unrecoverable == ["old"]
+        async with make_client(account(broker, "zeta", keys["zeta"]), identifier="worker-zeta"):
+            pass
+        with pytest.raises(aiomqtt.MqttError):
+            async with make_client(
+                account(broker, "stale", "lf_" + "x" * 40), identifier="worker-stale"
+            ):
+                pass
+        # Nothing to do the second time; service accounts are never touched.
+        again = await accounts.reconcile({"eps": keys["eps"], "zeta": keys["zeta"]})
+        assert (again.created, again.deleted) == ([], [])
+        clients = await accounts.dynsec.clients()
+        assert set(acl.SERVICES) <= set(clients)
