@@ -179,14 +179,34 @@ class BrokerAccounts:
         await self.dynsec.check(commands, tolerate=("not found",))
         return chosen
 
-    async def reconcile(self, workers: dict[str, str | None]) -> ReconcileReport:
+    async def reconcile(
+        self, workers: dict[str, str | None], coordinator_password: str | None = None
+    ) -> ReconcileReport:
         """Make the broker's worker accounts match ``workers`` (active worker id -> its
         key, or None when it cannot be re-derived). Existing accounts are left alone (a
-        password cannot be read back, and resetting it would disconnect the worker)."""
+        password cannot be read back, and resetting it would disconnect the worker).
+        Missing service roles are created, and the coordinator's own account when its
+        password is given; a missing webapp or observer account is reported."""
         on_broker = await self.dynsec.clients()
         roles = await self.dynsec.roles()
         commands: list[dict[str, Any]] = []
         created, unrecoverable = [], []
+        for name in acl.SERVICES:
+            if name not in roles:
+                commands.append(_create_role(name, acl.SERVICE_GRANTS[name]))
+        if acl.COORDINATOR not in on_broker and coordinator_password:
+            commands.append(
+                {
+                    "command": "createClient",
+                    "username": acl.COORDINATOR,
+                    "password": coordinator_password,
+                    "roles": [{"rolename": acl.COORDINATOR, "priority": 0}],
+                }
+            )
+            created.append(acl.COORDINATOR)
+        for name in (acl.WEBAPP, acl.OBSERVER):
+            if name not in on_broker:
+                log.warning("the broker has no %s account: run `llama-farm broker setup`", name)
         for worker_id, password in sorted(workers.items()):
             if worker_id in on_broker:
                 continue

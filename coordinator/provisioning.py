@@ -9,6 +9,7 @@ from coordinator.broker_accounts import BrokerAccounts, BrokerAdminError, Dynsec
 from coordinator.db_runner import DbRunner
 from coordinator.settings import CoordinatorSettings
 from coordinator.worker_store import WorkerStore
+from farm_protocol import acl
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,12 @@ class Provisioner:
         admin = settings.broker_admin()
         self.accounts = BrokerAccounts(Dynsec(admin)) if admin is not None else None
         self.interval_s = settings.reconcile_interval_s
+        own = settings.broker
+        self.own_password = (
+            own.password.get_secret_value()
+            if own.username == acl.COORDINATOR and own.password is not None
+            else None
+        )
 
     @property
     def managed(self) -> bool:
@@ -50,7 +57,7 @@ class Provisioner:
         while True:
             try:
                 wanted = await runner.call(workers.broker_passwords)
-                await self.accounts.reconcile(wanted)
+                await self.accounts.reconcile(wanted, self.own_password)
             except BrokerAdminError as exc:
                 log.warning("broker reconcile failed (will retry): %s", exc)
             await asyncio.sleep(self.interval_s)

@@ -5,16 +5,23 @@ least-privilege roles of farm_protocol.acl checked from the outside."""
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiomqtt
 import pytest
 from pydantic import SecretStr
 
 from coordinator.broker_accounts import BrokerAccounts, Dynsec
+from coordinator.database import migrate, open_database
+from coordinator.db_runner import DbRunner
 from coordinator.keys import derive_key
+from coordinator.provisioning import Provisioner
+from coordinator.settings import CoordinatorSettings
+from coordinator.worker_store import WorkerStore
 from farm_protocol import acl, topics
 from farm_protocol.broker import BrokerSettings, make_client
 from tests.brokers import RunningBroker, broker_of
+from tests.farm import wait_until
 
 REFUSED = 0x80  # SUBACK "failure" in MQTT 3.1.1
 
@@ -164,3 +171,49 @@ async def test_reconcile_rebuilds_lost_accounts_and_removes_unknown_ones() -> No
         assert (again.created, again.deleted) == ([], [])
         clients = await accounts.dynsec.clients()
         assert set(acl.SERVICES) <= set(clients)
+
+
+async def test_the_coordinator_reprovisions_a_broker_that_lost_its_accounts(
+    tmp_path: Path,
+) -> None:
+    """The reconcile loop, with the coordinator's settings, store and a real database:
+    accounts the broker lacks are made from keys derived again, revoked ones go."""
+    async with broker_of("mosquitto") as broker:
+        settings = CoordinatorSettings(
+            database_url=f"sqlite:///{tmp_path / 'farm.sqlite3'}",
+            broker=account(broker, acl.COORDINATOR, "coordinator-password"),
+            broker_admin_username="admin",
+            broker_admin_password=SecretStr(broker.admin_password or ""),
+            key_secret=SecretStr("k" * 40),
+            reconcile_interval_s=0.2,
+        )
+        db = open_database(settings.database_url)
+        migrate(db)
+        runner = DbRunner(db)
+        store = WorkerStore(db, grace_s=10, key_secret=settings.key_secret.get_secret_value())
+        _, key = await runner.call(store.add, "eta")
+        _, gone_key = await runner.call(store.add, "theta")
+        provisioner = Provisioner(settings)
+        assert provisioner.accounts is not None
+        await provisioner.worker_added("theta", gone_key)
+        await runner.call(store.revoke, "theta")  # revoked while the broker was away
+        loop = asyncio.create_task(provisioner.reconcile_forever(runner, store))
+        try:
+
+            async def provisioned() -> bool:
+                assert provisioner.accounts is not None
+                clients = await provisioner.accounts.dynsec.clients()
+                return "eta" in clients and "theta" not in clients and acl.COORDINATOR in clients
+
+            await wait_until(provisioned, what="the broker to be re-provisioned")
+            async with make_client(account(broker, "eta", key), identifier="worker-eta"):
+                pass
+            # The coordinator's own account was re-created with its configured password.
+            own = settings.broker
+            async with make_client(own, identifier="farm-coordinator-test"):
+                pass
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+            runner.close()
