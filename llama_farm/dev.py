@@ -24,12 +24,13 @@ from coordinator.errors import NotFound
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.worker_store import WorkerStore
+from farm_protocol import acl
 from farm_protocol.broker import BrokerSettings
 from farm_protocol.http_serving import serve_app
 from farm_protocol.lifecycle import TaskCrashed, run_services, run_with_signals
 from fleet_worker.service import FleetWorker
 from fleet_worker.settings import WorkerSettings
-from llama_farm.embedded_broker import embedded_broker
+from llama_farm.embedded_broker import FarmAuth, embedded_broker
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
 from webapp.service import Webapp
@@ -127,11 +128,19 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
 
     broker_port = options.broker_port or free_port()
     broker = BrokerSettings(url=f"mqtt://127.0.0.1:{broker_port}")
+    # The embedded broker checks the same accounts and topic rules as Mosquitto does in
+    # production: workers by their keys in the database, services by these passwords.
+    database_url = f"sqlite:///{data / 'dev.sqlite3'}"
+    passwords = {name: secrets.token_urlsafe(16) for name in acl.SERVICES}
+
+    def login(name: str) -> BrokerSettings:
+        return broker.model_copy(update={"username": name, "password": SecretStr(passwords[name])})
+
     token = SecretStr(secrets.token_urlsafe(32))
     coordinator = Coordinator(
         CoordinatorSettings(
-            database_url=f"sqlite:///{data / 'dev.sqlite3'}",
-            broker=broker,
+            database_url=database_url,
+            broker=login(acl.COORDINATOR),
             http_port=free_port(),
             service_token=token,
             coordinator_client_id="farm-coordinator-dev",
@@ -153,7 +162,7 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
             web_host=options.host,
             web_port=options.port,
             service_token=token,
-            broker=broker,
+            broker=login(acl.WEBAPP),
             coordinator_url=f"http://127.0.0.1:{coordinator.settings.http_port}",
         )
     )
@@ -163,12 +172,14 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
         "llama-farm dev is running",
         f"  Chat:     {url}",
         f"  Replies:  {replies}",
-        f"  Broker:   {broker.url} (embedded amqtt)",
+        f"  Broker:   {broker.url} (embedded amqtt; watch it read-only with",
+        f"            mosquitto_sub -p {broker_port} -u {acl.OBSERVER} "
+        f"-P {passwords[acl.OBSERVER]} -t 'farm/#' -v)",
         f"  Database: {data / 'dev.sqlite3'}",
         "Press Ctrl-C to stop.",
         "",
     ]
-    async with embedded_broker(broker_port):
+    async with embedded_broker(broker_port, auth=FarmAuth(database_url, passwords)):
         services |= {
             "coordinator": coordinator.run(stop),
             "webapp": webapp.run(stop),

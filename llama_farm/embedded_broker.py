@@ -7,22 +7,46 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from amqtt.broker import Broker
 
 log = logging.getLogger(__name__)
 
 
-def broker_config(port: int, host: str = "127.0.0.1") -> dict[str, object]:
-    return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
+@dataclass(frozen=True, slots=True)
+class FarmAuth:
+    """Check logins against the farm: workers' keys in this database; other accounts
+    (the services) by these passwords. ``extra_grants`` gives accounts that are not
+    services publish and subscribe rights on these filters (tests use it)."""
+
+    database_url: str
+    passwords: dict[str, str]
+    extra_grants: dict[str, list[str]] = field(default_factory=dict)
+
+
+def broker_config(
+    port: int, host: str = "127.0.0.1", auth: FarmAuth | None = None
+) -> dict[str, object]:
+    plugins: dict[str, object]
+    if auth is None:
+        plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+    else:
+        plugins = {
+            "llama_farm.broker_plugins.FarmAuthPlugin": {
+                "database_url": auth.database_url,
+                "passwords": auth.passwords,
+            },
+            "llama_farm.broker_plugins.FarmTopicPlugin": {"extra_grants": auth.extra_grants},
+        }
+    return {"listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}}, "plugins": plugins}
 
 
 @contextlib.asynccontextmanager
-async def embedded_broker(port: int, host: str = "127.0.0.1") -> AsyncIterator[Broker]:
-    broker = Broker(broker_config(port, host))
+async def embedded_broker(
+    port: int, host: str = "127.0.0.1", auth: FarmAuth | None = None
+) -> AsyncIterator[Broker]:
+    broker = Broker(broker_config(port, host, auth))
     await broker.start()
     log.info("embedded amqtt broker listening on mqtt://%s:%d", host, port)
     try:

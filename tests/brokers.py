@@ -17,8 +17,9 @@ from pathlib import Path
 
 import aiomqtt
 
+from farm_protocol import acl
 from farm_protocol.broker import BrokerSettings
-from llama_farm.embedded_broker import embedded_broker
+from llama_farm.embedded_broker import FarmAuth, embedded_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_CONFIG = ROOT / "mosquitto" / "mosquitto.conf"
@@ -39,6 +40,9 @@ class RunningBroker:
     username: str | None = None
     password: str | None = None
     admin_password: str | None = None
+    # amqtt checks logins against a farm database (workers) and these service passwords.
+    database_url: str | None = None
+    service_passwords: dict[str, str] | None = None
 
     async def add_client(self, username: str, password: str) -> None:
         """An account for a worker (full access under farm/ until per-worker roles)."""
@@ -168,9 +172,30 @@ async def mosquitto() -> AsyncIterator[RunningBroker]:
 
 @asynccontextmanager
 async def amqtt_broker() -> AsyncIterator[RunningBroker]:
+    """The dev broker as `llama-farm dev` runs it: farm auth and topic rules. Workers log
+    in against ``database_url`` (the farm under test must use that database); the test's
+    own account may publish and subscribe anywhere under farm/, like on Mosquitto."""
     port = free_port()
-    async with embedded_broker(port):
-        yield RunningBroker("amqtt", port)
+    workdir = Path(tempfile.mkdtemp(prefix="farm-amqtt-"))
+    services = {name: uuid.uuid4().hex for name in acl.SERVICES}
+    password = uuid.uuid4().hex
+    auth = FarmAuth(
+        database_url=f"sqlite:///{workdir / 'farm.sqlite3'}",
+        passwords={**services, "farm-test": password},
+        extra_grants={"farm-test": ["farm/#"]},
+    )
+    try:
+        async with embedded_broker(port, auth=auth):
+            yield RunningBroker(
+                "amqtt",
+                port,
+                "farm-test",
+                password,
+                database_url=auth.database_url,
+                service_passwords=services,
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @asynccontextmanager

@@ -74,6 +74,13 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condi
 async def service_accounts(broker: RunningBroker) -> dict[str, BrokerSettings]:
     """On Mosquitto, the least-privilege service accounts (made by the project's own
     `broker setup` code); on amqtt (anonymous for now), none."""
+    if broker.service_passwords is not None:  # amqtt: the passwords it was started with
+        return {
+            name: broker.settings().model_copy(
+                update={"username": name, "password": SecretStr(password)}
+            )
+            for name, password in broker.service_passwords.items()
+        }
     if broker.admin_password is None:
         return {}
     admin = broker.settings().model_copy(
@@ -117,7 +124,7 @@ async def running_farm(
     accounts = await service_accounts(broker)
     coordinator = Coordinator(
         CoordinatorSettings(
-            database_url=f"sqlite:///{tmp_path / 'farm.sqlite3'}",
+            database_url=broker.database_url or f"sqlite:///{tmp_path / 'farm.sqlite3'}",
             broker=accounts.get(acl.COORDINATOR, broker.settings()),
             http_port=free_port(),
             service_token=token,

@@ -65,45 +65,93 @@ async def receives(client: aiomqtt.Client, within_s: float = 0.5) -> list[tuple[
     return got
 
 
-async def test_each_worker_reaches_only_its_own_topics() -> None:
+async def check_isolation(
+    alpha_login: BrokerSettings,
+    observer_login: BrokerSettings,
+    coordinator_login: BrokerSettings,
+    webapp_login: BrokerSettings,
+) -> None:
+    """Worker alpha (beside a worker beta) reaches only its own topics; the observer only
+    reads; the webapp cannot assign; the coordinator can."""
+    async with (
+        make_client(alpha_login, identifier="worker-alpha") as alpha,
+        make_client(observer_login, identifier="observer") as watch,
+        make_client(coordinator_login, identifier="coordinator") as coord,
+        make_client(webapp_login, identifier="webapp") as web,
+    ):
+        # Its own assignments and control: yes. Anyone else's, or wildcards: no.
+        assert await granted(alpha, topics.worker_assign("alpha")) == 1
+        assert await granted(alpha, topics.worker_control("alpha")) == 1
+        assert await granted(alpha, topics.worker_assign("beta")) == REFUSED
+        assert await granted(alpha, "#") == REFUSED
+        assert await granted(alpha, "farm/v1/workers/+/assign") == REFUSED
+        assert await granted(alpha, topics.ALL_JOB_EVENTS) == REFUSED
+        # The observer reads everything under farm/ and nothing else.
+        assert await granted(watch, "farm/#") == 1
+        assert await granted(watch, "#") == REFUSED
+        # Publishing: alpha's own events arrive; events for beta's jobs, assignments (even
+        # its own) and thread events are dropped by the broker.
+        await alpha.publish(topics.job_events("alpha", "job1"), b"mine", qos=1)
+        await alpha.publish(topics.job_events("beta", "job2"), b"spoof", qos=1)
+        await alpha.publish(topics.worker_assign("alpha"), b"self-assign", qos=1)
+        await alpha.publish(topics.worker_assign("beta"), b"assign-beta", qos=1)
+        await alpha.publish(topics.thread_events("t1"), b"thread", qos=1)
+        await watch.publish(topics.worker_assign("beta"), b"observer-assign", qos=1)
+        # The webapp's account cannot assign jobs either; the coordinator's can.
+        await web.publish(topics.worker_assign("beta"), b"webapp-assign", qos=1)
+        await coord.publish(topics.worker_assign("beta"), b"coordinator-assign", qos=1)
+        seen = {payload for _, payload in await receives(watch)}
+        assert seen == {b"mine", b"coordinator-assign"}
+
+
+async def test_each_worker_reaches_only_its_own_topics_on_mosquitto() -> None:
     async with farm_broker() as (broker, accounts, services):
         await accounts.add_worker("alpha", "lf_alpha-key-" + "a" * 30)
         await accounts.add_worker("beta", "lf_beta-key-" + "b" * 30)
-        a = account(broker, "alpha", "lf_alpha-key-" + "a" * 30)
-        observer = account(broker, acl.OBSERVER, services[acl.OBSERVER])
-        coordinator = account(broker, acl.COORDINATOR, services[acl.COORDINATOR])
-        webapp = account(broker, acl.WEBAPP, services[acl.WEBAPP])
-        async with (
-            make_client(a, identifier="worker-alpha") as alpha,
-            make_client(observer, identifier="observer") as watch,
-            make_client(coordinator, identifier="coordinator") as coord,
-            make_client(webapp, identifier="webapp") as web,
-        ):
-            # Its own assignments and control: yes. Anyone else's, or wildcards: no.
-            assert await granted(alpha, topics.worker_assign("alpha")) == 1
-            assert await granted(alpha, topics.worker_control("alpha")) == 1
-            assert await granted(alpha, topics.worker_assign("beta")) == REFUSED
-            assert await granted(alpha, "#") == REFUSED
-            assert await granted(alpha, "farm/v1/workers/+/assign") == REFUSED
-            assert await granted(alpha, topics.ALL_JOB_EVENTS) == REFUSED
-            # The observer reads everything under farm/ and nothing else.
-            assert await granted(watch, "farm/#") == 1
-            assert await granted(watch, "#") == REFUSED
-            assert await granted(watch, "$CONTROL/dynamic-security/v1/response") == REFUSED
+        assert await granted_for(broker, acl.OBSERVER, services, "$CONTROL/#") == REFUSED
+        await check_isolation(
+            account(broker, "alpha", "lf_alpha-key-" + "a" * 30),
+            *(account(broker, s, services[s]) for s in (acl.OBSERVER, acl.COORDINATOR, acl.WEBAPP)),
+        )
 
-            # Publishing: alpha's own events arrive; events for beta's jobs, assignments
-            # (even its own) and thread events are dropped by the broker.
-            await alpha.publish(topics.job_events("alpha", "job1"), b"mine", qos=1)
-            await alpha.publish(topics.job_events("beta", "job2"), b"spoof", qos=1)
-            await alpha.publish(topics.worker_assign("alpha"), b"self-assign", qos=1)
-            await alpha.publish(topics.worker_assign("beta"), b"assign-beta", qos=1)
-            await alpha.publish(topics.thread_events("t1"), b"thread", qos=1)
-            await watch.publish(topics.worker_assign("beta"), b"observer-assign", qos=1)
-            # The webapp's account cannot assign jobs either; the coordinator's can.
-            await web.publish(topics.worker_assign("beta"), b"webapp-assign", qos=1)
-            await coord.publish(topics.worker_assign("beta"), b"coordinator-assign", qos=1)
-            seen = {payload for _, payload in await receives(watch)}
-            assert seen == {b"mine", b"self-assign", b"coordinator-assign"} - {b"self-assign"}
+
+async def test_the_dev_broker_enforces_the_same_rules(tmp_path: Path) -> None:
+    """amqtt, as `llama-farm dev` runs it: keys checked against the coordinator's
+    database, the same topic rules."""
+    async with broker_of("amqtt") as broker:
+        assert broker.database_url is not None
+        assert broker.service_passwords is not None
+        services = broker.service_passwords
+        db = open_database(broker.database_url)
+        migrate(db)
+        store = WorkerStore(db, grace_s=10)
+        with db.connection_context():
+            _, alpha_key = store.add("alpha")
+            store.add("beta")
+            _, gone_key = store.add("gone")
+            store.revoke("gone")
+        await check_isolation(
+            account(broker, "alpha", alpha_key),
+            *(account(broker, s, services[s]) for s in (acl.OBSERVER, acl.COORDINATOR, acl.WEBAPP)),
+        )
+        for login, identifier in (
+            (account(broker, None, None), "worker-alpha"),
+            (account(broker, "alpha", "lf_wrong"), "worker-alpha"),
+            (account(broker, "alpha", alpha_key), "someone-else"),
+            (account(broker, "gone", gone_key), "worker-gone"),
+            (account(broker, acl.WEBAPP, "not-the-password"), "webapp-x"),
+        ):
+            with pytest.raises(aiomqtt.MqttError):
+                async with make_client(login, identifier=identifier):
+                    pass
+        db.close()
+
+
+async def granted_for(
+    broker: RunningBroker, service: str, services: dict[str, str], topic_filter: str
+) -> int:
+    async with make_client(account(broker, service, services[service]), identifier="probe") as c:
+        return await granted(c, topic_filter)
 
 
 async def test_wrong_keys_anonymous_and_foreign_client_ids_are_refused() -> None:
