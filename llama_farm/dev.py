@@ -9,7 +9,6 @@ import contextlib
 import logging
 import os
 import secrets
-import socket
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from fleet_worker.settings import WorkerSettings
 from llama_farm.embedded_broker import FarmAuth, embedded_broker
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
+from llama_farm.ports import free_port
 from webapp.service import Webapp
 from webapp.settings import WebappSettings
 
@@ -48,13 +48,6 @@ class DevOptions:
     data_dir: str
     broker_port: int
     host: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def ollama_host_from_env() -> str:

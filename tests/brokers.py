@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -20,17 +19,11 @@ import aiomqtt
 from farm_protocol import acl
 from farm_protocol.broker import BrokerSettings
 from llama_farm.embedded_broker import FarmAuth, embedded_broker
+from llama_farm.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_CONFIG = ROOT / "mosquitto" / "mosquitto.conf"
 CONTROL = "$CONTROL/dynamic-security/v1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

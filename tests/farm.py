@@ -26,7 +26,8 @@ from fleet_worker.service import FleetWorker
 from fleet_worker.settings import WorkerSettings
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
-from tests.brokers import RunningBroker, free_port
+from llama_farm.ports import free_port
+from tests.brokers import RunningBroker
 from webapp.service import Webapp
 from webapp.settings import WebappSettings
 

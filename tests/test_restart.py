@@ -25,7 +25,8 @@ from fleet_worker.service import FleetWorker
 from fleet_worker.settings import WorkerSettings
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
-from tests.brokers import RunningBroker, broker_of, free_port
+from llama_farm.ports import free_port
+from tests.brokers import RunningBroker, broker_of
 from tests.farm import wait_until
 
 ROOT = Path(__file__).parent.parent

@@ -10,7 +10,7 @@ import pytest
 from farm_protocol.http_serving import serve_app
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
-from tests.brokers import free_port
+from llama_farm.ports import free_port
 from tests.farm import wait_until
 
 
