@@ -2,9 +2,11 @@
 workers and keys, drain, API keys, jobs (list, inspect, cancel), statistics and the
 Prometheus metrics. Bad input gets a 4xx with a clear message, never a 500."""
 
+import logging
 from pathlib import Path
 
 import httpx
+import pytest
 
 from coordinator.keys import verify_key
 from coordinator.tables import Worker
@@ -15,7 +17,10 @@ from tests.farm import new_thread, running_farm, send_and_stream, wait_until
 TOKEN = "admin-" + "x" * 30
 
 
-async def test_admin_api(tmp_path: Path, broker: RunningBroker) -> None:
+async def test_admin_api(
+    tmp_path: Path, broker: RunningBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     sim = SimSettings(ttft_ms=10, tokens_per_s=40, reply_tokens=1000)
     settings = {"admin_token": TOKEN}
     async with running_farm(
@@ -136,3 +141,7 @@ async def test_admin_api(tmp_path: Path, broker: RunningBroker) -> None:
             return bool(info["state"] == "draining")
 
         await wait_until(draining, what="the worker to report draining")
+
+        # Keys are shown once, in the response, and never logged by any service.
+        assert new["api_key"] not in caplog.text
+        assert rotated.json()["api_key"] not in caplog.text

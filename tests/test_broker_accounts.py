@@ -4,6 +4,8 @@ least-privilege roles of farm_protocol.acl checked from the outside."""
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -265,3 +267,57 @@ async def test_the_coordinator_reprovisions_a_broker_that_lost_its_accounts(
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
             runner.close()
+
+
+async def test_the_cli_sets_up_services_and_provisions_workers(tmp_path: Path) -> None:
+    """`llama-farm broker setup` and `llama-farm workers add|rotate|revoke` as an operator
+    runs them, against Mosquitto: the printed credentials are the ones that work."""
+    async with broker_of("mosquitto") as broker:
+        env = dict(
+            os.environ,
+            FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'farm.sqlite3'}",
+            FARM_BROKER__URL=f"mqtt://127.0.0.1:{broker.port}",
+            FARM_BROKER_ADMIN_USERNAME="admin",
+            FARM_BROKER_ADMIN_PASSWORD=broker.admin_password or "",
+            FARM_KEY_SECRET="c" * 40,
+        )
+
+        async def cli(*args: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "llama_farm.cli",
+                *args,
+                env=env,
+                cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+            assert proc.returncode == 0, err.decode()
+            return out.decode()
+
+        setup = await cli("broker", "setup")
+        passwords = [
+            line.split("=", 1)[1]
+            for line in setup.splitlines()
+            if line.startswith("FARM_BROKER__PASSWORD=")
+        ]
+        coordinator_login = account(broker, acl.COORDINATOR, passwords[0])
+        async with make_client(coordinator_login, identifier="c1") as coord:
+            assert await granted(coord, topics.ALL_STATUS) == 1
+
+        key = (await cli("workers", "add", "--name", "Box")).split("api key:")[1].split()[0]
+        assert key not in (tmp_path / "farm.sqlite3").read_bytes().decode(errors="ignore")
+        async with make_client(account(broker, "box", key), identifier="worker-box"):
+            pass
+        new_key = (await cli("workers", "rotate", "box")).split("api key:")[1].split()[0]
+        with pytest.raises(aiomqtt.MqttError):
+            async with make_client(account(broker, "box", key), identifier="worker-box"):
+                pass
+        async with make_client(account(broker, "box", new_key), identifier="worker-box"):
+            pass
+        await cli("workers", "revoke", "box")
+        with pytest.raises(aiomqtt.MqttError):
+            async with make_client(account(broker, "box", new_key), identifier="worker-box"):
+                pass
