@@ -16,7 +16,20 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=["run", "doctor", "install-service"],
+        help="run the worker (default); doctor: check the broker, the credentials, Ollama and "
+        "the models; install-service: run it as a systemd user unit or launchd agent",
+    )
     parser.add_argument("--env-file", help="read settings from this file (default: .env)")
+    parser.add_argument(
+        "--no-login",
+        action="store_true",
+        help="doctor: do not log in to the broker (a running worker would be bumped)",
+    )
     parser.add_argument(
         "--drain-grace",
         type=float,
@@ -27,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = WorkerSettings(_env_file=args.env_file) if args.env_file else WorkerSettings()
+    if args.action == "doctor":
+        from fleet_worker import doctor
+
+        return doctor.run(settings, login=not args.no_login)
+    if args.action == "install-service":
+        from fleet_worker import install_service
+
+        return install_service.run(settings, drain_grace_s=args.drain_grace, env_file=args.env_file)
     try:
         worker = FleetWorker(settings, drain_grace_s=args.drain_grace)
     except (WorkerConfigError, TopicError) as exc:
