@@ -568,19 +568,18 @@ class JobStore:
         return result
 
     def _sweep_lost_workers(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
+        """Heartbeats are the authority: a worker silent past the grace period (or
+        revoked) has lost its jobs. Its Last Will ("offline") only speeds things up for jobs
+        that have not streamed yet, which are re-queued at once; a streaming job keeps the
+        grace period to resume, since a broker restart also fires every Will while the
+        workers live on, reconnect, and go on publishing."""
         stale = stamp - d.worker_grace_s
+        silent = Worker.last_seen.is_null() | (Worker.last_seen < stale)
+        gone = (Worker.state == "offline") & (Job.chunks == 0)
         lost = (
             Job.select(Job.id, Job.attempt, Job.worker_id)
             .join(Worker, on=(Job.worker_id == Worker.id))
-            .where(
-                Job.state.in_(ACTIVE)
-                & (
-                    (Worker.last_seen.is_null())
-                    | (Worker.last_seen < stale)
-                    | (Worker.state == "offline")
-                    | Worker.revoked_at.is_null(False)
-                )
-            )
+            .where(Job.state.in_(ACTIVE) & (silent | gone | Worker.revoked_at.is_null(False)))
         )
         for job in list(lost):
             reason = "the worker generating this reply stopped responding"

@@ -146,18 +146,32 @@ class Outbox:
         return self._queue.qsize() + (self._retry is not None)
 
     async def pump(self, client: aiomqtt.Client) -> None:
-        """Send queued items through ``client`` until cancelled (run inside a session)."""
+        """Send queued items through ``client`` until cancelled (run inside a session).
+
+        A cancellation that lands during a publish can come back as an MqttError, or be
+        swallowed outright by ``asyncio.wait_for`` inside aiomqtt (CPython 3.11,
+        gh-86296); either way it is honoured, or the session could never be stopped (seen
+        after a broker restart: the coordinator hung on shutdown)."""
+        task = asyncio.current_task()
+
+        def cancelled() -> bool:
+            return task is not None and task.cancelling() > 0
+
         while True:
             item = self._retry or await self._queue.get()
             self._retry = item
             try:
                 await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
             except aiomqtt.MqttError as exc:
+                if cancelled():
+                    raise asyncio.CancelledError from exc
                 log.debug("publish to %s failed (%s); will retry", item.topic, exc)
                 await asyncio.sleep(0.5)
                 continue
             self._retry = None
             self._queue.task_done()
+            if cancelled():
+                raise asyncio.CancelledError
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until everything queued has been sent (True), or ``timeout_s`` passes."""

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,9 @@ class RunningBroker:
     # amqtt checks logins against a farm database (workers) and these service passwords.
     database_url: str | None = None
     service_passwords: dict[str, str] | None = None
+    # Mosquitto only: stop the broker (SIGTERM, so it saves its persistence) and start it
+    # again on the same port with the same files.
+    restart: Callable[[], Awaitable[None]] | None = None
 
     async def add_client(self, username: str, password: str) -> None:
         """An account for a worker (full access under farm/ until per-worker roles)."""
@@ -143,23 +146,33 @@ async def mosquitto() -> AsyncIterator[RunningBroker]:
         for path in (workdir, *workdir.iterdir()):
             shutil.chown(path, "mosquitto", "mosquitto")
     config = render_config(workdir, port)
-    process = subprocess.Popen(
-        ["mosquitto", "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        await _wait_port(port)
-        password = uuid.uuid4().hex
-        await dynsec(port, admin_password, full_access_commands("farm-test", password))
-        yield RunningBroker("mosquitto", port, "farm-test", password, admin_password)
-    finally:
+    log = (workdir / "mosquitto.log").open("ab")
+    processes = [subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log)]
+
+    def stop() -> None:
+        process = processes[-1]
         process.terminate()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stdout:
-            process.stdout.close()
+
+    async def restart() -> None:
+        stop()
+        processes.append(subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log))
+        await _wait_port(port)
+
+    try:
+        await _wait_port(port)
+        password = uuid.uuid4().hex
+        await dynsec(port, admin_password, full_access_commands("farm-test", password))
+        yield RunningBroker(
+            "mosquitto", port, "farm-test", password, admin_password, restart=restart
+        )
+    finally:
+        stop()
+        log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -44,10 +44,30 @@ def test_lost_worker_before_any_token_requeues(db: pw.Database) -> None:
     assert Message.get_by_id(message_id).state == "queued"
 
 
+def test_a_will_alone_requeues_only_jobs_that_have_not_streamed(db: pw.Database) -> None:
+    """The Last Will speeds detection up; heartbeats decide for a streaming job (a broker
+    restart fires every Will while the workers live on and reconnect)."""
+    store, job_id, message_id = setup_job(db)
+    store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
+    Worker.update(state="offline", last_seen=time.time()).execute()
+    assert store.sweep(DEADLINES).messages == []
+    assert Job.get_by_id(job_id).state == "running"
+    Worker.update(state="online").execute()  # it reconnected: a new birth
+    assert store.sweep(DEADLINES).messages == []
+
+
+def test_a_will_requeues_an_unstarted_job_at_once(db: pw.Database) -> None:
+    store, job_id, _ = setup_job(db)
+    store.accept(job_id, 1, "w")
+    Worker.update(state="offline", last_seen=time.time()).execute()
+    assert store.sweep(DEADLINES).requeued == 1
+    assert Job.get_by_id(job_id).state == "queued"
+
+
 def test_lost_worker_after_tokens_fails_with_a_reason(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
     store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
-    Worker.update(state="offline").execute()
+    Worker.update(state="offline", last_seen=time.time() - 60).execute()
     store.sweep(DEADLINES)
     message = Message.get_by_id(message_id)
     assert (message.state, message.content) == ("failed", "partial")
@@ -100,7 +120,7 @@ def test_retries_stop_after_max_attempts(db: pw.Database) -> None:
 def test_lost_worker_after_tokens_can_be_configured_to_start_again(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
     store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
-    Worker.update(state="offline").execute()
+    Worker.update(state="offline", last_seen=time.time() - 60).execute()
     again = dataclasses.replace(DEADLINES, requeue_lost_streaming=True)
     result = store.sweep(again)
     assert result.requeued == 1

@@ -1,0 +1,214 @@
+"""The worker as a real process under faults, against a real Mosquitto and the simulator
+reached through the real ollama client: kill -9 mid-stream, SIGTERM drain, a broker
+restart mid-stream, and every simulator fault. Each ends with every job in a clear state."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from coordinator import reports
+from llama_farm.ollama_sim.settings import SimSettings
+from tests.brokers import RunningBroker, broker_of
+from tests.farm import Farm, new_thread, running_farm, wait_until
+
+GRACE_S = 3.0  # the coordinator's worker grace period in these tests
+
+
+@asynccontextmanager
+async def farm_without_workers(
+    tmp_path: Path, sim: SimSettings
+) -> AsyncIterator[tuple[Farm, RunningBroker]]:
+    async with (
+        broker_of("mosquitto") as broker,
+        running_farm(
+            tmp_path, broker, sim=sim, workers=0, coordinator_settings={"worker_grace_s": GRACE_S}
+        ) as farm,
+    ):
+        yield farm, broker
+
+
+@asynccontextmanager
+async def worker_process(
+    farm: Farm, broker: RunningBroker, tmp_path: Path, *, concurrency: int = 1, grace_s: float = 5
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    coordinator = farm.coordinator
+    info, key = await coordinator.runner.call(coordinator.workers.add, "process worker")
+    await coordinator.provisioner.worker_added(info.id, key)
+    env = dict(
+        os.environ,
+        FARM_BROKER_URL=broker.settings().url,
+        FARM_WORKER_ID=info.id,
+        FARM_API_KEY=key,
+        FARM_OLLAMA_HOST=farm.sim_url,
+        FARM_CONCURRENCY=str(concurrency),
+        FARM_HEARTBEAT_S="0.5",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet_worker.cli", "--drain-grace", str(grace_s)],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        async def online() -> bool:
+            models = await farm.browser().get("/api/models")
+            return bool(models.json()["workers_online"] == 1)
+
+        await wait_until(online, what="the worker process to come online")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def send(farm: Farm, browser: httpx.AsyncClient, text: str) -> dict[str, Any]:
+    thread_id = await new_thread(browser)
+    sent = await browser.post(f"/api/threads/{thread_id}/messages", json={"text": text})
+    assert sent.status_code == 201, sent.text
+    reply: dict[str, Any] = sent.json()["reply"]
+    return reply
+
+
+async def message(farm: Farm, browser: httpx.AsyncClient, reply: dict[str, Any]) -> dict[str, Any]:
+    snapshot = (await browser.get(f"/api/threads/{reply['thread_id']}")).json()
+    found: dict[str, Any] = next(
+        m for m in snapshot["messages"] if m["message_id"] == reply["message_id"]
+    )
+    return found
+
+
+async def until_state(
+    farm: Farm,
+    browser: httpx.AsyncClient,
+    reply: dict[str, Any],
+    *states: str,
+    timeout_s: float = 20,
+) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        seen.update(await message(farm, browser, reply))
+        return seen["state"] in states
+
+    await wait_until(reached, timeout_s=timeout_s, what=f"the reply to be {states}")
+    return seen
+
+
+async def job_chunks(farm: Farm, job_id: str) -> int:
+    info = await farm.coordinator.runner.call(reports.job, job_id)
+    assert info is not None
+    return info.chunks
+
+
+async def test_kill_9_mid_stream_is_noticed_within_the_grace_period(tmp_path: Path) -> None:
+    sim = SimSettings(ttft_ms=10, tokens_per_s=40, reply_tokens=1000)
+    async with farm_without_workers(tmp_path, sim) as (farm, broker):
+        browser = farm.browser()
+        async with worker_process(farm, broker, tmp_path) as proc:
+            reply = await send(farm, browser, "long")
+
+            async def streaming() -> bool:
+                return await job_chunks(farm, reply["job_id"]) > 0
+
+            await wait_until(streaming, what="the reply to stream")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            # Heartbeats stop; within the grace period (plus a sweep) the reply fails with
+            # a reason, its text so far kept. (amqtt would never fire the Will here.)
+            final = await until_state(farm, browser, reply, "failed", timeout_s=GRACE_S + 5)
+            assert "stopped responding" in final["error"]
+            assert final["content"]
+            models = (await browser.get("/api/models")).json()
+            assert models["workers_online"] == 0
+
+
+async def test_sigterm_drains_then_exits_0_with_a_summary(tmp_path: Path) -> None:
+    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=30)
+    async with farm_without_workers(tmp_path, sim) as (farm, broker):
+        browser = farm.browser()
+        async with worker_process(farm, broker, tmp_path, concurrency=2, grace_s=4) as proc:
+            # One reply that finishes within the grace period, one that never starts.
+            quick = await send(farm, browser, "[[sim:tokens=150]] [[sim:tps=100]] quick")
+            stuck = await send(farm, farm.browser(), "[[sim:fault=hang]] stuck")
+
+            async def both_held() -> bool:
+                jobs = [
+                    await farm.coordinator.runner.call(reports.job, r["job_id"])
+                    for r in (quick, stuck)
+                ]
+                return all(j is not None and j.state == "running" for j in jobs)
+
+            await wait_until(both_held, what="both jobs to run")
+            proc.send_signal(signal.SIGTERM)
+            returncode = await asyncio.to_thread(proc.wait, 30)
+        log = (tmp_path / "worker.log").read_text()
+        assert returncode == 0, log
+        assert "Traceback" not in log
+        assert "stopped: 1 succeeded, 0 failed, 1 handed back" in log
+        assert (await until_state(farm, browser, quick, "done"))["state"] == "done"
+        # The job it handed back (no token shown yet) waits in the queue for another worker.
+        back = await until_state(farm, browser, stuck, "queued")
+        assert back["content"] == ""
+
+
+async def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    sim = SimSettings(ttft_ms=10, tokens_per_s=50, reply_tokens=300)
+    async with farm_without_workers(tmp_path, sim) as (farm, broker):
+        assert broker.restart is not None
+        browser = farm.browser()
+        async with worker_process(farm, broker, tmp_path):
+            reply = await send(farm, browser, "through a broker restart")
+
+            async def streaming() -> bool:
+                return await job_chunks(farm, reply["job_id"]) > 2
+
+            await wait_until(streaming, what="the reply to stream")
+            await broker.restart()
+            # Everyone reconnects; the worker's chunks published meanwhile wait in its
+            # outbox, the coordinator's persistent session gets what the broker queued,
+            # and a gap is replayed. The stored text is verified against the worker's
+            # checksum before the reply is "done".
+            final = await until_state(farm, browser, reply, "done", "failed", timeout_s=40)
+            assert final["state"] == "done", (final, (tmp_path / "worker.log").read_text()[-2000:])
+            assert len(final["content"].split()) >= 280
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("http_error", "the model failed"),
+        ("error_mid_stream", "mid-stream"),
+        ("hang", "no reply started within 3 s"),
+    ],
+)
+async def test_each_simulator_fault_fails_the_reply_with_a_reason_and_the_worker_goes_on(
+    tmp_path: Path, fault: str, reason: str
+) -> None:
+    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=40)
+    settings = {"worker_grace_s": GRACE_S, "first_token_timeout_s": 3, "max_attempts": 1}
+    async with (
+        broker_of("mosquitto") as broker,
+        running_farm(tmp_path, broker, sim=sim, coordinator_settings=settings) as farm,
+    ):
+        browser = farm.browser()
+        reply = await send(farm, browser, f"[[sim:fault={fault}]] please")
+        final = await until_state(farm, browser, reply, "failed", "timed_out", timeout_s=20)
+        assert final["error"], final
+        assert reason in final["error"]
+        # The worker keeps serving.
+        ok = await send(farm, farm.browser(), "[[sim:tokens=5]] next")
+        assert (await until_state(farm, browser, ok, "done"))["state"] == "done"
