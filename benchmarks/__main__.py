@@ -3,13 +3,14 @@
 import platform
 import time
 
-from benchmarks import claims
+from benchmarks import chunking, claims
 
 
 def main() -> None:
     cpu = platform.processor() or platform.machine()
     print(f"{time.strftime('%Y-%m-%d')}: {cpu}, Python {platform.python_version()}")
     claims.main()
+    chunking.main()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from farm_protocol import topics
 from farm_protocol.broker import Outbox
 from farm_protocol.codec import encode
 from farm_protocol.payloads import JobAccepted, JobAssignment, JobChunk, JobDone, JobFailed
-from fleet_worker.coalesce import Coalescer
+from fleet_worker.coalesce import DELIMITERS, Coalescer
 from fleet_worker.llm import LlmError, OllamaBackend
 from fleet_worker.settings import WorkerSettings
 from fleet_worker.transcripts import Transcripts
@@ -70,7 +70,9 @@ class JobRunner:
 
     async def _generate(self, job: JobAssignment, emitter: "_Emitter") -> None:
         coalescer = Coalescer(
-            self.settings.chunk_max_delay_ms / 1000, self.settings.chunk_max_chars
+            self.settings.chunk_max_delay_ms / 1000,
+            self.settings.chunk_max_chars,
+            DELIMITERS if self.settings.chunk_on_delimiter else (),
         )
         tokens: asyncio.Queue[object] = asyncio.Queue()
         pump = asyncio.create_task(

@@ -26,9 +26,12 @@ class WorkerSettings(BaseSettings):
     concurrency: int = Field(default=1, ge=1, le=64)  # match OLLAMA_NUM_PARALLEL
     heartbeat_s: float = 2.0
     inventory_s: float = 30.0  # how often the model inventory is refreshed
-    # A chunk goes out at a sentence delimiter, at this many characters, or after this long.
+    # A chunk goes out when its oldest token has waited this long or it has this many
+    # characters (benchmarks/chunking.py; docs/PERFORMANCE.md). Cutting at sentence
+    # delimiters too cost 1.1-1.5x the messages for 6-7 ms less mean wait: off by default.
     chunk_max_delay_ms: float = 50.0
     chunk_max_chars: int = 100
+    chunk_on_delimiter: bool = False
     first_token_timeout_s: float = 300.0  # includes loading a model into memory
     token_timeout_s: float = 60.0
 
