@@ -16,7 +16,10 @@ import httpx
 import pytest
 
 from coordinator import reports
+from farm_protocol.http_serving import serve_app
+from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
+from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
 from tests.farm import Farm, new_thread, running_farm, wait_until
 
@@ -38,7 +41,14 @@ async def farm_without_workers(
 
 @asynccontextmanager
 async def worker_process(
-    farm: Farm, broker: RunningBroker, tmp_path: Path, *, concurrency: int = 1, grace_s: float = 5
+    farm: Farm,
+    broker: RunningBroker,
+    tmp_path: Path,
+    *,
+    concurrency: int = 1,
+    grace_s: float = 5,
+    ollama_host: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     coordinator = farm.coordinator
     info, key = await coordinator.runner.call(coordinator.workers.add, "process worker")
@@ -48,9 +58,10 @@ async def worker_process(
         FARM_BROKER_URL=broker.settings().url,
         FARM_WORKER_ID=info.id,
         FARM_API_KEY=key,
-        FARM_OLLAMA_HOST=farm.sim_url,
+        FARM_OLLAMA_HOST=ollama_host or farm.sim_url,
         FARM_CONCURRENCY=str(concurrency),
         FARM_HEARTBEAT_S="0.5",
+        **(extra_env or {}),
     )
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
@@ -67,7 +78,8 @@ async def worker_process(
             models = await farm.browser().get("/api/models")
             return bool(models.json()["workers_online"] == 1)
 
-        await wait_until(online, what="the worker process to come online")
+        if ollama_host is None:
+            await wait_until(online, what="the worker process to come online")
         yield proc
     finally:
         if proc.poll() is None:
@@ -185,6 +197,46 @@ async def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None
             final = await until_state(farm, browser, reply, "done", "failed", timeout_s=40)
             assert final["state"] == "done", (final, (tmp_path / "worker.log").read_text()[-2000:])
             assert len(final["content"].split()) >= 280
+
+
+async def test_the_worker_takes_no_jobs_while_ollama_is_down(tmp_path: Path) -> None:
+    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=20)
+    async with farm_without_workers(tmp_path, sim) as (farm, broker):
+        port = free_port()
+        async with worker_process(
+            farm,
+            broker,
+            tmp_path,
+            ollama_host=f"http://127.0.0.1:{port}",
+            extra_env={"FARM_INVENTORY_S": "1"},
+        ):
+            workers = farm.coordinator.workers
+            worker_id = (await farm.coordinator.runner.call(workers.list_workers))[0].id
+
+            async def state_is(state: str) -> bool:
+                info = await farm.coordinator.runner.call(workers.get, worker_id)
+                return info.state == state
+
+            await wait_until(lambda: state_is("unavailable"), what="the worker to be unavailable")
+            browser = farm.browser()
+            waiting = await send(farm, browser, "wait for Ollama")
+            # Ollama comes up: the worker says so and takes the waiting job.
+            stop_sim = asyncio.Event()
+            ollama = sim.model_copy(update={"host": "127.0.0.1", "port": port})
+            serving = asyncio.create_task(
+                serve_app(create_sim_app(ollama), "127.0.0.1", port, stop_sim)
+            )
+            try:
+                await wait_until(lambda: state_is("online"), what="the worker to be online")
+                assert (await until_state(farm, browser, waiting, "done"))["state"] == "done"
+            finally:
+                stop_sim.set()
+                await serving
+            # Ollama goes away again: unavailable within an inventory period.
+            await wait_until(lambda: state_is("unavailable"), what="unavailable again")
+        log = (tmp_path / "worker.log").read_text()
+        assert "worker unavailable" in log
+        assert "Traceback" not in log
 
 
 @pytest.mark.parametrize(
