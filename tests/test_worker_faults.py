@@ -239,6 +239,34 @@ async def test_the_worker_takes_no_jobs_while_ollama_is_down(tmp_path: Path) -> 
         assert "Traceback" not in log
 
 
+async def test_a_configured_model_not_pulled_yet_is_pulled_for_its_first_job(
+    tmp_path: Path,
+) -> None:
+    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=20)
+    async with farm_without_workers(tmp_path, sim) as (farm, broker):
+        async with worker_process(
+            farm, broker, tmp_path, extra_env={"FARM_MODELS": '["llama3", "phi3"]'}
+        ):
+            browser = farm.browser()
+            models = (await browser.get("/api/models")).json()["models"]
+            assert "phi3" in models  # offered: the worker will pull it on demand
+            thread_id = await new_thread(browser)
+            sent = await browser.post(
+                f"/api/threads/{thread_id}/messages", json={"text": "hi", "model": "phi3"}
+            )
+            reply = sent.json()["reply"]
+            assert (await until_state(farm, browser, reply, "done"))["state"] == "done"
+            # Not offered any more: a model this worker does not serve is never accepted.
+            refused = await browser.post(
+                f"/api/threads/{await new_thread(browser)}/messages",
+                json={"text": "hi", "model": "gemma2"},
+            )
+            assert refused.status_code == 404
+        log = (tmp_path / "worker.log").read_text()
+        assert "pulling phi3" in log
+        assert "pull phi3: pulling" in log  # progress, as Ollama reports it
+
+
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [
