@@ -46,6 +46,13 @@ async def test_stop_keeps_the_partial_reply_and_frees_the_worker(
             )
             assert "stopped by" in final["error"]
 
+            # The worker closed its HTTP stream to Ollama: the generation stopped there too.
+            async def aborted() -> bool:
+                counts = (await browser.get(farm.sim_url + "/sim/streams")).json()
+                return bool(counts["active"] == 0 and counts["aborted"] == 1)
+
+            await wait_until(aborted, what="the Ollama stream to be closed")
+
         again = await browser.post(stop_url)
         assert again.status_code == 409
         assert "already ended" in again.json()["error"]

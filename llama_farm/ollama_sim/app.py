@@ -50,6 +50,9 @@ class SimState:
         self.installed = {normalize_model(m): time.time() for m in settings.models}
         self.pullable = {normalize_model(m) for m in settings.pullable}
         self.loaded: dict[str, float] = {}  # model -> expiry
+        # Streamed generations: running now, and how each ended. "aborted" counts streams
+        # the client closed early (a worker cancelling a job closes its HTTP stream).
+        self.streams = {"active": 0, "completed": 0, "aborted": 0}
 
     def is_loaded(self, model: str) -> bool:
         return self.loaded.get(model, 0) > time.time()
@@ -65,6 +68,11 @@ def create_sim_app(settings: SimSettings) -> Quart:
     @app.get("/")
     async def root() -> Response:
         return Response("Ollama is running", content_type="text/plain")
+
+    @app.get("/sim/streams")
+    async def streams() -> dict[str, int]:
+        """Not Ollama's: the simulator's own counters, for tests."""
+        return dict(state.streams)
 
     @app.get("/api/version")
     async def version() -> dict[str, str]:
@@ -231,8 +239,17 @@ def create_sim_app(settings: SimSettings) -> Quart:
             return Response(json.dumps(last), content_type="application/json")
 
         async def stream() -> AsyncIterator[bytes]:
-            async for item in tokens():
-                yield _line(item | ({} if "error" in item else {"done": item.get("done", False)}))
+            state.streams["active"] += 1
+            ended = "aborted"
+            try:
+                async for item in tokens():
+                    yield _line(
+                        item | ({} if "error" in item else {"done": item.get("done", False)})
+                    )
+                ended = "completed"
+            finally:
+                state.streams["active"] -= 1
+                state.streams[ended] += 1
 
         return Response(stream(), content_type="application/x-ndjson")
 
