@@ -1,0 +1,49 @@
+"""Presence on SQLite and PostgreSQL: a Last Will names the session it belongs to, so a
+stale death arriving after a newer birth never marks a live worker offline; heartbeats
+from an old session do not keep a worker alive."""
+
+import time
+
+import peewee as pw
+
+from coordinator.tables import Worker
+from coordinator.worker_store import WorkerStore
+from farm_protocol.payloads import Heartbeat, WorkerStatus
+
+
+def status(session: str, state: str) -> WorkerStatus:
+    return WorkerStatus(
+        worker_id="w",
+        session_id=session,
+        state=state,
+        models=["llama3"],
+        capacity=2,
+        at=time.time(),
+    )
+
+
+def test_a_stale_death_never_overwrites_a_newer_birth(db: pw.Database) -> None:
+    store = WorkerStore(db, grace_s=10)
+    store.add("w", "w")
+    assert store.record_status(status("first", "online"))
+    assert store.record_status(status("second", "online"))  # reconnected: a new session
+    assert not store.record_status(status("first", "offline"))  # the old Will, late
+    assert [w.id for w in store.online()] == ["w"]
+    assert not store.record_heartbeat(
+        Heartbeat(worker_id="w", session_id="first", seq=9, at=time.time())
+    )
+    assert store.record_heartbeat(
+        Heartbeat(worker_id="w", session_id="second", seq=1, at=time.time())
+    )
+    assert store.record_status(status("second", "offline"))  # its own death counts
+    assert store.online() == []
+    assert Worker.get_by_id("w").state == "offline"
+
+
+def test_revoked_and_unknown_workers_are_ignored(db: pw.Database) -> None:
+    store = WorkerStore(db, grace_s=10)
+    assert not store.record_status(status("s", "online"))  # unknown
+    store.add("w", "w")
+    store.revoke("w")
+    assert not store.record_status(status("s", "online"))
+    assert store.online() == []
