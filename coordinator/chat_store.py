@@ -207,6 +207,43 @@ class ChatStore:
             Thread.update(updates).where(Thread.id == thread_id).execute()
         return NewReply(message_view(mine), message_view(reply), job_id)
 
+    def start_api_conversation(
+        self,
+        api_key: ApiKeyInfo,
+        model: str,
+        turns: list[tuple[str, str]],
+        *,
+        max_queued: int | None = None,
+    ) -> NewReply:
+        """A programmatic request (OpenAI-style ``messages``) as a thread of its own, owned
+        by the key's user: the earlier turns as history, the last user turn as the
+        message, and a queued reply (its job counts against the key's limit)."""
+        if not turns or turns[-1][0] != "user":
+            raise ValueError("messages must end with a user message")
+        with self.db.atomic():
+            thread = Thread.create(id=_new_id(), created_by=api_key.user_id, title="API request")
+            ThreadMember.create(thread=thread, user=api_key.user_id)
+            stamp = now() - 1.0  # the history comes before the question
+            for i, (role, content) in enumerate(turns[:-1]):
+                Message.create(
+                    id=_new_id(),
+                    thread=thread,
+                    user=api_key.user_id,
+                    role=role,
+                    author=role,
+                    content=content,
+                    state=MessageState.DONE.value,
+                    created_at=stamp + i * 1e-3,
+                )
+            return self.send_message(
+                api_key.user_id,
+                thread.id,
+                turns[-1][1],
+                model,
+                api_key=api_key,
+                max_queued=max_queued,
+            )
+
     def retry_reply(
         self, user_id: str, thread_id: str, message_id: str, *, max_queued: int | None = None
     ) -> MessageView:

@@ -187,9 +187,12 @@ class JobStore:
         context_messages: int,
         max_attempts: int,
         health: Health | None = None,
+        api_context_messages: int = 200,
     ) -> None:
         self.db = db
         self.context_messages = context_messages
+        # A programmatic client sends its whole conversation: it is kept, up to this.
+        self.api_context_messages = api_context_messages
         self.max_attempts = max_attempts
         self.health = health or Health()
 
@@ -263,7 +266,12 @@ class JobStore:
             rows = {
                 job.id: job
                 for job in Job.select(
-                    Job.id, Job.attempt, Job.model, Message.thread, Message.created_at
+                    Job.id,
+                    Job.attempt,
+                    Job.model,
+                    Job.api_key_id,
+                    Message.thread,
+                    Message.created_at,
                 )
                 .join(Message)
                 .where(Job.id.in_([p.job_id for p in landed]))
@@ -271,7 +279,8 @@ class JobStore:
             assigned: list[tuple[str, JobAssignment]] = []
             for pick in landed:
                 row = rows[pick.job_id]
-                context = self._context(row.message.thread_id, row.message.created_at)
+                limit = self.api_context_messages if row.api_key_id else self.context_messages
+                context = self._context(row.message.thread_id, row.message.created_at, limit)
                 if not context:  # nothing to answer (the question was deleted): fail it
                     where = (Job.id == row.id) & (Job.attempt == row.attempt)
                     self._end(where, row.id, Outcome.FAILED, "there is nothing to reply to", stamp)
@@ -286,12 +295,12 @@ class JobStore:
                 assigned.append((pick.worker_id, assignment))
             return assigned
 
-    def _context(self, thread_id: str, before: float) -> list[ChatTurn]:
+    def _context(self, thread_id: str, before: float, limit: int) -> list[ChatTurn]:
         """The thread's latest system prompt before the reply, then the last N messages
         that completed (a failed or empty reply is left out), oldest first. One statement,
         written out once: building it with the query builder per job cost most of a
         dispatch round."""
-        rows = self._sql(_CONTEXT, (thread_id, before, thread_id, before, self.context_messages))
+        rows = self._sql(_CONTEXT, (thread_id, before, thread_id, before, limit))
         turns = sorted(rows.fetchall(), key=lambda r: (r[0], r[3]))
         return [ChatTurn(role=role, content=content) for _, role, content, _ in turns]
 

@@ -7,6 +7,7 @@ import aiomqtt
 
 from coordinator.admin_api import AdminContext
 from coordinator.admission import Admission
+from coordinator.api_clients import ApiContext
 from coordinator.api_keys import ApiKeyStore
 from coordinator.cancellation import Canceller
 from coordinator.chat_api import ChatContext
@@ -114,6 +115,19 @@ class Coordinator:
                 admission=self.admission,
                 cancel=self.canceller.cancel,
                 provisioner=self.provisioner,
+            ),
+            ApiContext(
+                runner=self.runner,
+                chat=self.chat,
+                keys=ApiKeyStore(db),
+                workers=self.workers,
+                service_token=settings.service_token.get_secret_value(),
+                admission=self.admission,
+                max_queued=settings.max_queued,
+                metrics=self.metrics,
+                default_models=settings.default_models,
+                publish_message=self.publish_message,
+                job_queued=self.dispatcher.kick,
             ),
         )
 

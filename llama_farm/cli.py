@@ -57,6 +57,13 @@ def _workers(args: argparse.Namespace) -> int:
     return workers_admin.run(args, CoordinatorSettings())
 
 
+def _api_keys(args: argparse.Namespace) -> int:
+    from coordinator import api_keys_cli
+    from coordinator.settings import CoordinatorSettings
+
+    return api_keys_cli.run(args, CoordinatorSettings())
+
+
 def _broker(args: argparse.Namespace) -> int:
     from coordinator import broker_cli
     from coordinator.settings import CoordinatorSettings
@@ -141,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     _workers_arguments(workers)
     workers.set_defaults(func=_workers)
 
+    keys = sub.add_parser("api-keys", help="keys for the OpenAI-compatible API")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    add_key = keys_sub.add_parser("add", help="make a key and print it (once)")
+    add_key.add_argument("--name", required=True)
+    add_key.add_argument("--max-concurrent", type=int, default=4, help="replies at once")
+    keys_sub.add_parser("list", help="list keys")
+    revoke_key = keys_sub.add_parser("revoke", help="revoke a key for good")
+    revoke_key.add_argument("key_id")
+    keys.set_defaults(func=_api_keys)
     broker = sub.add_parser("broker", help="broker service accounts (Mosquitto dynsec)")
     broker_sub = broker.add_subparsers(dest="action", required=True)
     broker_sub.add_parser(

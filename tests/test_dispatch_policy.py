@@ -183,3 +183,20 @@ def test_queue_positions_are_published_when_they_change(db: pw.Database) -> None
     )
     snapshot = chat.snapshot(Job.get_by_id(jobs[2]).message.thread_id)
     assert snapshot.messages[-1].queue_position == 2
+
+
+def test_a_programmatic_request_keeps_its_whole_conversation(db: pw.Database) -> None:
+    """Chat threads send the last 5 messages as context; an API request sent its whole
+    conversation and gets it all (up to 200 turns)."""
+    chat = ChatStore(db)
+    key, _ = ApiKeyStore(db).create("bot", max_concurrent=1)
+    turns = [("system", "be brief")]
+    turns += [("user" if i % 2 == 0 else "assistant", f"turn {i}") for i in range(9)]
+    new = chat.start_api_conversation(key, "llama3", turns)
+    add_worker("w")
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    assignment = store.claim(new.job_id, "w", 1)
+    assert assignment is not None
+    assert [(t.role, t.content) for t in assignment.messages] == turns
+    with pytest.raises(ValueError, match="end with a user message"):
+        chat.start_api_conversation(key, "llama3", [("user", "q"), ("assistant", "a")])

@@ -14,6 +14,7 @@ from farm_protocol.errors import TopicError
 from farm_protocol.ids import check_id
 from webapp.bridge import Bridge, Subscriber
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
+from webapp.openai_api import create_openai_blueprint
 from webapp.settings import WebappSettings
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     @app.errorhandler(413)
     async def _too_large(_: Exception) -> Response:
         return _error(413, f"request larger than {settings.max_request_bytes} bytes")
+
+    app.register_blueprint(create_openai_blueprint(bridge, coordinator))
 
     @app.websocket("/ws/threads/<thread_id>")
     async def thread_socket(thread_id: str) -> None:

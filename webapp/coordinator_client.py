@@ -18,6 +18,7 @@ class CoordinatorUnavailable(Exception):
 
 class CoordinatorClient:
     def __init__(self, base_url: str, service_token: str) -> None:
+        self._programmatic = base_url.rstrip("/") + "/api/v1/programmatic"
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/api/v1/chat",
             headers={"Authorization": f"Bearer {service_token}"},
@@ -31,6 +32,14 @@ class CoordinatorClient:
             return await self._http.request(
                 method, path, json=body, headers={SESSION_HEADER: session}
             )
+        except httpx.HTTPError as exc:
+            log.warning("coordinator unreachable: %s", exc)
+            raise CoordinatorUnavailable(str(exc)) from exc
+
+    async def programmatic(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """The coordinator's API for programmatic clients (OpenAI-compatible requests)."""
+        try:
+            return await self._http.request(method, self._programmatic + path, json=body)
         except httpx.HTTPError as exc:
             log.warning("coordinator unreachable: %s", exc)
             raise CoordinatorUnavailable(str(exc)) from exc

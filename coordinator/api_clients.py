@@ -1,0 +1,145 @@
+"""The coordinator's side of the OpenAI-compatible API: the webapp (service token) passes
+a client's API key and its request here; the key is checked, limits applied, and the
+request queued as a thread of its own. The webapp streams the reply to the client.
+
+Checking a key costs a scrypt hash (~30 ms); a key checked in the last minute is
+remembered by its SHA-256 so a busy client does not pay it per request (a revoked key
+stops working within that minute)."""
+
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+from quart import Blueprint, Response, request
+
+from coordinator.admission import Admission
+from coordinator.api_keys import ApiKeyInfo, ApiKeyStore
+from coordinator.chat_store import ChatStore
+from coordinator.db_runner import DbRunner
+from coordinator.errors import Busy, CoordinatorError
+from coordinator.http_json import error, install_error_handlers, json_response
+from coordinator.metrics import Metrics
+from coordinator.worker_store import WorkerStore
+from farm_protocol.chat import MessageView, SendMessageResponse
+from farm_protocol.models import display_model, normalize_model
+
+_CACHE_S = 60.0
+_MAX_TURNS = 200
+
+
+class InvalidKey(CoordinatorError):
+    """No such live API key."""
+
+
+class Turn(BaseModel):
+    role: str = Field(pattern="^(system|user|assistant)$")
+    content: str = Field(max_length=100_000)
+
+
+class CompletionRequest(BaseModel):
+    api_key: str = Field(max_length=200)
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[Turn] = Field(min_length=1, max_length=_MAX_TURNS)
+
+
+class KeyCheck(BaseModel):
+    api_key: str = Field(max_length=200)
+
+
+@dataclass
+class ApiContext:
+    runner: DbRunner
+    chat: ChatStore
+    keys: ApiKeyStore
+    workers: WorkerStore
+    service_token: str
+    admission: Admission
+    max_queued: int
+    metrics: Metrics
+    default_models: list[str]
+    publish_message: Callable[[MessageView], Awaitable[None]]
+    job_queued: Callable[[], None]
+
+
+class KeyCache:
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, ApiKeyInfo]] = {}
+
+    def get(self, key: str) -> ApiKeyInfo | None:
+        found = self._seen.get(hashlib.sha256(key.encode()).hexdigest())
+        return found[1] if found and found[0] > time.monotonic() else None
+
+    def put(self, key: str, info: ApiKeyInfo) -> None:
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[hashlib.sha256(key.encode()).hexdigest()] = (time.monotonic() + _CACHE_S, info)
+
+
+def create_api_blueprint(ctx: ApiContext) -> Blueprint:
+    bp = Blueprint("api_clients", __name__, url_prefix="/api/v1/programmatic")
+    cache = KeyCache()
+
+    @bp.before_request
+    async def _authenticate() -> Response | None:
+        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not ctx.service_token or not hmac.compare_digest(supplied, ctx.service_token):
+            return error(401, "missing or wrong service token")
+        return None
+
+    async def checked(key: str) -> ApiKeyInfo:
+        info = cache.get(key)
+        if info is None:
+            info = await ctx.runner.call(ctx.keys.verify, key)
+            if info is None:
+                raise InvalidKey("invalid API key")
+            cache.put(key, info)
+        return info
+
+    @bp.post("/keys/check")
+    async def check() -> Response:
+        req = KeyCheck.model_validate(await request.get_json(force=True, silent=True) or {})
+        info = await checked(req.api_key)
+        return Response(f'{{"key_id": "{info.id}"}}', content_type="application/json")
+
+    @bp.get("/models")
+    async def models() -> Response:
+        return json_response(await ctx.runner.call(ctx.workers.fleet_models, ctx.default_models))
+
+    @bp.post("/completions")
+    async def completions() -> Response:
+        data = await request.get_json(force=True, silent=True)
+        if not isinstance(data, dict):
+            raise ValueError("the request body must be a JSON object")
+        req = CompletionRequest.model_validate(data)
+        info = await checked(req.api_key)
+        fleet = await ctx.runner.call(ctx.workers.fleet_models, ctx.default_models)
+        wanted = normalize_model(req.model)
+        if wanted not in {normalize_model(m) for m in [*fleet.models, *ctx.default_models]}:
+            return error(404, f"the model {req.model!r} does not exist on this farm")
+        model = display_model(wanted)
+        try:
+            ctx.admission.check(model)
+            new = await ctx.runner.call(
+                ctx.chat.start_api_conversation,
+                info,
+                model,
+                [(t.role, t.content) for t in req.messages],
+                max_queued=ctx.max_queued,
+            )
+        except Busy as busy:
+            ctx.metrics.shed.labels(busy.reason).inc()
+            raise
+        reply: MessageView = new.reply
+        await ctx.publish_message(reply)
+        ctx.job_queued()
+        return json_response(SendMessageResponse(user_message=new.user_message, reply=reply), 201)
+
+    @bp.errorhandler(InvalidKey)
+    async def _invalid_key(exc: InvalidKey) -> Response:
+        return error(401, str(exc))
+
+    install_error_handlers(bp)
+    return bp

@@ -1,0 +1,210 @@
+"""The OpenAI-compatible API: ``POST /v1/chat/completions`` (streamed as server-sent
+events, or whole) and ``GET /v1/models``, for existing OpenAI clients and chat front ends.
+
+A request carries the client's API key as its bearer token (keys are made by an admin:
+``llama-farm api-keys add`` or the admin API). The coordinator checks it, applies the
+key's limit and the farm's load shedding, and queues the request; the reply streams here
+through the same MQTT bridge the browsers use. Errors come in OpenAI's shape, with a
+``Retry-After`` when the farm is busy (429) or overloaded (503).
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Response, request
+
+from farm_protocol.chat import MessageState
+from webapp.bridge import Bridge
+from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
+
+_IDLE_TIMEOUT_S = 900.0  # longer than any reply deadline the coordinator enforces
+_ERROR_KINDS = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    404: ("invalid_request_error", "model_not_found"),
+    409: ("invalid_request_error", None),
+    413: ("invalid_request_error", None),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    502: ("server_error", None),
+    503: ("server_error", "server_busy"),
+}
+
+
+def openai_error(status: int, message: str, retry_after: str | None = None) -> Response:
+    kind, code = _ERROR_KINDS.get(status, ("server_error", None))
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    response = Response(json.dumps(body), status=status, content_type="application/json")
+    if retry_after:
+        response.headers["Retry-After"] = retry_after
+    return response
+
+
+def _key() -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+
+class Follow:
+    """One reply's text as it streams: catch-up from the bridge's buffer, then live."""
+
+    def __init__(self, bridge: Bridge, thread_id: str, job_id: str, message_id: str) -> None:
+        self.bridge = bridge
+        self.thread_id = thread_id
+        self.job_id = job_id
+        self.message_id = message_id
+
+    async def events(self) -> AsyncIterator[tuple[str, Any]]:
+        """("text", str) pieces in order, then one ("end", message view dict)."""
+        sub = self.bridge.subscribe(self.thread_id)
+        self.bridge.watch_job(self.job_id, self.thread_id)
+        attempt, seq = 0, -1
+        try:
+            pending = self.bridge.chunks_after(self.job_id, self.bridge.attempt_of(self.job_id), -1)
+            while True:
+                for event in pending:
+                    if event["type"] == "chunk" and event["job_id"] == self.job_id:
+                        if (event["attempt"], event["seq"]) > (attempt, seq):
+                            attempt, seq = event["attempt"], event["seq"]
+                            yield "text", event["text"]
+                    elif event["type"] == "message":
+                        view = event["message"]
+                        if view["message_id"] == self.message_id and view["state"] not in (
+                            MessageState.QUEUED.value,
+                            MessageState.GENERATING.value,
+                        ):
+                            yield "end", view
+                            return
+                pending = [await asyncio.wait_for(sub.queue.get(), timeout=_IDLE_TIMEOUT_S)]
+        finally:
+            self.bridge.unsubscribe(sub)
+
+
+def create_openai_blueprint(bridge: Bridge, coordinator: CoordinatorClient) -> Blueprint:
+    bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+    async def upstream_error(response: Any) -> Response:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        return openai_error(response.status_code, str(message), response.headers.get("Retry-After"))
+
+    @bp.get("/models")
+    async def models() -> Response:
+        try:
+            checked = await coordinator.programmatic("POST", "/keys/check", {"api_key": _key()})
+            if checked.status_code != 200:
+                return await upstream_error(checked)
+            fleet = (await coordinator.programmatic("GET", "/models")).json()
+        except CoordinatorUnavailable:
+            return openai_error(503, "the farm is unavailable; try again shortly", "5")
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "llama-farm"}
+            for m in fleet["models"]
+        ]
+        return Response(
+            json.dumps({"object": "list", "data": data}), content_type="application/json"
+        )
+
+    @bp.post("/chat/completions")
+    async def completions() -> Response:
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            return openai_error(400, "the request body must be a JSON object")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return openai_error(400, "messages must be a list of {role, content} objects")
+        turns = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in messages]
+        try:
+            queued = await coordinator.programmatic(
+                "POST",
+                "/completions",
+                {"api_key": _key(), "model": body.get("model") or "", "messages": turns},
+            )
+        except CoordinatorUnavailable:
+            return openai_error(503, "the farm is unavailable; try again shortly", "5")
+        if queued.status_code != 201:
+            return await upstream_error(queued)
+        reply = queued.json()["reply"]
+        follow = Follow(bridge, reply["thread_id"], reply["job_id"], reply["message_id"])
+        ident, created, model = f"chatcmpl-{reply['job_id']}", int(time.time()), reply["model"]
+        if body.get("stream"):
+            return Response(
+                _sse(follow, ident, created, model),
+                content_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        text: list[str] = []
+        async for kind, value in follow.events():
+            if kind == "text":
+                text.append(value)
+            else:
+                return _whole(value, ident, created, model)
+        return openai_error(502, "the reply was lost")
+
+    return bp
+
+
+def _text(content: Any) -> str:
+    """OpenAI content: a string, or a list of parts of which the text ones count."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _whole(view: dict[str, Any], ident: str, created: int, model: str) -> Response:
+    if view["state"] != MessageState.DONE.value:
+        return openai_error(502, f"the reply {view['state']}: {view.get('error') or ''}".strip())
+    body = {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": view["content"]},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    return Response(json.dumps(body), content_type="application/json")
+
+
+async def _sse(follow: Follow, ident: str, created: int, model: str) -> AsyncIterator[bytes]:
+    def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
+        payload = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    yield chunk({"role": "assistant", "content": ""})
+    streamed = ""
+    async for kind, value in follow.events():
+        if kind == "text":
+            streamed += value
+            yield chunk({"content": value})
+            continue
+        if value["state"] == MessageState.DONE.value:
+            # Whatever the live stream missed (it never should) comes from the stored text.
+            if value["content"].startswith(streamed) and len(value["content"]) > len(streamed):
+                yield chunk({"content": value["content"][len(streamed) :]})
+            yield chunk({}, "stop")
+        else:
+            error = {
+                "message": f"the reply {value['state']}: {value.get('error') or ''}".strip(),
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+            yield f"data: {json.dumps({'error': error})}\n\n".encode()
+        break
+    yield b"data: [DONE]\n\n"
