@@ -111,3 +111,70 @@ def test_typed_message_streams_into_the_page(dev_farm: str) -> None:
             )
         finally:
             browser.close()
+
+
+def test_stop_retry_and_html_that_never_runs(dev_farm: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(dev_farm)
+            page.wait_for_selector("#sim-banner:not([hidden])")
+
+            # HTML and script in a message are shown as text, never run.
+            attack = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+            page.fill("#input", attack)
+            page.click("#send")
+            mine = page.locator(".msg.user").last
+            mine.wait_for()
+            page.locator(".msg.assistant").last.locator(".stop").wait_for()
+            assert page.evaluate("window.__xss") is None
+            assert mine.locator("img, script").count() == 0
+            assert "onerror" in mine.inner_text()
+            page.wait_for_selector('.msg.assistant[data-state="done"]', timeout=20_000)
+
+            # A long reply: stop it while it streams; its text stays, and Retry appears.
+            page.fill("#input", "[[sim:tokens=600]] a very long story")
+            page.click("#send")
+            reply = page.locator(".msg.assistant").last
+            page.wait_for_function(
+                "() => { const m = [...document.querySelectorAll('.msg.assistant')].pop();"
+                " return m && m.dataset.state === 'generating'"
+                " && m.querySelector('.body').innerText.length > 20; }",
+                timeout=20_000,
+            )
+            reply.locator(".stop").click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.msg.assistant')].pop()"
+                ".dataset.state === 'cancelled'",
+                timeout=10_000,
+            )
+            kept = reply.locator(".body").inner_text()
+            assert len(kept) > 20
+            assert reply.locator(".stop").is_hidden()
+            assert "stopped" in reply.locator(".state").inner_text()
+            page.screenshot(
+                path=str(
+                    Path(os.environ.get("FARM_SCREENSHOT_DIR", "/tmp")) / "llama-farm-stopped.png"
+                )
+            )
+
+            # Retry generates it again, live, from an empty text.
+            reply.locator(".retry").click()
+            page.wait_for_function(
+                "() => { const m = [...document.querySelectorAll('.msg.assistant')].pop();"
+                " return m.dataset.state === 'generating'"
+                " && m.querySelector('.body').innerText.length > 0; }",
+                timeout=20_000,
+            )
+            assert reply.locator(".retry").is_hidden()
+            reply.locator(".stop").click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.msg.assistant')].pop()"
+                ".dataset.state === 'cancelled'",
+                timeout=10_000,
+            )
+        finally:
+            browser.close()

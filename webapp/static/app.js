@@ -68,7 +68,8 @@
     if (message.state === "queued" && message.queue_position) {
       label += ` (#${message.queue_position} in the queue)`;
     }
-    if (message.error && message.state !== "done") label += `: ${message.error}`;
+    if (message.state === "cancelled" && message.error) label = message.error;  // "stopped by …"
+    else if (message.error && message.state !== "done") label += `: ${message.error}`;
     el.querySelector(".state").textContent = label;
     const reply = message.role === "assistant";
     el.querySelector(".stop").hidden = !reply || isFinal(message.state);
