@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from quart import Blueprint, Response, request
 
+from coordinator import reports
 from coordinator.admission import Admission
 from coordinator.chat_store import ChatStore
 from coordinator.db_runner import DbRunner
@@ -86,6 +87,10 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
     @bp.get("/me")
     async def me() -> Response:
         return json_response(await user())
+
+    @bp.get("/farm")
+    async def farm() -> Response:
+        return json_response(await ctx.runner.call(reports.farm_view, ctx.workers.grace_s))
 
     @bp.get("/models")
     async def models() -> Response:

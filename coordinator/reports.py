@@ -1,5 +1,6 @@
 """Read-only views of the queue and the fleet, for the admin API and the metrics."""
 
+import json
 import time
 from typing import Any
 
@@ -8,8 +9,8 @@ from pydantic import BaseModel
 
 from coordinator.fairness import positions
 from coordinator.job_store import ACTIVE, active_counts, queued_in_order, row_tuples
-from coordinator.tables import Job, Worker
-from farm_protocol.models import normalize_model
+from coordinator.tables import Job, Message, Worker
+from farm_protocol.models import display_model, normalize_model
 
 FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
 JOB_STATES = ("queued", *ACTIVE, *FINAL_STATES)
@@ -133,4 +134,65 @@ def queue_stats(grace_s: float) -> QueueStats:
         workers_quarantined=len(quarantined),
         workers_registered=Worker.select().where(Worker.revoked_at.is_null()).count(),
         slots_free=free,
+    )
+
+
+class FarmWorker(BaseModel):
+    name: str
+    models: list[str]
+    state: str  # busy, idle, draining, unavailable
+    jobs_running: int
+    capacity: int
+    replies_served: int
+    chars_served: int
+    recent_chars_per_s: float  # over the last minute
+    simulated: bool
+
+
+class FarmView(BaseModel):
+    """What anyone may see of the farm: who contributes, how busy it is."""
+
+    workers: list[FarmWorker]
+    queue_depth: int
+    replies_last_minute: int
+    chars_per_s_last_minute: float
+
+
+def farm_view(grace_s: float, window_s: float = 60.0) -> FarmView:
+    stamp = time.time()
+    since = stamp - window_s
+    recent: dict[str, int] = {}
+    replies = 0
+    for worker_id, chars in row_tuples(
+        Job.select(Job.worker_id, pw.fn.LENGTH(Message.content))
+        .join(Message)
+        .where((Job.state == "succeeded") & (Job.finished_at >= since))
+    ):
+        recent[str(worker_id)] = recent.get(str(worker_id), 0) + int(chars or 0)
+        replies += 1
+    held = active_counts()
+    rows = Worker.select().where(
+        Worker.revoked_at.is_null()
+        & Worker.state.in_(("online", "draining", "unavailable"))
+        & (Worker.last_seen >= stamp - grace_s)
+    )
+    workers = [
+        FarmWorker(
+            name=w.name,
+            models=[display_model(m) for m in json.loads(w.models)],
+            state=(w.state if w.state != "online" else ("busy" if held.get(w.id, 0) else "idle")),
+            jobs_running=held.get(w.id, 0),
+            capacity=w.capacity,
+            replies_served=w.jobs_succeeded,
+            chars_served=w.chars_generated,
+            recent_chars_per_s=round(recent.get(w.id, 0) / window_s, 1),
+            simulated=w.simulated,
+        )
+        for w in rows.order_by(Worker.name)
+    ]
+    return FarmView(
+        workers=workers,
+        queue_depth=Job.select().where(Job.state == "queued").count(),
+        replies_last_minute=replies,
+        chars_per_s_last_minute=round(sum(recent.values()) / window_s, 1),
     )

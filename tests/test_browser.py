@@ -178,3 +178,37 @@ def test_stop_retry_and_html_that_never_runs(dev_farm: str) -> None:
             )
         finally:
             browser.close()
+
+
+def test_the_farm_page_shows_the_workers_and_their_work(dev_farm: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, headless=True)
+        try:
+            chat = browser.new_page()
+            chat.goto(dev_farm)
+            chat.wait_for_selector("#sim-banner:not([hidden])")
+            chat.fill("#input", "hello")
+            chat.click("#send")
+            chat.wait_for_selector('.msg.assistant[data-state="done"]', timeout=20_000)
+
+            farm = browser.new_page()
+            farm.goto(dev_farm + "farm")
+            row = farm.locator("#workers tbody tr").first
+            row.wait_for()
+            cells = row.locator("td").all_inner_texts()
+            assert cells[0] == "dev worker (simulated)"
+            assert "llama3" in cells[1]
+            assert cells[2] == "idle"
+            assert cells[3] == "1"  # the reply just served
+            assert float(cells[4]) > 0  # characters/s over the last minute
+            assert farm.locator("#workers-online").inner_text() == "1"
+            assert farm.locator("#replies-minute").inner_text() == "1"
+            farm.screenshot(
+                path=str(
+                    Path(os.environ.get("FARM_SCREENSHOT_DIR", "/tmp")) / "llama-farm-farm.png"
+                )
+            )
+        finally:
+            browser.close()

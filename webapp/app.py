@@ -28,6 +28,12 @@ def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"error": message}), status=status, content_type="application/json")
 
 
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
 def create_app(settings: WebappSettings, bridge: Bridge, coordinator: CoordinatorClient) -> Quart:
     app = Quart("webapp", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -56,11 +62,18 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     @app.get("/t/<thread_id>")
     async def index(thread_id: str | None = None) -> Response:
         response = await send_from_directory(STATIC, "index.html")
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-        )
+        response.headers["Content-Security-Policy"] = CSP
         return response
+
+    @app.get("/farm")
+    async def farm_page() -> Response:
+        response = await send_from_directory(STATIC, "farm.html")
+        response.headers["Content-Security-Policy"] = CSP
+        return response
+
+    @app.get("/api/farm")
+    async def farm() -> Response:
+        return await forward("GET", "/farm")
 
     @app.get("/static/<path:name>")
     async def static_file(name: str) -> Response:
