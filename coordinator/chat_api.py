@@ -18,10 +18,12 @@ from coordinator.db_runner import DbRunner
 from coordinator.errors import (
     Busy,
     Conflict,
+    CoordinatorError,
     NotFound,
 )
 from coordinator.http_json import error, install_error_handlers, json_response
 from coordinator.metrics import Metrics
+from coordinator.rate_limits import RateLimits
 from coordinator.worker_store import WorkerStore
 from farm_protocol.chat import (
     CreateThreadRequest,
@@ -52,6 +54,7 @@ class ChatContext:
     max_queued: int
     cancel: Callable[[str, str], Awaitable[MessageView | None]]
     metrics: Metrics
+    limits: RateLimits
 
 
 def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
@@ -75,13 +78,17 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
             raise ValueError("the request body must be a JSON object")
         return model.model_validate(data)
 
-    async def admitted(model: str, queue_it: Callable[[], T]) -> T:
-        """Queue a request unless the farm is shedding load for ``model``."""
+    async def admitted(who: str, model: str, queue_it: Callable[[], T]) -> T:
+        """Queue a request within the user's rate limit, unless the farm is shedding load
+        for ``model``. A request refused for any other reason gives its token back."""
+        ctx.limits.take("send", who)
         try:
             ctx.admission.check(model)
             return await ctx.runner.call(queue_it)
-        except Busy as busy:
-            ctx.metrics.shed.labels(busy.reason).inc()
+        except CoordinatorError as refused:
+            ctx.limits.give_back("send", who)
+            if isinstance(refused, Busy):
+                ctx.metrics.shed.labels(refused.reason).inc()
             raise
 
     @bp.get("/me")
@@ -105,6 +112,7 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
     async def create_thread() -> Response:
         req: CreateThreadRequest = await body(CreateThreadRequest)
         me = await user()
+        ctx.limits.take("thread", me.user_id)
         return json_response(
             await ctx.runner.call(ctx.chat.create_thread, me.user_id, req.system_prompt), 201
         )
@@ -121,6 +129,7 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         me = await user()
         model = await _choose_model(ctx, req.model)
         new = await admitted(
+            me.user_id,
             model,
             functools.partial(
                 ctx.chat.send_message,
@@ -144,6 +153,7 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         tid = check_id(thread_id, "thread id")
         model = await ctx.runner.call(ctx.chat.reply_model, tid, message_id)
         view = await admitted(
+            me.user_id,
             model,
             functools.partial(
                 ctx.chat.retry_reply, me.user_id, tid, message_id, max_queued=ctx.max_queued

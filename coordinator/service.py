@@ -21,6 +21,7 @@ from coordinator.janitor import Janitor, deadlines_from
 from coordinator.job_store import Health, JobStore
 from coordinator.metrics import Metrics
 from coordinator.provisioning import Provisioner
+from coordinator.rate_limits import RateLimits, default_rules
 from coordinator.settings import CoordinatorSettings
 from coordinator.streams import JobStreams
 from coordinator.worker_store import WorkerStore
@@ -104,6 +105,9 @@ class Coordinator:
                 max_queued=settings.max_queued,
                 cancel=self.canceller.cancel,
                 metrics=self.metrics,
+                limits=RateLimits(
+                    default_rules(settings.rate_send_per_minute, settings.rate_thread_per_minute)
+                ),
             ),
             AdminContext(
                 runner=self.runner,

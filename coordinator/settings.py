@@ -45,6 +45,10 @@ class CoordinatorSettings(BaseSettings):
     max_queued: int = Field(default=1000, ge=1)
     queue_target_s: float = 15.0
     queue_interval_s: float = 5.0
+    # Per-user rate limits (token buckets, as the original): messages and new chats per
+    # minute, with bursts of 3 and 2.
+    rate_send_per_minute: float = Field(default=10.0, gt=0)
+    rate_thread_per_minute: float = Field(default=1.0, gt=0)
     worker_grace_s: float = 10.0  # a worker silent this long is offline
     # When a worker is lost after its reply started streaming: False fails the reply with a
     # reason (the user can retry it); True starts it again on another worker from scratch.

@@ -17,9 +17,13 @@ from tests.farm import new_thread, running_farm, send_and_stream, wait_until, ws
 async def test_stop_keeps_the_partial_reply_and_frees_the_worker(
     tmp_path: Path, broker: RunningBroker
 ) -> None:
-    # One worker with one slot, and a reply that would take ~25 s to generate.
+    # One worker with one slot, and a reply that would take ~25 s to generate. (This user
+    # sends more than the 3-message burst within seconds: a faster refill for the test.)
     sim = SimSettings(ttft_ms=10, tokens_per_s=40, reply_tokens=1000)
-    async with running_farm(tmp_path, broker, sim=sim, concurrency=1) as farm:
+    fast = {"rate_send_per_minute": 600}
+    async with running_farm(
+        tmp_path, broker, sim=sim, concurrency=1, coordinator_settings=fast
+    ) as farm:
         browser = farm.browser()
         thread_id = await new_thread(browser)
         cookie = browser.cookies.get("farm_session")
