@@ -24,7 +24,6 @@ from coordinator.http_json import error, install_error_handlers, json_response
 from coordinator.metrics import Metrics
 from coordinator.worker_store import WorkerStore
 from farm_protocol.chat import MessageView, SendMessageResponse
-from farm_protocol.models import display_model, normalize_model
 
 _CACHE_S = 60.0
 _MAX_TURNS = 200
@@ -115,11 +114,9 @@ def create_api_blueprint(ctx: ApiContext) -> Blueprint:
             raise ValueError("the request body must be a JSON object")
         req = CompletionRequest.model_validate(data)
         info = await checked(req.api_key)
-        fleet = await ctx.runner.call(ctx.workers.fleet_models, ctx.default_models)
-        wanted = normalize_model(req.model)
-        if wanted not in {normalize_model(m) for m in [*fleet.models, *ctx.default_models]}:
+        model = await ctx.runner.call(ctx.workers.offered_model, req.model, ctx.default_models)
+        if model is None:
             return error(404, f"the model {req.model!r} does not exist on this farm")
-        model = display_model(wanted)
         try:
             ctx.admission.check(model)
             new = await ctx.runner.call(

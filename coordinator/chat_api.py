@@ -33,7 +33,6 @@ from farm_protocol.chat import (
     UserView,
 )
 from farm_protocol.ids import check_id
-from farm_protocol.models import display_model, normalize_model
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +178,7 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
 
 
 async def _choose_model(ctx: ChatContext, requested: str | None) -> str:
-    fleet = await ctx.runner.call(ctx.workers.fleet_models, ctx.default_models)
-    if requested is None:
-        return fleet.default_model or display_model(normalize_model(ctx.default_models[0]))
-    known = {normalize_model(m) for m in [*fleet.models, *ctx.default_models]}
-    if normalize_model(requested) not in known:
+    model = await ctx.runner.call(ctx.workers.offered_model, requested, ctx.default_models)
+    if model is None:
         raise NotFound(f"model {requested!r} is not served by this farm")
-    return display_model(normalize_model(requested))
+    return model

@@ -254,3 +254,13 @@ class WorkerStore:
             workers_online=len(rows),
             simulated=bool(rows) and all(r.simulated for r in rows),
         )
+
+    def offered_model(self, requested: str | None, preferred: list[str]) -> str | None:
+        """The model a request gets: the farm's default when none is asked for, else the
+        requested one if the fleet (or the preferred list) offers it; None if it is not."""
+        fleet = self.fleet_models(preferred)
+        if requested is None:
+            return fleet.default_model or display_model(normalize_model(preferred[0]))
+        known = {normalize_model(m) for m in [*fleet.models, *preferred]}
+        wanted = normalize_model(requested)
+        return display_model(wanted) if wanted in known else None
