@@ -4,6 +4,7 @@ in ``X-Farm-Session``). Bad input gets a 4xx with a clear message, never a 500."
 import functools
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ class ChatContext:
     cancel: Callable[[str, str], Awaitable[MessageView | None]]
     metrics: Metrics
     limits: RateLimits
+    job_lifetime_s: float  # the queue plus the reply deadline: no job lives longer
 
 
 def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
@@ -94,9 +96,17 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
     async def me() -> Response:
         return json_response(await user())
 
+    farm_cache: list[tuple[float, str]] = []
+
     @bp.get("/farm")
     async def farm() -> Response:
-        return json_response(await ctx.runner.call(reports.farm_view, ctx.workers.grace_s))
+        """Anyone may watch (every open farm page asks every 2 s): computed at most once
+        a second, whoever asks."""
+        now = time.monotonic()
+        if not farm_cache or farm_cache[0][0] < now - 1.0:
+            view = await ctx.runner.call(reports.farm_view, ctx.workers.grace_s, ctx.job_lifetime_s)
+            farm_cache[:] = [(now, view.model_dump_json())]
+        return Response(farm_cache[0][1], content_type="application/json")
 
     @bp.get("/models")
     async def models() -> Response:

@@ -158,7 +158,10 @@ class FarmView(BaseModel):
     chars_per_s_last_minute: float
 
 
-def farm_view(grace_s: float, window_s: float = 60.0) -> FarmView:
+def farm_view(grace_s: float, job_lifetime_s: float, window_s: float = 60.0) -> FarmView:
+    """``job_lifetime_s`` bounds how long before it finished a job was created (the
+    queue and reply deadlines), so the recent-throughput query reads a range of the
+    (state, created_at) index instead of every job the farm ever ran."""
     stamp = time.time()
     since = stamp - window_s
     recent: dict[str, int] = {}
@@ -166,7 +169,11 @@ def farm_view(grace_s: float, window_s: float = 60.0) -> FarmView:
     for worker_id, chars in row_tuples(
         Job.select(Job.worker_id, pw.fn.LENGTH(Message.content))
         .join(Message)
-        .where((Job.state == "succeeded") & (Job.finished_at >= since))
+        .where(
+            (Job.state == "succeeded")
+            & (Job.created_at >= since - job_lifetime_s - 60)  # a sweep's slack
+            & (Job.finished_at >= since)
+        )
     ):
         recent[str(worker_id)] = recent.get(str(worker_id), 0) + int(chars or 0)
         replies += 1

@@ -108,6 +108,7 @@ class Coordinator:
                 limits=RateLimits(
                     default_rules(settings.rate_send_per_minute, settings.rate_thread_per_minute)
                 ),
+                job_lifetime_s=settings.queue_timeout_s + settings.reply_timeout_s,
             ),
             AdminContext(
                 runner=self.runner,
