@@ -28,6 +28,7 @@ from coordinator.rate_limits import RateLimits
 from coordinator.worker_store import WorkerStore
 from farm_protocol.chat import (
     CreateThreadRequest,
+    MemberView,
     MessageView,
     SendMessageRequest,
     SendMessageResponse,
@@ -38,6 +39,8 @@ from farm_protocol.ids import check_id
 log = logging.getLogger(__name__)
 
 SESSION_HEADER = "X-Farm-Session"
+# The browser's address as the webapp saw it: new identities are rate limited per address.
+CLIENT_HEADER = "X-Farm-Client"
 T = TypeVar("T")
 
 
@@ -56,6 +59,7 @@ class ChatContext:
     metrics: Metrics
     limits: RateLimits
     job_lifetime_s: float  # the queue plus the reply deadline: no job lives longer
+    publish_members: Callable[[str, list[MemberView]], Awaitable[None]]
 
 
 def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
@@ -71,7 +75,19 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         return None
 
     async def user() -> UserView:
-        return await ctx.runner.call(ctx.chat.session_user, request.headers[SESSION_HEADER])
+        """The acting user; a session seen for the first time gets a new identity, within
+        its address's allowance."""
+        token = request.headers[SESSION_HEADER]
+        found = await ctx.runner.call(ctx.chat.find_user, token)
+        if found is not None:
+            return found
+        ctx.limits.take("new_user", request.headers.get(CLIENT_HEADER, "unknown"))
+        return await ctx.runner.call(ctx.chat.session_user, token)
+
+    async def viewer() -> str | None:
+        """The asking user's id if this session has one (reading creates no identity)."""
+        found = await ctx.runner.call(ctx.chat.find_user, request.headers[SESSION_HEADER])
+        return found.user_id if found else None
 
     async def body(model: type[BaseModel]) -> Any:
         data = await request.get_json(force=True, silent=True)
@@ -95,6 +111,16 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
     @bp.get("/me")
     async def me() -> Response:
         return json_response(await user())
+
+    @bp.post("/me/name")
+    async def rename() -> Response:
+        """A new random name (the original's re-roll), shown in every thread joined."""
+        me = await user()
+        ctx.limits.take("rename", me.user_id)
+        renamed, threads = await ctx.runner.call(ctx.chat.rename, me.user_id)
+        for thread_id in threads:
+            await ctx.publish_members(thread_id, await ctx.runner.call(ctx.chat.members, thread_id))
+        return json_response(renamed)
 
     farm_cache: list[tuple[float, str]] = []
 
@@ -128,27 +154,71 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
 
     @bp.get("/threads/<thread_id>")
     async def snapshot(thread_id: str) -> Response:
+        """Anyone with the link may read a thread (the original's sharing)."""
+        tid = check_id(thread_id, "thread id")
+        return json_response(await ctx.runner.call(ctx.chat.snapshot, tid, await viewer()))
+
+    @bp.get("/threads/<thread_id>/messages")
+    async def older(thread_id: str) -> Response:
+        before = request.args.get("before", "")
+        if not before:
+            raise ValueError("say which message to page back from: ?before=<message id>")
+        tid = check_id(thread_id, "thread id")
         return json_response(
-            await ctx.runner.call(ctx.chat.snapshot, check_id(thread_id, "thread id"))
+            await ctx.runner.call(ctx.chat.older_messages, tid, check_id(before, "message id"))
         )
+
+    @bp.post("/threads/<thread_id>/join")
+    async def join(thread_id: str) -> Response:
+        tid = check_id(thread_id, "thread id")
+        me = await user()
+        if await ctx.runner.call(ctx.chat.is_member, tid, me.user_id):
+            return json_response(await ctx.runner.call(ctx.chat.members, tid))
+        ctx.limits.take("join", me.user_id)
+        try:
+            members = await ctx.runner.call(ctx.chat.join, tid, me.user_id)
+        except CoordinatorError:
+            ctx.limits.give_back("join", me.user_id)
+            raise
+        await ctx.publish_members(tid, members)
+        return json_response(members)
+
+    @bp.post("/threads/<thread_id>/leave")
+    async def leave(thread_id: str) -> Response:
+        tid = check_id(thread_id, "thread id")
+        me = await user()
+        members = await ctx.runner.call(ctx.chat.leave, tid, me.user_id)
+        await ctx.publish_members(tid, members)
+        return json_response(members)
 
     @bp.post("/threads/<thread_id>/messages")
     async def send(thread_id: str) -> Response:
         req: SendMessageRequest = await body(SendMessageRequest)
         me = await user()
+        tid = check_id(thread_id, "thread id")
         model = await _choose_model(ctx, req.model)
-        new = await admitted(
-            me.user_id,
-            model,
-            functools.partial(
-                ctx.chat.send_message,
+        joining = not await ctx.runner.call(ctx.chat.is_member, tid, me.user_id)
+        if joining:  # sending to a shared thread joins it
+            ctx.limits.take("join", me.user_id)
+        try:
+            new = await admitted(
                 me.user_id,
-                check_id(thread_id, "thread id"),
-                req.text,
                 model,
-                max_queued=ctx.max_queued,
-            ),
-        )
+                functools.partial(
+                    ctx.chat.send_message,
+                    me.user_id,
+                    tid,
+                    req.text,
+                    model,
+                    max_queued=ctx.max_queued,
+                ),
+            )
+        except CoordinatorError:
+            if joining:
+                ctx.limits.give_back("join", me.user_id)
+            raise
+        if new.joined:
+            await ctx.publish_members(tid, await ctx.runner.call(ctx.chat.members, tid))
         await ctx.publish_message(new.user_message)
         await ctx.publish_message(new.reply)
         ctx.job_queued()

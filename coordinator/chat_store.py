@@ -21,9 +21,18 @@ from coordinator.tables import (
     now,
 )
 from coordinator.views import message_view, thread_view
-from farm_protocol.chat import MessageState, MessageView, ThreadSnapshot, ThreadView, UserView
+from farm_protocol.chat import (
+    MAX_THREAD_MEMBERS,
+    PAGE_SIZE,
+    MemberView,
+    MessagePage,
+    MessageState,
+    MessageView,
+    ThreadSnapshot,
+    ThreadView,
+    UserView,
+)
 
-MAX_THREAD_MEMBERS = 25
 RETRYABLE_STATES = (
     MessageState.FAILED.value,
     MessageState.TIMED_OUT.value,
@@ -53,9 +62,11 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-def random_name() -> str:
-    emoji, animal = random.choice(_ANIMALS)
-    return f"{emoji} {animal}"
+def random_name(other_than: str = "") -> str:
+    while True:
+        emoji, animal = random.choice(_ANIMALS)
+        if f"{emoji} {animal}" != other_than:
+            return f"{emoji} {animal}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,26 +76,51 @@ class NewReply:
     user_message: MessageView
     reply: MessageView
     job_id: str
+    joined: bool = False  # the sender became a member of the thread by sending
 
 
 class ChatStore:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
 
+    def find_user(self, token: str) -> UserView | None:
+        """The user behind a browser session token, or None for a session never seen."""
+        token_hash = hash_session_token(token)
+        session = BrowserSession.get_or_none(BrowserSession.token_hash == token_hash)
+        if session is None:
+            return None
+        BrowserSession.update(last_seen=now()).where(
+            BrowserSession.token_hash == token_hash
+        ).execute()
+        user = session.user
+        return UserView(user_id=user.id, name=user.name)
+
     def session_user(self, token: str) -> UserView:
         """The user behind a browser session token, created on first use."""
-        token_hash = hash_session_token(token)
         with self.db.atomic():
-            session = BrowserSession.get_or_none(BrowserSession.token_hash == token_hash)
-            if session is not None:
-                user = session.user
-                BrowserSession.update(last_seen=now()).where(
-                    BrowserSession.token_hash == token_hash
-                ).execute()
-            else:
-                user = User.create(id=_new_id(), name=random_name())
-                BrowserSession.create(token_hash=token_hash, user=user)
+            found = self.find_user(token)
+            if found is not None:
+                return found
+            user = User.create(id=_new_id(), name=random_name())
+            BrowserSession.create(token_hash=hash_session_token(token), user=user)
         return UserView(user_id=user.id, name=user.name)
+
+    def rename(self, user_id: str) -> tuple[UserView, list[str]]:
+        """Give the user a new random name; also the threads whose member lists changed
+        (the 50 most recently active: older ones show the new name when next opened)."""
+        with self.db.atomic():
+            user = User.get_by_id(user_id)
+            user.name = random_name(other_than=user.name)
+            user.save()
+        threads = [
+            row.thread_id
+            for row in ThreadMember.select(ThreadMember.thread)
+            .join(Thread)
+            .where(ThreadMember.user == user_id)
+            .order_by(Thread.updated_at.desc())
+            .limit(50)
+        ]
+        return UserView(user_id=user.id, name=user.name), threads
 
     def create_thread(self, user_id: str, system_prompt: str) -> ThreadView:
         with self.db.atomic():
@@ -112,17 +148,48 @@ class ChatStore:
         )
         return [thread_view(row) for row in rows]
 
-    def snapshot(self, thread_id: str, limit: int = 200) -> ThreadSnapshot:
+    def snapshot(
+        self, thread_id: str, viewer: str | None = None, limit: int = PAGE_SIZE
+    ) -> ThreadSnapshot:
+        """The thread, its members and its latest ``limit`` messages, as ``viewer`` (a
+        user id, or None for someone who has never written) sees it."""
         thread = Thread.get_or_none(Thread.id == thread_id)
         if thread is None:
             raise NotFound(f"no thread {thread_id}")
-        rows = list(
-            Message.select()
-            .where(Message.thread == thread_id)
-            .order_by(Message.created_at.desc(), Message.id.desc())
-            .limit(limit)
+        page = self._page(thread_id, None, limit)
+        members = self.members(thread_id)
+        return ThreadSnapshot(
+            thread=thread_view(thread),
+            messages=self._live_views(page.messages),
+            members=members,
+            has_more=page.has_more,
+            member=any(m.user_id == viewer for m in members),
         )
-        views = [message_view(r) for r in reversed(rows)]
+
+    def older_messages(self, thread_id: str, before: str, limit: int = PAGE_SIZE) -> MessagePage:
+        """The ``limit`` messages before message ``before``, oldest first."""
+        if not Thread.select().where(Thread.id == thread_id).exists():
+            raise NotFound(f"no thread {thread_id}")
+        page = self._page(thread_id, before, limit)
+        return MessagePage(messages=self._live_views(page.messages), has_more=page.has_more)
+
+    def _page(self, thread_id: str, before: str | None, limit: int) -> MessagePage:
+        query = Message.select().where(Message.thread == thread_id)
+        if before is not None:
+            anchor = Message.get_or_none((Message.id == before) & (Message.thread == thread_id))
+            if anchor is None:
+                raise NotFound(f"no message {before} in thread {thread_id}")
+            query = query.where(
+                (Message.created_at < anchor.created_at)
+                | ((Message.created_at == anchor.created_at) & (Message.id < anchor.id))
+            )
+        rows = list(query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1))
+        views = [message_view(r) for r in reversed(rows[:limit])]
+        return MessagePage(messages=views, has_more=len(rows) > limit)
+
+    @staticmethod
+    def _live_views(views: list[MessageView]) -> list[MessageView]:
+        """Add who holds each live reply's job, and each queued reply's queue position."""
         live = [v.job_id for v in views if v.job_id and not v.state.final]
         if live:
             held = {
@@ -140,7 +207,40 @@ class ChatStore:
                 else v
                 for v in views
             ]
-        return ThreadSnapshot(thread=thread_view(thread), messages=views)
+        return views
+
+    def members(self, thread_id: str) -> list[MemberView]:
+        rows = (
+            User.select(User.id, User.name)
+            .join(ThreadMember)
+            .where(ThreadMember.thread == thread_id)
+            .order_by(ThreadMember.joined_at, User.id)
+        )
+        return [MemberView(user_id=row.id, name=row.name) for row in rows]
+
+    def is_member(self, thread_id: str, user_id: str) -> bool:
+        return bool(
+            ThreadMember.select()
+            .where((ThreadMember.thread == thread_id) & (ThreadMember.user == user_id))
+            .exists()
+        )
+
+    def join(self, thread_id: str, user_id: str) -> list[MemberView]:
+        """Make the user a member (at most ``MAX_THREAD_MEMBERS``); the members after."""
+        with self.db.atomic():
+            if not Thread.select().where(Thread.id == thread_id).exists():
+                raise NotFound(f"no thread {thread_id}")
+            self._join(thread_id, user_id)
+        return self.members(thread_id)
+
+    def leave(self, thread_id: str, user_id: str) -> list[MemberView]:
+        """Stop being a member (the thread leaves the user's list); the members after."""
+        if not Thread.select().where(Thread.id == thread_id).exists():
+            raise NotFound(f"no thread {thread_id}")
+        ThreadMember.delete().where(
+            (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+        ).execute()
+        return self.members(thread_id)
 
     def message(self, message_id: str) -> MessageView:
         row = Message.get_or_none(Message.id == message_id)
@@ -168,7 +268,7 @@ class ChatStore:
                 raise NotFound(f"no thread {thread_id}")
             user = User.get_by_id(user_id)
             self._admit(user_id, api_key, max_queued)
-            self._join(thread_id, user_id)
+            joined = self._join(thread_id, user_id)
             stamp = now()
             mine = Message.create(
                 id=_new_id(),
@@ -205,7 +305,7 @@ class ChatStore:
                 updates[Thread.description] = text[:200]
                 updates[Thread.title] = text[:60]
             Thread.update(updates).where(Thread.id == thread_id).execute()
-        return NewReply(message_view(mine), message_view(reply), job_id)
+        return NewReply(message_view(mine), message_view(reply), job_id, joined)
 
     def start_api_conversation(
         self,
@@ -317,13 +417,12 @@ class ChatStore:
                     f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full"
                 )
 
-    def _join(self, thread_id: str, user_id: str) -> None:
-        exists = ThreadMember.select().where(
-            (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
-        )
-        if exists.exists():
-            return
+    def _join(self, thread_id: str, user_id: str) -> bool:
+        """Add the member unless already there; True when added."""
+        if self.is_member(thread_id, user_id):
+            return False
         members = ThreadMember.select().where(ThreadMember.thread == thread_id).count()
         if members >= MAX_THREAD_MEMBERS:
             raise Conflict(f"this thread already has {MAX_THREAD_MEMBERS} members")
         ThreadMember.create(thread=thread_id, user=user_id)
+        return True

@@ -1,6 +1,7 @@
-"""Per-user rate limits, as token buckets (the original's): sending a message (a retry
-counts) 10 a minute with a burst of 3, starting a chat 1 a minute with a burst of 2.
-A refusal says when the next one will be allowed.
+"""Rate limits, as token buckets (the original's). Per user: sending a message (a retry
+counts) 10 a minute with a burst of 3, starting a chat 1 a minute with a burst of 2,
+joining a chat and picking a new name 1 a second each. Per client address: new identities
+1 a minute with a burst of 50. A refusal says when the next one will be allowed.
 
 The buckets live in this coordinator process; with several coordinators behind one
 database each keeps its own, so a user's real allowance is that many times larger."""
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coordinator.errors import RateLimited
+from coordinator.settings import CoordinatorSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,11 @@ class RateLimits:
         self._buckets[(action, who)] = (min(float(rule.burst), tokens + 1.0), at)
 
 
-def default_rules(send_per_minute: float, thread_per_minute: float) -> dict[str, Rule]:
+def default_rules(settings: CoordinatorSettings) -> dict[str, Rule]:
     return {
-        "send": Rule(send_per_minute, 3, "send another message"),
-        "thread": Rule(thread_per_minute, 2, "start another chat"),
+        "send": Rule(settings.rate_send_per_minute, 3, "send another message"),
+        "thread": Rule(settings.rate_thread_per_minute, 2, "start another chat"),
+        "join": Rule(settings.rate_join_per_minute, 1, "join another chat"),
+        "rename": Rule(settings.rate_rename_per_minute, 1, "pick another name"),
+        "new_user": Rule(settings.rate_new_user_per_minute, 50, "start another identity"),
     }

@@ -27,11 +27,11 @@ from coordinator.streams import JobStreams
 from coordinator.worker_store import WorkerStore
 from farm_protocol import topics
 from farm_protocol.broker import Outbox, make_client, serve_session, stay_connected
-from farm_protocol.chat import MessageView
+from farm_protocol.chat import MemberView, MessageView
 from farm_protocol.codec import encode
 from farm_protocol.http_serving import serve_app
 from farm_protocol.lifecycle import run_until_stopped
-from farm_protocol.payloads import JobReplay, MessageEvent
+from farm_protocol.payloads import JobReplay, MembersEvent, MessageEvent
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,8 @@ class Coordinator:
                 max_queued=settings.max_queued,
                 cancel=self.canceller.cancel,
                 metrics=self.metrics,
-                limits=RateLimits(
-                    default_rules(settings.rate_send_per_minute, settings.rate_thread_per_minute)
-                ),
+                limits=RateLimits(default_rules(settings)),
+                publish_members=self.publish_members,
                 job_lifetime_s=settings.queue_timeout_s + settings.reply_timeout_s,
             ),
             AdminContext(
@@ -145,6 +144,13 @@ class Coordinator:
         await self.outbox.put(
             topics.thread_events(view.thread_id),
             encode(MessageEvent(message=view)),
+            qos=topics.QOS_THREAD_EVENTS,
+        )
+
+    async def publish_members(self, thread_id: str, members: list[MemberView]) -> None:
+        await self.outbox.put(
+            topics.thread_events(thread_id),
+            encode(MembersEvent(thread_id=thread_id, members=members)),
             qos=topics.QOS_THREAD_EVENTS,
         )
 

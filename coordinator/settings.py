@@ -45,10 +45,14 @@ class CoordinatorSettings(BaseSettings):
     max_queued: int = Field(default=1000, ge=1)
     queue_target_s: float = 15.0
     queue_interval_s: float = 5.0
-    # Per-user rate limits (token buckets, as the original): messages and new chats per
-    # minute, with bursts of 3 and 2.
+    # Rate limits (token buckets, as the original), per minute: per user, messages (burst
+    # 3), new chats (burst 2), joining a chat and picking a new name (burst 1 each); per
+    # client address, new identities (burst 50).
     rate_send_per_minute: float = Field(default=10.0, gt=0)
     rate_thread_per_minute: float = Field(default=1.0, gt=0)
+    rate_join_per_minute: float = Field(default=60.0, gt=0)
+    rate_rename_per_minute: float = Field(default=60.0, gt=0)
+    rate_new_user_per_minute: float = Field(default=1.0, gt=0)
     worker_grace_s: float = 10.0  # a worker silent this long is offline
     # When a worker is lost after its reply started streaming: False fails the reply with a
     # reason (the user can retry it); True starts it again on another worker from scratch.

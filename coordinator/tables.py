@@ -53,6 +53,7 @@ class Thread(_Base):
 class ThreadMember(_Base):
     thread = pw.ForeignKeyField(Thread, backref="members", on_delete="CASCADE")
     user = pw.ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
+    thread_id: str  # peewee's column accessor, declared for the type checker
     joined_at = pw.DoubleField(default=now)
 
     class Meta:

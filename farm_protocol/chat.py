@@ -72,9 +72,30 @@ class ThreadView(_View):
     updated_at: float
 
 
+class MemberView(_View):
+    """Someone who joined a thread (at most ``MAX_THREAD_MEMBERS`` do)."""
+
+    user_id: str
+    name: str
+
+
+MAX_THREAD_MEMBERS = 25
+PAGE_SIZE = 20  # messages per page: a snapshot holds the latest page
+
+
 class ThreadSnapshot(_View):
     thread: ThreadView
+    messages: list[MessageView]  # the latest page, oldest first
+    members: list[MemberView] = Field(default_factory=list)
+    has_more: bool = False  # older messages exist (see MessagePage)
+    member: bool = False  # whether the user asking is a member
+
+
+class MessagePage(_View):
+    """Messages older than a given one, oldest first."""
+
     messages: list[MessageView]
+    has_more: bool
 
 
 class FleetModels(_View):

@@ -5,12 +5,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from farm_protocol.errors import PayloadError
-from farm_protocol.payloads import ControlMessage, JobEvent
+from farm_protocol.payloads import ControlMessage, JobEvent, ThreadEvent
 
 T = TypeVar("T")
 
 JOB_EVENT: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
 CONTROL: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)
+THREAD_EVENT: TypeAdapter[ThreadEvent] = TypeAdapter(ThreadEvent)
 
 _PREVIEW = 200
 

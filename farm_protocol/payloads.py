@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm_protocol.chat import MAX_PROMPT_CHARS, MessageView, Role
+from farm_protocol.chat import MAX_PROMPT_CHARS, MemberView, MessageView, Role
 from farm_protocol.ids import TopicId
 
 MAX_CHUNK_CHARS = 65_536
@@ -151,3 +151,14 @@ class Heartbeat(_Payload):
 class MessageEvent(_Payload):
     kind: Literal["message"] = "message"
     message: MessageView
+
+
+class MembersEvent(_Payload):
+    """Who is in a thread now (after a join, a leave or a member's new name)."""
+
+    kind: Literal["members"] = "members"
+    thread_id: TopicId
+    members: list[MemberView]
+
+
+ThreadEvent = Annotated[MessageEvent | MembersEvent, Field(discriminator="kind")]

@@ -11,7 +11,8 @@ import pytest
 
 from farm_protocol import topics
 from farm_protocol.codec import encode
-from farm_protocol.payloads import JobChunk
+from farm_protocol.chat import MemberView
+from farm_protocol.payloads import JobChunk, MembersEvent
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker, broker_of
 from tests.farm import new_thread, running_farm, send_and_stream
@@ -42,6 +43,9 @@ async def test_garbage_and_spoofed_messages_are_dropped(
             # a chunk whose payload names another job than its topic (a spoofed topic)
             spoof = JobChunk(job_id="other", attempt=1, seq=0, text="injected")
             await rogue.publish(topics.job_events(worker_id, "job1"), encode(spoof), qos=1)
+            # a member list that names another thread than its topic (a spoofed topic)
+            members = MembersEvent(thread_id="t2", members=[MemberView(user_id="u", name="x")])
+            await rogue.publish(topics.thread_events("t1"), encode(members), qos=1)
             # a chunk for a job nobody holds
             await rogue.publish(
                 topics.job_events(worker_id, "nojob"),
@@ -57,6 +61,7 @@ async def test_garbage_and_spoofed_messages_are_dropped(
     dropped = [r for r in caplog.records if "dropped message" in r.getMessage()]
     assert dropped, "invalid payloads are logged when dropped"
     assert all(len(r.getMessage()) < 2000 for r in dropped), "log lines stay short"
+    assert any("payload thread differs from topic thread" in r.getMessage() for r in dropped)
 
 
 async def test_http_bad_input_gets_clear_errors(tmp_path: Path, broker: RunningBroker) -> None:

@@ -85,7 +85,14 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
 
     async def forward(method: str, path: str, body: Any = None) -> Response:
         try:
-            upstream = await coordinator.request(method, path, g.session, body)
+            upstream = await coordinator.request(
+                method,
+                path,
+                g.session,
+                body,
+                client=client_address(settings.forwarded_for_hops),
+                params=dict(request.args) or None,
+            )
         except CoordinatorUnavailable:
             return _error(503, "the chat service is unavailable; try again shortly")
         response = Response(
@@ -103,6 +110,10 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     async def me() -> Response:
         return await forward("GET", "/me")
 
+    @app.post("/api/me/name")
+    async def rename() -> Response:
+        return await forward("POST", "/me/name")
+
     @app.get("/api/models")
     async def models() -> Response:
         return await forward("GET", "/models")
@@ -118,6 +129,16 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     @app.get("/api/threads/<thread_id>")
     async def thread(thread_id: str) -> Response:
         return await forward("GET", f"/threads/{_id(thread_id)}")
+
+    @app.get("/api/threads/<thread_id>/messages")
+    async def older(thread_id: str) -> Response:
+        return await forward("GET", f"/threads/{_id(thread_id)}/messages")
+
+    @app.post("/api/threads/<thread_id>/<action>")
+    async def membership(thread_id: str, action: str) -> Response:
+        if action not in ("join", "leave"):
+            return _error(404, f"no action {action!r}: use join or leave")
+        return await forward("POST", f"/threads/{_id(thread_id)}/{action}")
 
     @app.post("/api/threads/<thread_id>/messages")
     async def send(thread_id: str) -> Response:
@@ -148,6 +169,17 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
         await ThreadSocket(bridge, coordinator, _id(thread_id), session).serve()
 
     return app
+
+
+def client_address(hops: int) -> str | None:
+    """The browser's address: the peer's, or behind ``hops`` trusted proxies the entry
+    they added to X-Forwarded-For (earlier entries are the client's own claims)."""
+    if hops:
+        chain = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",")]
+        chain = [a for a in chain if a]
+        if len(chain) >= hops:
+            return chain[-hops]
+    return request.remote_addr
 
 
 def _id(thread_id: str) -> str:
@@ -199,6 +231,8 @@ class ThreadSocket:
                 continue
             if event["type"] == "chunk":
                 await self._chunk(event)
+            elif event["type"] == "members":
+                await self._send(event)
             else:
                 await self._send(event)
                 message = MessageView.model_validate(event["message"])

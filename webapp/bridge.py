@@ -11,9 +11,9 @@ from typing import Any
 import aiomqtt
 
 from farm_protocol import topics
-from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
+from farm_protocol.codec import JOB_EVENT, THREAD_EVENT, decode, preview
 from farm_protocol.errors import ProtocolError
-from farm_protocol.payloads import JobChunk, JobDone, JobFailed, MessageEvent
+from farm_protocol.payloads import JobChunk, JobDone, JobFailed, MembersEvent, MessageEvent
 from farm_protocol.version import TOPIC_ROOT
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,6 @@ SUBSCRIPTIONS = [
     (topics.ALL_JOB_EVENTS, topics.QOS_JOB_EVENTS),
     (topics.ALL_THREAD_EVENTS, topics.QOS_THREAD_EVENTS),
 ]
-_MESSAGE_EVENT = adapter_for(MessageEvent)
 _KEEP_ENDED_S = 120.0
 _MAX_CHARS_PER_JOB = 2_000_000
 
@@ -123,10 +122,14 @@ class Bridge:
         try:
             if topic.startswith(TOPIC_ROOT + "/threads/"):
                 thread_id = topics.parse_thread_topic(topic)
-                event = decode(_MESSAGE_EVENT, message.payload)
-                if event.message.thread_id != thread_id:
-                    raise ProtocolError("payload thread differs from topic thread")
-                self._on_message(event)
+                event = decode(THREAD_EVENT, message.payload)
+                if isinstance(event, MembersEvent):
+                    _same_thread(event.thread_id, thread_id)
+                    members = [m.model_dump(mode="json") for m in event.members]
+                    self._fan_out(thread_id, {"type": "members", "members": members})
+                else:
+                    _same_thread(event.message.thread_id, thread_id)
+                    self._on_message(event)
             else:
                 where = topics.parse_worker_topic(topic)
                 job_event = decode(JOB_EVENT, message.payload)
@@ -197,6 +200,11 @@ class Bridge:
         stale = [j for j, s in self._jobs.items() if s.ended_at is not None and s.ended_at < cutoff]
         for job_id in stale:
             del self._jobs[job_id]
+
+
+def _same_thread(in_payload: str, in_topic: str) -> None:
+    if in_payload != in_topic:
+        raise ProtocolError("payload thread differs from topic thread")
 
 
 def _chunk_event(job_id: str, attempt: int, seq: int, text: str) -> Event:

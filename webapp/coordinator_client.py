@@ -10,6 +10,7 @@ from farm_protocol.chat import ThreadSnapshot
 log = logging.getLogger(__name__)
 
 SESSION_HEADER = "X-Farm-Session"
+CLIENT_HEADER = "X-Farm-Client"  # the browser's address: new identities are limited by it
 
 
 class CoordinatorUnavailable(Exception):
@@ -26,12 +27,20 @@ class CoordinatorClient:
         )
 
     async def request(
-        self, method: str, path: str, session: str, body: Any = None
+        self,
+        method: str,
+        path: str,
+        session: str,
+        body: Any = None,
+        *,
+        client: str | None = None,
+        params: dict[str, str] | None = None,
     ) -> httpx.Response:
+        headers = {SESSION_HEADER: session}
+        if client:
+            headers[CLIENT_HEADER] = client
         try:
-            return await self._http.request(
-                method, path, json=body, headers={SESSION_HEADER: session}
-            )
+            return await self._http.request(method, path, json=body, headers=headers, params=params)
         except httpx.HTTPError as exc:
             log.warning("coordinator unreachable: %s", exc)
             raise CoordinatorUnavailable(str(exc)) from exc

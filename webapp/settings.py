@@ -19,3 +19,7 @@ class WebappSettings(BaseSettings):
     cookie_secure: bool = False  # set true behind TLS
     ws_queue_size: int = 2000  # events buffered per browser before it is told to reload
     max_request_bytes: int = 1_048_576
+    # Behind this many reverse proxies (1 for the Caddy or nginx recipe in deploy/), the
+    # browser's address is read from X-Forwarded-For; 0 trusts no such header. The
+    # coordinator limits how fast new identities appear per address.
+    forwarded_for_hops: int = Field(default=0, ge=0, le=5)
