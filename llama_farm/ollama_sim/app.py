@@ -53,6 +53,19 @@ class SimState:
         # Streamed generations: running now, and how each ended. "aborted" counts streams
         # the client closed early (a worker cancelling a job closes its HTTP stream).
         self.streams = {"active": 0, "completed": 0, "aborted": 0}
+        # ``[[sim:faults=N]]``: how many requests with each such message have faulted.
+        self.faulted: dict[str, int] = {}
+
+    def fault_now(self, message: str, times: int) -> bool:
+        """Whether this request faults: only the first ``times`` with this message do."""
+        key = hashlib.sha256(message.encode()).hexdigest()
+        done = self.faulted.get(key, 0)
+        if done >= times:
+            return False
+        if len(self.faulted) > 10_000:
+            self.faulted.clear()
+        self.faulted[key] = done + 1
+        return True
 
     def is_loaded(self, model: str) -> bool:
         return self.loaded.get(model, 0) > time.time()
@@ -292,6 +305,8 @@ def _plan(
     tps = directives.tps if directives.tps is not None else settings.tokens_per_s
     load_s = 0.0 if state.is_loaded(name) else settings.load_ms / 1000
     fault = directives.fault or (None if settings.fault == "none" else settings.fault)
+    if directives.fault and directives.faults is not None:
+        fault = fault if state.fault_now(last_user, directives.faults) else None
     prompt_tokens = sum(
         len(tokenize(str(m.get("content") or ""))) for m in messages if isinstance(m, dict)
     )

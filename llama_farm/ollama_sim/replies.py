@@ -1,8 +1,9 @@
 """Reply text as a pure function of the request, and per-request directives.
 
 A user message may carry directives for tests, removed before the reply is made:
-``[[sim:fault=http_error|error_mid_stream|hang]]``, ``[[sim:tokens=N]]``,
-``[[sim:tps=N]]`` and ``[[sim:echo]]``.
+``[[sim:fault=http_error|error_mid_stream|hang]]`` (with ``[[sim:faults=N]]``: only
+the first N requests carrying that message fault, later ones succeed),
+``[[sim:tokens=N]]``, ``[[sim:tps=N]]`` and ``[[sim:echo]]``.
 """
 
 import hashlib
@@ -57,6 +58,7 @@ _WORDS = [
 @dataclass(frozen=True, slots=True)
 class Directives:
     fault: str | None = None
+    faults: int | None = None  # the fault applies to this many requests, then stops
     tokens: int | None = None
     tps: float | None = None
     echo: bool = False
@@ -72,7 +74,8 @@ def parse_directives(text: str) -> tuple[str, Directives]:
         tps = float(found["tps"]) if "tps" in found else None
     except ValueError:
         tokens = tps = None
-    return clean, Directives(found.get("fault"), tokens, tps, "echo" in found)
+    faults = int(found["faults"]) if found.get("faults", "").isdigit() else None
+    return clean, Directives(found.get("fault"), faults, tokens, tps, "echo" in found)
 
 
 def tokenize(text: str) -> list[str]:

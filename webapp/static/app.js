@@ -11,7 +11,7 @@
     cancelled: "stopped",
   };
   const app = { threadId: null, socket: null, messages: new Map(), pending: new Map(),
-                retryMs: 250, models: null };
+                retryMs: 250, models: null, me: null, members: [], hasMore: false };
 
   function threadFromPath() {
     const m = location.pathname.match(/^\/t\/([A-Za-z0-9_.-]+)$/);
@@ -36,16 +36,47 @@
 
   function notice(text) { $("notice").textContent = text || ""; }
 
-  // --- rendering -------------------------------------------------------------------------
+  // What a refusal means to a person: a rate limit says when to try again.
+  function explain(error) {
+    const text = error.message.charAt(0).toUpperCase() + error.message.slice(1);
+    if (error.status === 429) return `Slow down! ${text}.`;
+    const wait = error.retryAfter ? ` Try again in ${Math.ceil(error.retryAfter)} s.` : "";
+    return `${text}.${wait}`;
+  }
+
+  // --- scrolling: stay at the bottom while there; otherwise offer a way back ---------------
 
   function nearBottom() {
     const box = $("messages");
     return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
   }
 
+  function toBottom() {
+    $("messages").scrollTop = $("messages").scrollHeight;
+    $("new-messages").hidden = true;
+  }
+
+  // Run a change to the list; follow it down if the reader was at the bottom, else
+  // (when it brought something new) show the "New messages" button.
+  function changing(fresh, change) {
+    const stick = nearBottom();
+    change();
+    if (stick) toBottom();
+    else if (fresh) $("new-messages").hidden = false;
+  }
+
+  // --- rendering -------------------------------------------------------------------------
+
+  function place(el, message) {
+    el.dataset.created = String(message.created_at);
+    const list = $("message-list");
+    const later = [...list.children].find((other) =>
+      Number(other.dataset.created) > message.created_at);
+    list.insertBefore(el, later || null);
+  }
+
   function render(message) {
     let el = document.querySelector(`[data-id="${message.message_id}"]`);
-    const stick = nearBottom();
     if (!el) {
       el = document.createElement("article");
       el.dataset.id = message.message_id;
@@ -55,7 +86,7 @@
         '<button type="button" class="retry" hidden>Retry</button></div>';
       el.querySelector(".stop").addEventListener("click", () => act(el.dataset.id, "stop"));
       el.querySelector(".retry").addEventListener("click", () => act(el.dataset.id, "retry"));
-      $("messages").appendChild(el);
+      place(el, message);
     }
     el.className = `msg ${message.role} ${message.state}`;
     el.dataset.state = message.state;
@@ -75,7 +106,6 @@
     el.querySelector(".stop").hidden = !reply || isFinal(message.state);
     el.querySelector(".retry").hidden =
       !reply || !["failed", "timed_out", "cancelled"].includes(message.state);
-    if (stick) $("messages").scrollTop = $("messages").scrollHeight;
   }
 
   function upsert(message) {
@@ -85,7 +115,7 @@
       message = Object.assign({}, message, { content: known.content, content_seq: known.content_seq });
     }
     app.messages.set(message.message_id, message);
-    render(message);
+    changing(!known, () => render(message));
   }
 
   function isFinal(state) { return !["queued", "generating"].includes(state); }
@@ -95,7 +125,7 @@
       upsert(await api("POST", `/api/threads/${app.threadId}/messages/${messageId}/${action}`));
       notice("");
     } catch (error) {
-      notice(error.message);
+      notice(explain(error));
     }
   }
 
@@ -116,7 +146,57 @@
     }
     for (const seq of pending.keys()) if (seq <= message.content_seq) pending.delete(seq);
     message.state = "generating";
-    render(message);
+    changing(true, () => render(message));
+  }
+
+  // --- members and sharing ---------------------------------------------------------------
+
+  function isMember() {
+    return !!app.me && app.members.some((m) => m.user_id === app.me.user_id);
+  }
+
+  function renderMembers() {
+    const open = !!app.threadId;
+    const names = app.members.map((m) => m.name);
+    const box = $("members");
+    box.hidden = !open;
+    box.textContent = names.length === 1 ? `1 member: ${names[0]}`
+      : `${names.length} members: ${names.join(", ")}`;
+    box.title = names.join("\n");
+    $("share").hidden = !open;
+    $("join").hidden = !open || isMember();
+    $("leave").hidden = !open || !isMember();
+  }
+
+  async function membership(action) {  // "join" or "leave" the open thread
+    try {
+      app.members = await api("POST", `/api/threads/${app.threadId}/${action}`);
+      renderMembers();
+      notice(action === "join" ? "You joined this chat." : "You left this chat.");
+      loadThreads();
+    } catch (error) {
+      notice(explain(error));
+    }
+  }
+
+  async function share() {
+    const link = `${location.origin}/t/${app.threadId}`;
+    try {
+      await navigator.clipboard.writeText(link);
+      notice(`Link copied: ${link} (anyone with it can read and join, up to 25 people)`);
+    } catch (e) {
+      notice(`Share this link: ${link} (anyone with it can read and join, up to 25 people)`);
+    }
+  }
+
+  async function reroll() {
+    try {
+      app.me = await api("POST", "/api/me/name");
+      $("identity").textContent = `You are ${app.me.name}`;
+      notice("");
+    } catch (error) {
+      notice(explain(error));
+    }
   }
 
   // --- live updates ----------------------------------------------------------------------
@@ -130,13 +210,20 @@
     socket.onmessage = (raw) => {
       const event = JSON.parse(raw.data);
       if (event.type === "snapshot") {
-        $("messages").innerHTML = ""; app.messages.clear(); app.pending.clear();
+        $("message-list").innerHTML = ""; app.messages.clear(); app.pending.clear();
         $("thread-title").textContent = event.thread.title;
         event.messages.forEach(upsert);
-        $("messages").scrollTop = $("messages").scrollHeight;
+        app.members = event.members;
+        app.hasMore = event.has_more;
+        $("load-older").hidden = !app.hasMore;
+        renderMembers();
+        toBottom();
       } else if (event.type === "message") {
         upsert(event.message);
         if (event.message.role === "user") loadThreads();
+      } else if (event.type === "members") {
+        app.members = event.members;
+        renderMembers();
       } else if (event.type === "chunk") {
         applyChunk(event);
       }
@@ -150,13 +237,43 @@
     };
   }
 
+  // Older messages, 20 at a time, above the ones shown, keeping what is on screen in place.
+  async function loadOlder() {
+    const first = $("message-list").firstElementChild;
+    if (!first) return;
+    const threadId = app.threadId;
+    try {
+      const page = await api(
+        "GET", `/api/threads/${threadId}/messages?before=${encodeURIComponent(first.dataset.id)}`);
+      if (app.threadId !== threadId) return;
+      const box = $("messages");
+      const fromBottom = box.scrollHeight - box.scrollTop;
+      for (const message of page.messages) {
+        if (!app.messages.has(message.message_id)) {
+          app.messages.set(message.message_id, message);
+          render(message);
+        }
+      }
+      box.scrollTop = box.scrollHeight - fromBottom;
+      app.hasMore = page.has_more;
+      $("load-older").hidden = !app.hasMore;
+    } catch (error) {
+      notice(explain(error));
+    }
+  }
+
   function openThread(threadId) {
     app.threadId = threadId;
-    $("messages").innerHTML = "";
+    $("message-list").innerHTML = "";
     app.messages.clear();
+    app.members = [];
+    $("load-older").hidden = true;
+    $("new-messages").hidden = true;
     $("system-box").hidden = !!threadId;
     document.querySelectorAll("#threads a").forEach((a) =>
       a.classList.toggle("active", a.dataset.id === threadId));
+    document.body.classList.remove("show-sidebar");
+    renderMembers();
     if (threadId) connect(threadId);
     else { $("thread-title").textContent = "New chat"; if (app.socket) app.socket.close(); }
   }
@@ -219,15 +336,17 @@
       const sent = await api("POST", `/api/threads/${app.threadId}/messages`, { text, model });
       upsert(sent.user_message);
       upsert(sent.reply);
+      toBottom();
       $("input").value = "";
       loadThreads();
     } catch (e) {
-      const wait = e.retryAfter ? ` You can try again in ${Math.ceil(e.retryAfter)} s.` : "";
-      notice(`${e.message}.${wait}`);
+      notice(explain(e));
     } finally {
       $("send").disabled = false;
     }
   }
+
+  function showTheme(theme) { $("theme").textContent = `Theme: ${theme}`; }
 
   async function start() {
     $("composer").addEventListener("submit", send);
@@ -236,10 +355,19 @@
     });
     $("new-chat").onclick = () => { history.pushState({}, "", "/"); openThread(null); };
     $("toggle-sidebar").onclick = () => document.body.classList.toggle("show-sidebar");
+    $("messages").addEventListener("scroll", () => { if (nearBottom()) $("new-messages").hidden = true; });
+    $("new-messages").onclick = toBottom;
+    $("load-older").onclick = loadOlder;
+    $("share").onclick = share;
+    $("join").onclick = () => membership("join");
+    $("leave").onclick = () => membership("leave");
+    $("reroll").onclick = reroll;
+    $("theme").onclick = () => showTheme(window.farmTheme.next());
+    showTheme(window.farmTheme.current());
     window.addEventListener("popstate", () => openThread(threadFromPath()));
     try {
-      const me = await api("GET", "/api/me");
-      $("identity").textContent = `You are ${me.name}`;
+      app.me = await api("GET", "/api/me");
+      $("identity").textContent = `You are ${app.me.name}`;
       await Promise.all([loadModels(), loadThreads()]);
     } catch (e) {
       notice(`Cannot reach the farm: ${e.message}`);
