@@ -1,17 +1,19 @@
 """Everything the coordinator receives from the broker, validated once, then routed."""
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
 from coordinator.db_runner import DbRunner
 from coordinator.dispatch import Dispatcher
+from coordinator.job_store import JobStore
 from coordinator.streams import JobStreams
 from coordinator.worker_store import WorkerStore
 from farm_protocol import topics
 from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
 from farm_protocol.errors import ProtocolError
-from farm_protocol.payloads import Heartbeat, WorkerStatus
+from farm_protocol.payloads import ControlMessage, Heartbeat, JobCancel, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,20 @@ _HEARTBEAT = adapter_for(Heartbeat)
 
 class Inbound:
     def __init__(
-        self, runner: DbRunner, workers: WorkerStore, streams: JobStreams, dispatcher: Dispatcher
+        self,
+        runner: DbRunner,
+        workers: WorkerStore,
+        jobs: JobStore,
+        streams: JobStreams,
+        dispatcher: Dispatcher,
+        send_control: Callable[[str, ControlMessage], Awaitable[None]],
     ) -> None:
         self.runner = runner
         self.workers = workers
+        self.jobs = jobs
         self.streams = streams
         self.dispatcher = dispatcher
+        self.send_control = send_control
 
     async def handle(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -48,7 +58,8 @@ class Inbound:
             elif where.leaf == "heartbeat":
                 beat = decode(_HEARTBEAT, message.payload)
                 self._same_worker(where.worker_id, beat.worker_id)
-                await self.runner.call(self.workers.record_heartbeat, beat)
+                if await self.runner.call(self.workers.record_heartbeat, beat):
+                    await self._stop_orphans(beat)
         except ProtocolError as exc:
             log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
 
@@ -69,6 +80,22 @@ class Inbound:
                 "ignored %s status of worker %s (unknown, revoked or stale session)",
                 status.state,
                 worker_id,
+            )
+
+    async def _stop_orphans(self, beat: Heartbeat) -> None:
+        """A worker cut off long enough for its jobs to fail or move on still runs them
+        when it comes back: tell it to stop, so its slots serve jobs that are its own."""
+        running = [(job.job_id, job.attempt) for job in beat.running]
+        for job_id, attempt in await self.runner.call(self.jobs.not_held, beat.worker_id, running):
+            log.info(
+                "worker %s still runs job %s attempt %d: stopping it",
+                beat.worker_id,
+                job_id,
+                attempt,
+            )
+            await self.send_control(
+                beat.worker_id,
+                JobCancel(job_id=job_id, attempt=attempt, reason="this job is no longer yours"),
             )
 
     @staticmethod

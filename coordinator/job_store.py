@@ -532,13 +532,30 @@ class JobStore:
                 .execute()
             )
             if requeued == 1:
-                if job.worker_id is not None:
+                # A refusal (before *accepted*: busy, draining) is not the worker's fault.
+                if job.worker_id is not None and job.state == "running":
                     self._blame(job.worker_id, stamp)
                 Message.update(
                     state=MessageState.QUEUED.value, content="", content_seq=-1, updated_at=stamp
                 ).where(Message.id == job.message_id).execute()
                 return message_view(Message.get_by_id(job.message_id))
         return self._end(where, job_id, outcome, reason, stamp)
+
+    @staticmethod
+    def not_held(worker_id: str, running: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Of the (job, attempt) pairs a worker says it runs, those it does not hold: the
+        job ended or moved on while the worker was cut off. The worker should stop them."""
+        if not running:
+            return []
+        held = {
+            (str(job.id), int(job.attempt))
+            for job in Job.select(Job.id, Job.attempt).where(
+                Job.id.in_([job_id for job_id, _ in running])
+                & (Job.worker_id == worker_id)
+                & Job.state.in_(ACTIVE)
+            )
+        }
+        return [pair for pair in running if pair not in held]
 
     def cancel(
         self, job_id: str, reason: str, tail: TextAppend | None = None

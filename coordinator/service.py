@@ -31,7 +31,7 @@ from farm_protocol.chat import MemberView, MessageView
 from farm_protocol.codec import encode
 from farm_protocol.http_serving import serve_app
 from farm_protocol.lifecycle import run_until_stopped
-from farm_protocol.payloads import JobReplay, MembersEvent, MessageEvent
+from farm_protocol.payloads import ControlMessage, MembersEvent, MessageEvent
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class Coordinator:
             self.publish_message,
             self.dispatcher.kick,
         )
-        self.inbound = Inbound(self.runner, self.workers, self.streams, self.dispatcher)
+        self.inbound = Inbound(
+            self.runner, self.workers, self.jobs, self.streams, self.dispatcher, self.send_control
+        )
         self.app = create_app(
             ChatContext(
                 runner=self.runner,
@@ -135,7 +137,7 @@ class Coordinator:
             ),
         )
 
-    async def send_control(self, worker_id: str, command: JobReplay) -> None:
+    async def send_control(self, worker_id: str, command: ControlMessage) -> None:
         await self.outbox.put(
             topics.worker_control(worker_id), encode(command), qos=topics.QOS_CONTROL
         )

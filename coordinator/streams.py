@@ -101,18 +101,25 @@ class JobStreams:
         self.request_replay = request_replay
         self.gap_s = gap_s
         self._live: dict[str, Assembly] = {}
+        self._strays: set[tuple[str, int, str]] = set()
         self.on_first_token: Callable[[float], None] = lambda seconds: None
 
     async def on_event(self, worker_id: str, event: JobEvent) -> None:
         assembly = await self._assembly(worker_id, event.job_id, event.attempt)
         if assembly is None:
-            log.info(
-                "ignored %s for job %s attempt %d from %s: not held by that worker/attempt",
-                event.kind,
-                event.job_id,
-                event.attempt,
-                worker_id,
-            )
+            stray = (event.job_id, event.attempt, worker_id)
+            if stray not in self._strays:  # once per stray stream, not per chunk
+                if len(self._strays) > 10_000:
+                    self._strays.clear()
+                self._strays.add(stray)
+                log.info(
+                    "ignored %s (and what follows) for job %s attempt %d from %s:"
+                    " not held by that worker/attempt",
+                    event.kind,
+                    event.job_id,
+                    event.attempt,
+                    worker_id,
+                )
             return
         match event:
             case JobAccepted():

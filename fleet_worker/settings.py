@@ -13,6 +13,9 @@ class WorkerSettings(BaseSettings):
 
     broker_url: str = "mqtt://127.0.0.1:1883"
     broker_ca_file: str | None = None
+    # MQTT keepalive: a dead connection (a network cut) is noticed after 1.5x this, by
+    # the worker and by the broker (which then publishes the worker's Last Will).
+    broker_keepalive_s: int = Field(default=15, ge=1, le=600)
     worker_id: str = ""
     api_key: SecretStr = SecretStr("")
     ollama_host: str = Field(
@@ -41,4 +44,5 @@ class WorkerSettings(BaseSettings):
             username=self.worker_id or None,
             password=self.api_key if self.api_key.get_secret_value() else None,
             ca_file=self.broker_ca_file,
+            keepalive=self.broker_keepalive_s,
         )

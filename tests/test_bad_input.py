@@ -10,8 +10,8 @@ import aiomqtt
 import pytest
 
 from farm_protocol import topics
-from farm_protocol.codec import encode
 from farm_protocol.chat import MemberView
+from farm_protocol.codec import encode
 from farm_protocol.payloads import JobChunk, MembersEvent
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker, broker_of

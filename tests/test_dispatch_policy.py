@@ -122,6 +122,26 @@ def test_a_worker_that_keeps_failing_is_quarantined_then_let_back(db: pw.Databas
     assert (flaky.jobs_succeeded, flaky.failures) == (1, 0)
 
 
+def test_a_refusal_before_accepting_is_not_held_against_the_worker(db: pw.Database) -> None:
+    """A worker that says "at capacity" to an assignment (the coordinator's view of its
+    slots was stale, e.g. after a network cut) has not failed a job."""
+    add_worker("busy", capacity=1)
+    store = JobStore(
+        db, context_messages=5, max_attempts=3, health=Health(quarantine_after=1, quarantine_s=30)
+    )
+    job_id = ask(ChatStore(db), "b", "refused")
+    assert store.claim(job_id, "busy", 1) is not None
+    store.fail_or_retry(job_id, 1, "busy", "the worker is at capacity", retryable=True)
+    busy = Worker.get_by_id("busy")
+    assert (busy.failures, busy.quarantined_until) == (0, None)
+    assert Job.get_by_id(job_id).state == "queued"
+    # Once it accepted the job, a failure counts.
+    assert store.claim(job_id, "busy", 2) is not None
+    store.accept(job_id, 2, "busy")
+    store.fail_or_retry(job_id, 2, "busy", "out of memory", retryable=True)
+    assert Worker.get_by_id("busy").quarantined_until is not None
+
+
 def test_a_draining_worker_is_not_blamed_for_the_jobs_it_hands_back(db: pw.Database) -> None:
     add_worker("leaving", capacity=1)
     store = JobStore(

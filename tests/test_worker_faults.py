@@ -48,6 +48,7 @@ async def worker_process(
     concurrency: int = 1,
     grace_s: float = 5,
     ollama_host: str | None = None,
+    broker_url: str | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     coordinator = farm.coordinator
@@ -55,7 +56,7 @@ async def worker_process(
     await coordinator.provisioner.worker_added(info.id, key)
     env = dict(
         os.environ,
-        FARM_BROKER_URL=broker.settings().url,
+        FARM_BROKER_URL=broker_url or broker.settings().url,
         FARM_WORKER_ID=info.id,
         FARM_API_KEY=key,
         FARM_OLLAMA_HOST=ollama_host or farm.sim_url,
