@@ -36,9 +36,10 @@ class RunningBroker:
     # amqtt checks logins against a farm database (workers) and these service passwords.
     database_url: str | None = None
     service_passwords: dict[str, str] | None = None
-    # Mosquitto only: stop the broker (SIGTERM, so it saves its persistence) and start it
-    # again on the same port with the same files.
-    restart: Callable[[], Awaitable[None]] | None = None
+    # Mosquitto only: stop the broker (SIGTERM, so it saves its persistence; or with
+    # ``kill=True`` SIGKILL, so it keeps only what it autosaved) and start it again on the
+    # same port with the same files.
+    restart: Callable[..., Awaitable[None]] | None = None
 
     async def add_client(self, username: str, password: str) -> None:
         """An account for a worker (full access under farm/ until per-worker roles)."""
@@ -149,17 +150,20 @@ async def mosquitto() -> AsyncIterator[RunningBroker]:
     log = (workdir / "mosquitto.log").open("ab")
     processes = [subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log)]
 
-    def stop() -> None:
+    def stop(kill: bool = False) -> None:
         process = processes[-1]
-        process.terminate()
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
-    async def restart() -> None:
-        stop()
+    async def restart(kill: bool = False) -> None:
+        stop(kill)
         processes.append(subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log))
         await _wait_port(port)
 

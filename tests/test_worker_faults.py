@@ -1,6 +1,7 @@
 """The worker as a real process under faults, against a real Mosquitto and the simulator
 reached through the real ollama client: kill -9 mid-stream, SIGTERM drain, a broker
-restart mid-stream, and every simulator fault. Each ends with every job in a clear state."""
+restart (SIGTERM or kill -9) mid-stream, and every simulator fault. Each ends with every
+job in a clear state."""
 
 import asyncio
 import os
@@ -178,7 +179,8 @@ async def test_sigterm_drains_then_exits_0_with_a_summary(tmp_path: Path) -> Non
         assert back["content"] == ""
 
 
-async def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "kill-9"])
+async def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path, kill: bool) -> None:
     sim = SimSettings(ttft_ms=10, tokens_per_s=50, reply_tokens=300)
     async with farm_without_workers(tmp_path, sim) as (farm, broker):
         assert broker.restart is not None
@@ -190,7 +192,7 @@ async def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None
                 return await job_chunks(farm, reply["job_id"]) > 2
 
             await wait_until(streaming, what="the reply to stream")
-            await broker.restart()
+            await broker.restart(kill=kill)
             # Everyone reconnects; the worker's chunks published meanwhile wait in its
             # outbox, the coordinator's persistent session gets what the broker queued,
             # and a gap is replayed. The stored text is verified against the worker's

@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,32 @@ def _id(thread_id: str) -> str:
     return check_id(thread_id, "thread id")
 
 
+@dataclass(slots=True)
+class _Sent:
+    """The chunks of one job attempt a browser has: every seq up to ``floor``, and the
+    ones in ``above`` (chunks can arrive out of order: a replay fills a gap late)."""
+
+    attempt: int
+    floor: int = -1
+    above: set[int] = field(default_factory=set)
+
+    def has(self, seq: int) -> bool:
+        return seq <= self.floor or seq in self.above
+
+    def add(self, seq: int) -> None:
+        self.above.add(seq)
+        while self.floor + 1 in self.above:
+            self.floor += 1
+            self.above.discard(self.floor)
+
+    def raise_floor(self, seq: int) -> None:
+        self.floor = max(self.floor, seq)
+        self.above = {s for s in self.above if s > self.floor}
+        while self.floor + 1 in self.above:
+            self.floor += 1
+            self.above.discard(self.floor)
+
+
 class ThreadSocket:
     """One browser watching one thread: the snapshot, then live events, with no gap and
     no duplicate (chunks are filtered by sequence number per job attempt)."""
@@ -197,7 +224,7 @@ class ThreadSocket:
         self.coordinator = coordinator
         self.thread_id = thread_id
         self.session = session
-        self.sent: dict[str, tuple[int, int]] = {}  # job_id -> (attempt, last seq sent)
+        self.sent: dict[str, _Sent] = {}  # job_id -> the chunks of its attempt sent
 
     async def serve(self) -> None:
         sub = self.bridge.subscribe(self.thread_id)  # before the snapshot: nothing is missed
@@ -249,19 +276,22 @@ class ThreadSocket:
         if message.worker_id and message.attempt:
             self.bridge.learn_holder(message.job_id, message.worker_id, message.attempt)
         attempt = self.bridge.attempt_of(message.job_id)
-        sent_attempt, sent_seq = self.sent.get(message.job_id, (attempt, -1))
-        after = max(message.content_seq, sent_seq if sent_attempt == attempt else -1)
+        sent = self.sent.get(message.job_id)
+        if sent is None or sent.attempt != attempt:
+            sent = self.sent[message.job_id] = _Sent(attempt)
         if message.content_seq >= 0:
-            self.sent[message.job_id] = (attempt, after)
-        for event in self.bridge.chunks_after(message.job_id, attempt, after):
+            sent.raise_floor(message.content_seq)  # those are in the message's text
+        for event in self.bridge.chunks_after(message.job_id, attempt, sent.floor):
             await self._chunk(event)
 
     async def _chunk(self, event: dict[str, Any]) -> None:
         job_id, attempt, seq = event["job_id"], event["attempt"], event["seq"]
-        sent_attempt, sent_seq = self.sent.get(job_id, (attempt, -1))
-        if attempt < sent_attempt or (attempt == sent_attempt and seq <= sent_seq):
+        sent = self.sent.get(job_id)
+        if sent is None or attempt > sent.attempt:
+            sent = self.sent[job_id] = _Sent(attempt)
+        if attempt < sent.attempt or sent.has(seq):
             return
-        self.sent[job_id] = (attempt, seq)
+        sent.add(seq)
         await self._send(event)
 
     async def _send(self, event: dict[str, Any]) -> None:
