@@ -191,8 +191,10 @@ async def serve_session(
     subscriptions: list[tuple[str, int]],
     handle: Handler,
     outbox: Outbox | None = None,
+    on_subscribed: Callable[[], None] | None = None,
 ) -> None:
     """One connected session: subscribe, pump the outbox, hand each message to ``handle``.
+    ``on_subscribed`` is called once the subscriptions are in place.
 
     ``handle`` validates and acts; whatever it raises is logged and the message dropped:
     one bad message never ends the loop.
@@ -201,6 +203,8 @@ async def serve_session(
     try:
         for topic, qos in subscriptions:
             await client.subscribe(topic, qos=qos)
+        if on_subscribed is not None:
+            on_subscribed()
         async for message in client.messages:
             try:
                 await handle(message)

@@ -40,6 +40,7 @@ class Farm:
     workers: list[FleetWorker]
     broker: RunningBroker
     stop: asyncio.Event
+    webapp_settings: WebappSettings
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     @property
@@ -51,6 +52,19 @@ class Farm:
         client = httpx.AsyncClient(
             base_url=self.coordinator_url + "/api/v1/admin",
             headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        self.clients.append(client)
+        return client
+
+    def coordinator_client(self) -> httpx.AsyncClient:
+        """The coordinator's chat API, as the webapp calls it (for one session)."""
+        client = httpx.AsyncClient(
+            base_url=self.coordinator_url + "/api/v1/chat",
+            headers={
+                "Authorization": f"Bearer {self.webapp_settings.service_token.get_secret_value()}",
+                "X-Farm-Session": secrets.token_urlsafe(32),
+            },
             timeout=10,
         )
         self.clients.append(client)
@@ -116,7 +130,10 @@ async def running_farm(
     workers: int = 1,
     concurrency: int = 2,
     coordinator_settings: dict[str, Any] | None = None,
+    webapp: bool = True,
 ) -> AsyncIterator[Farm]:
+    """A whole farm in this process. With ``webapp=False`` the test runs the webapp
+    itself (``farm.webapp_settings`` says how), e.g. as a process it can kill."""
     stop = asyncio.Event()
     sim = (sim or SimSettings(ttft_ms=20, tokens_per_s=200)).model_copy(
         update={"host": "127.0.0.1", "port": free_port()}
@@ -149,18 +166,16 @@ async def running_farm(
         )
         fleet.append(FleetWorker(settings, drain_grace_s=1.0))
     web_port = free_port()
-    webapp = Webapp(
-        WebappSettings(
-            web_port=web_port,
-            coordinator_url=f"http://127.0.0.1:{coordinator.settings.http_port}",
-            service_token=token,
-            broker=accounts.get(acl.WEBAPP, broker.settings()),
-        )
+    webapp_settings = WebappSettings(
+        web_port=web_port,
+        coordinator_url=f"http://127.0.0.1:{coordinator.settings.http_port}",
+        service_token=token,
+        broker=accounts.get(acl.WEBAPP, broker.settings()),
     )
     services = {
         "simulator": serve_app(create_sim_app(sim), sim.host, sim.port, stop),
         "coordinator": coordinator.run(stop),
-        "webapp": webapp.run(stop),
+        **({"webapp": Webapp(webapp_settings).run(stop)} if webapp else {}),
         **{f"worker-{i}": w.run(stop) for i, w in enumerate(fleet)},
     }
     task = asyncio.create_task(run_services(services, stop))
@@ -171,13 +186,14 @@ async def running_farm(
         fleet,
         broker,
         stop,
+        webapp_settings,
     )
     try:
-        probe = farm.browser()
+        probe = farm.browser() if webapp else farm.coordinator_client()
 
         async def fleet_online() -> bool:
             try:
-                response = await probe.get("/api/models")
+                response = await probe.get("/api/models" if webapp else "/models")
             except httpx.HTTPError:
                 return False
             return response.status_code == 200 and response.json()["workers_online"] == workers

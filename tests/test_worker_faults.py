@@ -4,6 +4,7 @@ restart (SIGTERM or kill -9) mid-stream, and every simulator fault. Each ends wi
 job in a clear state."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from coordinator import reports
 from farm_protocol.http_serving import serve_app
@@ -22,7 +24,7 @@ from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
-from tests.farm import Farm, new_thread, running_farm, wait_until
+from tests.farm import Farm, new_thread, running_farm, wait_until, ws_url
 
 GRACE_S = 3.0  # the coordinator's worker grace period in these tests
 
@@ -192,14 +194,25 @@ async def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path, kill: b
                 return await job_chunks(farm, reply["job_id"]) > 2
 
             await wait_until(streaming, what="the reply to stream")
-            await broker.restart(kill=kill)
-            # Everyone reconnects; the worker's chunks published meanwhile wait in its
-            # outbox, the coordinator's persistent session gets what the broker queued,
-            # and a gap is replayed. The stored text is verified against the worker's
-            # checksum before the reply is "done".
-            final = await until_state(farm, browser, reply, "done", "failed", timeout_s=40)
-            assert final["state"] == "done", (final, (tmp_path / "worker.log").read_text()[-2000:])
-            assert len(final["content"].split()) >= 280
+            cookie = {"Cookie": f"farm_session={browser.cookies.get('farm_session')}"}
+            async with websockets.connect(
+                ws_url(farm, reply["thread_id"]), additional_headers=cookie
+            ) as watcher:
+                await broker.restart(kill=kill)
+                # Everyone reconnects; the worker's chunks published meanwhile wait in its
+                # outbox, the coordinator's persistent session gets what the broker
+                # queued, and a gap is replayed. The stored text is verified against the
+                # worker's checksum before the reply is "done".
+                final = await until_state(farm, browser, reply, "done", "failed", timeout_s=40)
+                log = (tmp_path / "worker.log").read_text()[-2000:]
+                assert final["state"] == "done", (final, log)
+                assert len(final["content"].split()) >= 280
+                # The webapp missed what was published while it was away: it asked the
+                # browser to start again from a fresh snapshot.
+                with contextlib.suppress(websockets.ConnectionClosedError):
+                    async for _ in watcher:  # until the webapp closes it
+                        pass
+                assert watcher.close_code == 4000
 
 
 async def test_the_worker_takes_no_jobs_while_ollama_is_down(tmp_path: Path) -> None:

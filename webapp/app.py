@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 COOKIE = "farm_session"
 RELOAD_CLOSE_CODE = 4000  # "you fell behind: reconnect and resync"
+BRIDGE_WAIT_S = 5.0  # how long a new websocket waits for the bridge's MQTT subscription
 
 
 def _error(status: int, message: str) -> Response:
@@ -227,6 +228,11 @@ class ThreadSocket:
         self.sent: dict[str, _Sent] = {}  # job_id -> the chunks of its attempt sent
 
     async def serve(self) -> None:
+        try:
+            await asyncio.wait_for(self.bridge.ready.wait(), timeout=BRIDGE_WAIT_S)
+        except TimeoutError:
+            await websocket.close(1013, "live updates are unavailable; retrying")
+            return
         sub = self.bridge.subscribe(self.thread_id)  # before the snapshot: nothing is missed
         try:
             snapshot = await self._snapshot()

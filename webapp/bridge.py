@@ -56,6 +56,10 @@ class Subscriber:
         self.queue: asyncio.Queue[Event] = asyncio.Queue(size)
         self.lagging = False
 
+    def resync(self) -> None:
+        """Have this browser start again from a fresh snapshot (it is closed with 4000)."""
+        self.lagging = True
+
     def offer(self, event: Event) -> None:
         if self.lagging:
             return
@@ -72,6 +76,28 @@ class Bridge:
         self._threads: dict[str, set[Subscriber]] = {}
         self._jobs: dict[str, JobStream] = {}
         self._next_evict = 0.0
+        # Set while subscribed. A browser's snapshot is taken only then: chunks published
+        # before the subscription would be in neither the snapshot nor the live stream.
+        self.ready = asyncio.Event()
+        self._sessions = 0
+
+    def connected(self) -> None:
+        """The MQTT subscriptions are in place."""
+        self._sessions += 1
+        self.ready.set()
+        if self._sessions > 1:
+            # Chunks published while we were away never reach us (a fresh session): every
+            # browser starts again from a snapshot, which the coordinator has kept whole.
+            log.info("bridge reconnected; resyncing %d browsers", self.browsers())
+            for subs in self._threads.values():
+                for sub in subs:
+                    sub.resync()
+
+    def disconnected(self) -> None:
+        self.ready.clear()
+
+    def browsers(self) -> int:
+        return sum(len(subs) for subs in self._threads.values())
 
     # --- browsers ------------------------------------------------------------------------
 

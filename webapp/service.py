@@ -34,7 +34,15 @@ class Webapp:
             return make_client(self.settings.broker, identifier=identifier)
 
         async def session(client: aiomqtt.Client) -> None:
-            await serve_session(client, subscriptions=SUBSCRIPTIONS, handle=self.bridge.handle)
+            try:
+                await serve_session(
+                    client,
+                    subscriptions=SUBSCRIPTIONS,
+                    handle=self.bridge.handle,
+                    on_subscribed=self.bridge.connected,
+                )
+            finally:
+                self.bridge.disconnected()
 
         await stay_connected(connect, session, name="webapp")
 

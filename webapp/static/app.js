@@ -147,6 +147,22 @@
     for (const seq of pending.keys()) if (seq <= message.content_seq) pending.delete(seq);
     message.state = "generating";
     changing(true, () => render(message));
+    if (pending.size) watchGap(event.job_id, message.content_seq);
+  }
+
+  // A chunk missing for a while (lost while this page's server reconnected to the
+  // broker): start again from a fresh snapshot, which the coordinator keeps whole.
+  function watchGap(jobId, stuckAt) {
+    if (app.gapTimer) return;
+    app.gapTimer = setTimeout(() => {
+      app.gapTimer = null;
+      const message = [...app.messages.values()].find((m) => m.job_id === jobId);
+      const pending = app.pending.get(jobId);
+      if (message && !isFinal(message.state) && pending && pending.size &&
+          message.content_seq === stuckAt && app.threadId) {
+        connect(app.threadId);
+      }
+    }, 3000);
   }
 
   // --- members and sharing ---------------------------------------------------------------
