@@ -32,4 +32,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .farm .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .farm .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -25,6 +25,7 @@ from farm_protocol import topics
 from farm_protocol.broker import Outbox
 from farm_protocol.chat import MessageView
 from farm_protocol.codec import encode
+from farm_protocol.http_serving import request_json
 from farm_protocol.ids import check_id
 from farm_protocol.payloads import Drain
 
@@ -74,7 +75,7 @@ def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
         return None
 
     async def body(model: type[BaseModel]) -> Any:
-        data = await request.get_json(force=True, silent=True)
+        data = await request_json(request)
         if data is None and not await request.get_data():
             data = {}
         if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from coordinator.http_json import error, install_error_handlers, json_response
 from coordinator.metrics import Metrics
 from coordinator.worker_store import WorkerStore
 from farm_protocol.chat import MessageView, SendMessageResponse
+from farm_protocol.http_serving import request_json
 
 _CACHE_S = 60.0
 _MAX_TURNS = 200
@@ -99,7 +100,7 @@ def create_api_blueprint(ctx: ApiContext) -> Blueprint:
 
     @bp.post("/keys/check")
     async def check() -> Response:
-        req = KeyCheck.model_validate(await request.get_json(force=True, silent=True) or {})
+        req = KeyCheck.model_validate(await request_json(request) or {})
         info = await checked(req.api_key)
         return Response(f'{{"key_id": "{info.id}"}}', content_type="application/json")
 
@@ -109,7 +110,7 @@ def create_api_blueprint(ctx: ApiContext) -> Blueprint:
 
     @bp.post("/completions")
     async def completions() -> Response:
-        data = await request.get_json(force=True, silent=True)
+        data = await request_json(request)
         if not isinstance(data, dict):
             raise ValueError("the request body must be a JSON object")
         req = CompletionRequest.model_validate(data)

@@ -34,6 +34,7 @@ from farm_protocol.chat import (
     SendMessageResponse,
     UserView,
 )
+from farm_protocol.http_serving import request_json
 from farm_protocol.ids import check_id
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         return found.user_id if found else None
 
     async def body(model: type[BaseModel]) -> Any:
-        data = await request.get_json(force=True, silent=True)
+        data = await request_json(request)
         if not isinstance(data, dict):
             raise ValueError("the request body must be a JSON object")
         return model.model_validate(data)

@@ -5,19 +5,14 @@ and the farm page."""
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from llama_farm.ports import free_port
+from tests.dev_farm import dev_process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -37,55 +32,14 @@ CHROME_ARGS = [
 
 @pytest.fixture
 def dev_farm(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = dict(
-        os.environ,
-        FARM_SIM_TOKENS_PER_S="15",
-        FARM_SIM_REPLY_TOKENS="40",
-        FARM_SIM_TTFT_MS="100",
-        FARM_RATE_SEND_PER_MINUTE="600",  # the long-thread journey sends 11 at once
-    )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_farm.cli",
-            "dev",
-            "--port",
-            str(port),
-            "--llm",
-            "sim",
-            "--data-dir",
-            str(tmp_path / "farm"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "api/models", timeout=1).json().get("workers_online") == 1:
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "llama-farm dev did not come up"
-            time.sleep(0.1)
+    env = {
+        "FARM_SIM_TOKENS_PER_S": "15",
+        "FARM_SIM_REPLY_TOKENS": "40",
+        "FARM_SIM_TTFT_MS": "100",
+        "FARM_RATE_SEND_PER_MINUTE": "600",  # the long-thread journey sends 11 at once
+    }
+    with dev_process(tmp_path, env) as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=20)[0]
-        assert process.returncode == 0, output
-        assert "Traceback" not in output, output
-        # the worker starts once the in-process simulator listens: no false alarm at start
-        assert "worker unavailable" not in output, output
-        assert "Chat:" in output
-        assert url in output
 
 
 @contextmanager

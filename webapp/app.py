@@ -12,10 +12,11 @@ from quart import Quart, Response, g, request, send_from_directory, websocket
 
 from farm_protocol.chat import MessageView, ThreadSnapshot
 from farm_protocol.errors import TopicError
+from farm_protocol.http_serving import request_json
 from farm_protocol.ids import check_id
 from webapp.bridge import Bridge, Subscriber
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
-from webapp.openai_api import create_openai_blueprint
+from webapp.openai_api import create_openai_blueprint, openai_error
 from webapp.settings import WebappSettings
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,12 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     async def farm() -> Response:
         return await forward("GET", "/farm")
 
+    static_files = {path.name for path in STATIC.iterdir() if path.is_file()}
+
     @app.get("/static/<path:name>")
     async def static_file(name: str) -> Response:
+        if name not in static_files:  # no file system look-up for whatever is asked
+            return _error(404, "no such file")
         return await send_from_directory(STATIC, name)
 
     @app.get("/healthz")
@@ -105,7 +110,7 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
         return response
 
     async def json_body() -> Any:
-        data = await request.get_json(force=True, silent=True)
+        data = await request_json(request)
         return data if isinstance(data, dict) else {}
 
     @app.get("/api/me")
@@ -157,9 +162,23 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     async def _bad_id(exc: TopicError) -> Response:
         return _error(404, str(exc))
 
+    def api_error(status: int, message: str, code: str | None = None) -> Response:
+        """JSON errors for the APIs (OpenAI's shape under /v1), whatever went wrong."""
+        if request.path.startswith("/v1/"):
+            return openai_error(status, message, code=code)
+        return _error(status, message)
+
     @app.errorhandler(413)
     async def _too_large(_: Exception) -> Response:
-        return _error(413, f"request larger than {settings.max_request_bytes} bytes")
+        return api_error(413, f"request larger than {settings.max_request_bytes} bytes")
+
+    @app.errorhandler(404)
+    async def _no_route(_: Exception) -> Response:
+        return api_error(404, f"nothing at {request.path[:200]}", code="unknown_url")
+
+    @app.errorhandler(405)
+    async def _wrong_method(_: Exception) -> Response:
+        return api_error(405, f"{request.method} is not allowed on {request.path[:200]}")
 
     app.register_blueprint(create_openai_blueprint(bridge, coordinator))
 

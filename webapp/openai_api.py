@@ -17,6 +17,7 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from farm_protocol.chat import MessageState
+from farm_protocol.http_serving import request_json
 from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 
@@ -25,6 +26,7 @@ _ERROR_KINDS = {
     400: ("invalid_request_error", None),
     401: ("authentication_error", "invalid_api_key"),
     404: ("invalid_request_error", "model_not_found"),
+    405: ("invalid_request_error", None),
     409: ("invalid_request_error", None),
     413: ("invalid_request_error", None),
     429: ("rate_limit_error", "rate_limit_exceeded"),
@@ -33,8 +35,11 @@ _ERROR_KINDS = {
 }
 
 
-def openai_error(status: int, message: str, retry_after: str | None = None) -> Response:
-    kind, code = _ERROR_KINDS.get(status, ("server_error", None))
+def openai_error(
+    status: int, message: str, retry_after: str | None = None, code: str | None = None
+) -> Response:
+    kind, usual_code = _ERROR_KINDS.get(status, ("server_error", None))
+    code = code or usual_code
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     response = Response(json.dumps(body), status=status, content_type="application/json")
     if retry_after:
@@ -110,7 +115,7 @@ def create_openai_blueprint(bridge: Bridge, coordinator: CoordinatorClient) -> B
 
     @bp.post("/chat/completions")
     async def completions() -> Response:
-        body = await request.get_json(force=True, silent=True)
+        body = await request_json(request)
         if not isinstance(body, dict):
             return openai_error(400, "the request body must be a JSON object")
         messages = body.get("messages")

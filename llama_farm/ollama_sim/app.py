@@ -10,6 +10,7 @@ from typing import Any
 
 from quart import Quart, Response, request
 
+from farm_protocol.http_serving import request_json
 from farm_protocol.models import normalize_model
 from llama_farm.ollama_sim.replies import lorem_tokens, parse_directives, tokenize
 from llama_farm.ollama_sim.settings import SimSettings
@@ -333,5 +334,5 @@ def _line(item: dict[str, Any]) -> bytes:
 
 
 async def _body() -> dict[str, Any]:
-    data = await request.get_json(force=True, silent=True)
+    data = await request_json(request)
     return data if isinstance(data, dict) else {}
