@@ -79,7 +79,8 @@ class JobRunner:
             _pump(self.backend.stream(job), tokens), name=f"llm-{job.job_id}"
         )
         try:
-            first = True
+            first = True  # no token yet (the first-token timeout applies)
+            started = False  # no text sent yet
             while True:
                 limit = (
                     self.settings.first_token_timeout_s if first else self.settings.token_timeout_s
@@ -100,7 +101,12 @@ class JobRunner:
                     raise item
                 assert isinstance(item, str)
                 first = False
-                await emitter.chunk(coalescer.add(item))
+                chunk = coalescer.add(item)
+                if not started and item:
+                    # The first token goes out at once: it is what the user waits for.
+                    started = True
+                    chunk = chunk or coalescer.take()
+                await emitter.chunk(chunk)
             await emitter.chunk(coalescer.take())
             await emitter.done()
         finally:

@@ -28,6 +28,20 @@ async def test_message_streams_to_the_browser_and_is_stored(
         assert stored["content_seq"] == len(streamed.chunks) - 1
 
 
+async def test_the_first_token_is_sent_at_once(tmp_path: Path, broker: RunningBroker) -> None:
+    """What a user waits for is the first sign of life: the worker sends the first token
+    alone, without the 50 ms its later chunks may wait for company."""
+    sim = SimSettings(ttft_ms=10, tokens_per_s=2000, reply_tokens=200)
+    async with running_farm(tmp_path, broker, sim=sim) as farm:
+        browser = farm.browser()
+        thread_id = await new_thread(browser)
+        streamed = await send_and_stream(farm, browser, thread_id, "quick")
+        assert streamed.final["state"] == "done"
+        first_word = streamed.final["content"].split()[0]
+        assert streamed.chunks[0].split() == [first_word]  # the simulator's first token
+        assert len(streamed.chunks[1].split()) > 1  # later ones coalesce
+
+
 async def test_concurrent_streams_never_cross(tmp_path: Path, broker: RunningBroker) -> None:
     """In echo mode each reply repeats its own prompt: any crossed chunk would show."""
     sim = SimSettings(reply="echo", ttft_ms=10, tokens_per_s=150)
