@@ -86,14 +86,22 @@ class ChatStore:
     def find_user(self, token: str) -> UserView | None:
         """The user behind a browser session token, or None for a session never seen."""
         token_hash = hash_session_token(token)
-        session = BrowserSession.get_or_none(BrowserSession.token_hash == token_hash)
-        if session is None:
+        row = (
+            BrowserSession.select(BrowserSession.last_seen, User.id, User.name)
+            .join(User)
+            .where(BrowserSession.token_hash == token_hash)
+            .tuples()
+            .first()
+        )
+        if row is None:
             return None
-        BrowserSession.update(last_seen=now()).where(
-            BrowserSession.token_hash == token_hash
-        ).execute()
-        user = session.user
-        return UserView(user_id=user.id, name=user.name)
+        last_seen, user_id, name = row
+        stamp = now()
+        if last_seen < stamp - 60:  # a write per minute, not per request
+            BrowserSession.update(last_seen=stamp).where(
+                BrowserSession.token_hash == token_hash
+            ).execute()
+        return UserView(user_id=user_id, name=name)
 
     def session_user(self, token: str) -> UserView:
         """The user behind a browser session token, created on first use."""

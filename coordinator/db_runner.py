@@ -1,7 +1,10 @@
 """Runs the synchronous stores off the event loop, on one dedicated thread.
 
 One thread serialises this process's writes, which is what SQLite wants, and keeps calls
-in submission order (a text flush submitted before a finish is written before it).
+in submission order (a text flush submitted before a finish is written before it). The
+thread keeps one connection open (opening one per call cost a file open and the pragmas
+on SQLite, a TCP connection and a login on PostgreSQL); a connection error drops it, and
+the next call connects again.
 """
 
 import asyncio
@@ -31,14 +34,23 @@ class DbRunner:
 
     def _guarded(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            with self.db.connection_context():
-                return fn(*args, **kwargs)
+            if self.db.is_closed():
+                self.db.connect()
+            return fn(*args, **kwargs)
         except CoordinatorError:
             raise
         except pw.PeeweeException as exc:
+            if isinstance(exc, pw.OperationalError | pw.InterfaceError):
+                self._disconnect()  # a lost server: connect afresh next time
             raise StoreError(f"database error in {getattr(fn, '__name__', fn)}: {exc}") from exc
 
+    def _disconnect(self) -> None:
+        try:
+            if not self.db.is_closed():
+                self.db.close()
+        except pw.PeeweeException:
+            pass
+
     def close(self) -> None:
+        self._executor.submit(self._disconnect).result()  # the connection is that thread's
         self._executor.shutdown(wait=True)
-        if not self.db.is_closed():
-            self.db.close()

@@ -54,6 +54,7 @@ class WorkerStore:
         self.db = db
         self.grace_s = grace_s
         self.key_secret = key_secret
+        self._offer_cache: tuple[float, list[str], FleetModels] | None = None
 
     def _issue(self, worker_id: str) -> tuple[str, str]:
         """A new key for ``worker_id`` and the nonce it was derived from ("" if random)."""
@@ -258,7 +259,13 @@ class WorkerStore:
     def offered_model(self, requested: str | None, preferred: list[str]) -> str | None:
         """The model a request gets: the farm's default when none is asked for, else the
         requested one if the fleet (or the preferred list) offers it; None if it is not."""
-        fleet = self.fleet_models(preferred)
+        stamp = time.monotonic()
+        cached = self._offer_cache
+        if cached is not None and cached[0] > stamp - 1.0 and cached[1] == preferred:
+            fleet = cached[2]
+        else:  # every message asks: the fleet is looked at most once a second
+            fleet = self.fleet_models(preferred)
+            self._offer_cache = (stamp, list(preferred), fleet)
         if requested is None:
             return fleet.default_model or display_model(normalize_model(preferred[0]))
         known = {normalize_model(m) for m in [*fleet.models, *preferred]}
