@@ -6,8 +6,9 @@ Fine for one machine in development; production uses Mosquitto (see ``mosquitto/
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from amqtt.broker import Broker
 
@@ -42,11 +43,26 @@ def broker_config(
     return {"listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}}, "plugins": plugins}
 
 
+class _SnapshotDict(dict[Any, Any]):
+    """amqtt 0.12.1 iterates its subscription table across ``await``s (sending retained
+    messages to a new session, broadcasting) while other clients' subscriptions change
+    it: "RuntimeError: dictionary changed size during iteration" kills that client's
+    session (seen as a worker that never comes online, about one test run in ten).
+    Iterating a snapshot is what that code means."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(dict.keys(self)))
+
+    def items(self) -> Any:
+        return list(dict.items(self))
+
+
 @contextlib.asynccontextmanager
 async def embedded_broker(
     port: int, host: str = "127.0.0.1", auth: FarmAuth | None = None
 ) -> AsyncIterator[Broker]:
     broker = Broker(broker_config(port, host, auth))
+    broker._subscriptions = _SnapshotDict()
     await broker.start()
     log.info("embedded amqtt broker listening on mqtt://%s:%d", host, port)
     try:
