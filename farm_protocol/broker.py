@@ -8,6 +8,7 @@ credentials are final: they stop the loop with :class:`BrokerAuthError`.
 import asyncio
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,6 +77,10 @@ def make_client(
         tls_context=tls_context,
         max_queued_incoming_messages=max_queued_incoming,
         timeout=10,
+        # No Nagle: a small publish right behind another (an "accepted", then the first
+        # chunk) would otherwise wait for the first one's TCP ACK, up to the peer's 40 ms
+        # delayed-ACK timer. Measured: 48 ms from assignment to "accepted", now 7 ms.
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
 
 
