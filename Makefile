@@ -28,6 +28,8 @@ check: $(STAMP)
 test: check
 	$(BIN)/pytest
 
+## Every benchmark; rewrites the tables in docs/PERFORMANCE.md (set FARM_TEST_POSTGRES_URL
+## for the PostgreSQL figures)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 

@@ -80,13 +80,16 @@ def run(jobs: int = 2000, workers: int = 10) -> list[tuple[str, float]]:
     return results
 
 
-def main() -> None:
+def main() -> str:
     jobs, workers = 2000, 10
     print(f"dispatch: {jobs} queued jobs, {workers} online workers, claim + assignment per job")
     results = run(jobs, workers)
     base = results[0][1]
+    lines = ["| database | jobs/s | vs SQLite |", "|---|---|---|"]
     for name, rate in results:
         print(f"  {name:<14} {rate:8.0f} jobs/s   ({rate / base:.2f}x SQLite)")
+        lines.append(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

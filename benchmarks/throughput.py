@@ -1,0 +1,116 @@
+"""Throughput: completed short jobs per second with 1, 10 and 100 workers (4 slots each,
+the simulator answering 5 tokens at once), on Mosquitto, the farm one process per service
+(benchmarks/farm_processes.py). Clients are non-streaming OpenAI-API requests through the
+webapp, twice as many at once as there are slots (capped at 400), so the farm is
+saturated. Also where the CPU goes at saturation: each process's share over the run, and
+the coordinator's hottest functions (cProfile of its event-loop thread, 100 workers)."""
+
+import asyncio
+import io
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.farm_processes import ProcessFarm, cpu_seconds, process_farm
+
+SIM = {"FARM_SIM_TTFT_MS": "0", "FARM_SIM_TOKENS_PER_S": "0", "FARM_SIM_REPLY_TOKENS": "5"}
+SLOTS = 4
+WARM_S = 3.0
+RUN_S = 15.0
+
+
+async def load(farm: ProcessFarm, clients: int, seconds: float) -> tuple[int, int]:
+    """(completed, refused or failed) over ``seconds`` with ``clients`` at once."""
+    done = failed = 0
+    stop_at = time.perf_counter() + seconds
+    body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": f"Bearer {farm.api_key}"}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=farm.web_url, timeout=60, limits=limits) as http:
+
+        async def client() -> None:
+            nonlocal done, failed
+            while time.perf_counter() < stop_at:
+                try:
+                    response = await http.post("/v1/chat/completions", json=body, headers=headers)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:  # a dropped connection counts as a failure
+                    ok = False
+                if ok:
+                    done += 1
+                else:
+                    failed += 1
+                    await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return done, failed
+
+
+async def measure(workers: int, profile: Path | None) -> dict[str, object]:
+    clients = min(400, 2 * workers * SLOTS)
+    async with process_farm(
+        "mosquitto",
+        workers=workers,
+        concurrency=SLOTS,
+        sim=SIM,
+        profile_coordinator=profile,
+    ) as farm:
+        await load(farm, clients, WARM_S)
+        pids = {name: farm.pid(name) for name in farm.processes}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        client_before = time.process_time()
+        start = time.perf_counter()
+        done, failed = await load(farm, clients, RUN_S)
+        wall = time.perf_counter() - start
+        cpu = {name: (cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
+        cpu["load generator"] = (time.process_time() - client_before) / wall
+    return {
+        "workers": workers,
+        "clients": clients,
+        "rate": done / wall,
+        "failed": failed,
+        "cpu": cpu,
+    }
+
+
+def hottest(profile: Path, limit: int = 12) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(str(profile), stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+    return "\n".join(lines[start : start + limit + 1])
+
+
+def main() -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = Path(tmp) / "coordinator.prof"
+        results = [asyncio.run(measure(n, profile if n == 100 else None)) for n in (1, 10, 100)]
+        hot = hottest(profile) if profile.exists() else "(no profile)"
+    lines = [
+        "| workers (4 slots each) | clients at once | completed jobs/s | refused or failed "
+        "| CPU: coordinator | webapp | fleet | simulator | load generator |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cpu = r["cpu"]
+        assert isinstance(cpu, dict)
+        lines.append(
+            f"| {r['workers']} | {r['clients']} | {r['rate']:.0f} | {r['failed']} "
+            f"| {cpu['coordinator']:.0%} | {cpu['webapp']:.0%} | {cpu['fleet']:.0%} "
+            f"| {cpu['sim']:.0%} | {cpu['load generator']:.0%} |"
+        )
+    table = "\n".join(lines)
+    print(f"\nThroughput: short jobs (5 tokens, no delay), {RUN_S:.0f} s per row, Mosquitto")
+    print(table)
+    print("\nCoordinator's event-loop thread at saturation (100 workers), by own time:")
+    print(hot)
+    return table + "\n\n```\n" + hot + "\n```"
+
+
+if __name__ == "__main__":
+    main()
