@@ -3,11 +3,12 @@ for the webapp), the admin API,
 ``/metrics`` for Prometheus and ``/healthz``."""
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from quart import Quart, Response
+from quart import Quart, Response, request
 
 from coordinator.admin_api import AdminContext, create_admin_blueprint
 from coordinator.api_clients import ApiContext, create_api_blueprint
 from coordinator.chat_api import ChatContext, create_chat_blueprint
+from coordinator.http_json import error
 
 
 def create_app(chat: ChatContext, admin: AdminContext, api: ApiContext) -> Quart:
@@ -15,6 +16,14 @@ def create_app(chat: ChatContext, admin: AdminContext, api: ApiContext) -> Quart
     app.register_blueprint(create_chat_blueprint(chat))
     app.register_blueprint(create_admin_blueprint(admin))
     app.register_blueprint(create_api_blueprint(api))
+
+    @app.errorhandler(404)
+    async def _no_route(_: Exception) -> Response:
+        return error(404, f"nothing at {request.path[:200]}")
+
+    @app.errorhandler(405)
+    async def _wrong_method(_: Exception) -> Response:
+        return error(405, f"{request.method} is not allowed on {request.path[:200]}")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

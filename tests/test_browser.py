@@ -237,7 +237,8 @@ def test_a_shared_thread_is_watched_and_joined_from_a_second_browser(dev_farm: s
             "() => document.getElementById('members').innerText.startsWith('2 members: ')"
         )
         assert bob.locator("#leave").is_visible()
-        assert bob.locator("#threads a").count() == 1  # the thread is in his list now
+        # the thread is in his list now (the list reloads after the join)
+        bob.wait_for_function("() => document.querySelectorAll('#threads a').length === 1")
 
         # Bob writes; Alice sees his message and watches the reply stream in.
         bob.fill("#input", "[[sim:tokens=60]] [[sim:tps=30]] and one for me")

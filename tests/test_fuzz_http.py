@@ -17,28 +17,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.dev_farm import dev_process
+from tests.fuzzing import FUZZ, json_values
 
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=40),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+JSON = json_values(allow_nan=False)
 
 
 class Farm:
@@ -127,7 +112,7 @@ def bodies() -> st.SearchStrategy[bytes | None]:
         body = dict(draw(valid))
         key = draw(st.sampled_from(sorted(body)))
         if draw(st.booleans()):
-            body[key] = draw(json_values)
+            body[key] = draw(JSON)
         else:
             del body[key]
         return json.dumps(body).encode()
@@ -136,7 +121,7 @@ def bodies() -> st.SearchStrategy[bytes | None]:
         st.none(),
         st.binary(max_size=200),
         st.just(b'{"text": "\xff\xfe\xfa"}'),
-        json_values.map(lambda v: json.dumps(v).encode()),
+        JSON.map(lambda v: json.dumps(v).encode()),
         valid.map(lambda v: json.dumps(v).encode()),
         broken(),
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
@@ -28,27 +28,12 @@ from farm_protocol.chat import MessageState
 from farm_protocol.codec import JOB_EVENT, decode
 from fleet_worker.service import FleetWorker
 from fleet_worker.settings import WorkerSettings
+from tests.fuzzing import FUZZ, json_values
 from tests.stores import add_worker
 from webapp.bridge import Bridge
 
-FUZZ = settings(
-    max_examples=250,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+JSON = json_values(allow_nan=True)
 EVIL = "EVIL"  # the text of every chunk a non-holder sends
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=40),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 
 
 def valid_payloads(job_id: str, worker_id: str, thread_id: str) -> list[dict[str, Any]]:
@@ -116,14 +101,14 @@ def payloads(draw: st.DrawFn, job_id: str, worker_id: str, thread_id: str) -> by
     if choice == 0:
         return draw(st.binary(max_size=300))
     if choice == 1:
-        return json.dumps(draw(json_values)).encode()
+        return json.dumps(draw(JSON)).encode()
     base = dict(draw(st.sampled_from(valid_payloads(job_id, worker_id, thread_id))))
     if choice == 3 and base:
         base.pop(draw(st.sampled_from(sorted(base))))
     elif choice == 4:
-        base[draw(st.sampled_from(sorted(base)))] = draw(json_values)
+        base[draw(st.sampled_from(sorted(base)))] = draw(JSON)
     elif choice == 5:
-        base[draw(st.text(max_size=8))] = draw(json_values)
+        base[draw(st.text(max_size=8))] = draw(JSON)
     if base.get("kind") == "chunk" and worker_id != "w1":
         base["text"] = EVIL
     return json.dumps(base).encode()

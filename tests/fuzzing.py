@@ -1,0 +1,28 @@
+"""What the property-based fuzz tests share: their hypothesis settings and a strategy for
+arbitrary JSON values."""
+
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def json_values(allow_nan: bool = False) -> st.SearchStrategy[Any]:
+    """Any JSON value, nested a little (NaN and infinities only when asked for)."""
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**70), max_value=2**70)
+        | st.floats(allow_nan=allow_nan, allow_infinity=allow_nan)
+        | st.text(max_size=40),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
