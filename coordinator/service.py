@@ -193,6 +193,7 @@ class Coordinator:
                 stop,
             )
         finally:
+            await self.inbound.close()
             await self.streams.flush()
             self.runner.close()
             log.info("coordinator stopped")

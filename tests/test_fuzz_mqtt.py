@@ -199,7 +199,7 @@ def test_the_coordinators_handlers_survive_anything(
         job_id, thread_id = loop.run_until_complete(coordinator.runner.call(held_job, coordinator))
         batch = data.draw(st.lists(inbound(job_id, thread_id), min_size=1, max_size=6))
         for topic, payload in batch:
-            loop.run_until_complete(coordinator.inbound.handle(mqtt(topic, payload)))
+            loop.run_until_complete(coordinator.inbound.process(mqtt(topic, payload)))
         loop.run_until_complete(settle(coordinator))
 
         def check() -> None:
