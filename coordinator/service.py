@@ -185,6 +185,7 @@ class Coordinator:
                     "dispatcher": self.dispatcher.run(),
                     "flusher": self.streams.run_flusher(),
                     "janitor": self.janitor.run(s.sweep_interval_s),
+                    "heartbeats": self.inbound.record_heartbeats(),
                     "broker accounts": self.provisioner.reconcile_forever(
                         self.runner, self.workers
                     ),

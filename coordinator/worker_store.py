@@ -204,16 +204,27 @@ class WorkerStore:
         return bool(changed == 1)
 
     def record_heartbeat(self, beat: Heartbeat) -> bool:
-        changed = (
-            Worker.update(last_seen=time.time())
-            .where(
-                (Worker.id == beat.worker_id)
-                & Worker.revoked_at.is_null()
-                & (Worker.session_id == beat.session_id)
-            )
-            .execute()
-        )
-        return bool(changed == 1)
+        """A sign of life, if it comes from the worker's current session."""
+        return bool(self.record_heartbeats([beat]))
+
+    def record_heartbeats(self, beats: list[Heartbeat]) -> list[Heartbeat]:
+        """Several signs of life in one transaction; those from a current session."""
+        stamp = time.time()
+        fresh = []
+        with self.db.atomic():
+            for beat in beats:
+                changed = (
+                    Worker.update(last_seen=stamp)
+                    .where(
+                        (Worker.id == beat.worker_id)
+                        & Worker.revoked_at.is_null()
+                        & (Worker.session_id == beat.session_id)
+                    )
+                    .execute()
+                )
+                if changed == 1:
+                    fresh.append(beat)
+        return fresh
 
     def online(self) -> list[WorkerLoad]:
         """Workers that may get a job now: online, fresh, not revoked, not quarantined."""

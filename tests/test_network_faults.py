@@ -49,7 +49,7 @@ async def test_a_short_network_cut_loses_nothing(tmp_path: Path) -> None:
 async def test_a_long_network_cut_fails_the_reply_then_the_worker_comes_back(
     tmp_path: Path,
 ) -> None:
-    sim = SimSettings(ttft_ms=10, tokens_per_s=30, reply_tokens=600)
+    sim = SimSettings(ttft_ms=10, tokens_per_s=30, reply_tokens=30)
     async with (
         farm_without_workers(tmp_path, sim) as (farm, broker),
         tcp_proxy(broker.port) as proxy,
@@ -57,7 +57,8 @@ async def test_a_long_network_cut_fails_the_reply_then_the_worker_comes_back(
         browser = farm.browser()
         url = f"mqtt://127.0.0.1:{proxy.port}"
         async with worker_process(farm, broker, tmp_path, broker_url=url, extra_env=KEEPALIVE):
-            reply = await send(farm, browser, "through a long cut")
+            # 60 s of text: the worker is still generating it when it comes back
+            reply = await send(farm, browser, "[[sim:tokens=1800]] through a long cut")
 
             async def streaming() -> bool:
                 return await job_chunks(farm, reply["job_id"]) > 2
