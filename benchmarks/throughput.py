@@ -8,13 +8,14 @@ the coordinator's hottest functions (cProfile of its event-loop thread, 100 work
 import asyncio
 import io
 import pstats
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.farm_processes import ProcessFarm, cpu_seconds, process_farm
+from benchmarks.farm_processes import REPO, ProcessFarm, cpu_seconds, process_farm
 
 SIM = {"FARM_SIM_TTFT_MS": "0", "FARM_SIM_TOKENS_PER_S": "0", "FARM_SIM_REPLY_TOKENS": "5"}
 SLOTS = 4
@@ -83,7 +84,16 @@ def hottest(profile: Path, limit: int = 12) -> str:
     stats.sort_stats("tottime").print_stats(limit)
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
-    return "\n".join(lines[start : start + limit + 1])
+    return "\n".join(short_paths(line) for line in lines[start : start + limit + 1])
+
+
+_PREFIX = re.compile(r"\S*/(?:site-packages|lib/python3\.\d+)/|" + re.escape(str(REPO)) + "/")
+
+
+def short_paths(line: str) -> str:
+    """A profile line without this machine's directories: ``asyncio/events.py``,
+    ``paho/mqtt/client.py``, ``coordinator/...``."""
+    return _PREFIX.sub("", line)
 
 
 def main() -> str:
