@@ -1,6 +1,7 @@
 """The chat HTTP API the webapp calls (bearer service token; the acting browser session
 in ``X-Farm-Session``). Bad input gets a 4xx with a clear message, never a 500."""
 
+import contextlib
 import functools
 import hmac
 import logging
@@ -19,7 +20,6 @@ from coordinator.db_runner import DbRunner
 from coordinator.errors import (
     Busy,
     Conflict,
-    CoordinatorError,
     NotFound,
 )
 from coordinator.http_json import error, install_error_handlers, json_response
@@ -99,15 +99,13 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
     async def admitted(who: str, model: str, queue_it: Callable[[], T]) -> T:
         """Queue a request within the user's rate limit, unless the farm is shedding load
         for ``model``. A request refused for any other reason gives its token back."""
-        ctx.limits.take("send", who)
-        try:
-            ctx.admission.check(model)
-            return await ctx.runner.call(queue_it)
-        except CoordinatorError as refused:
-            ctx.limits.give_back("send", who)
-            if isinstance(refused, Busy):
+        with ctx.limits.spend("send", who):
+            try:
+                ctx.admission.check(model)
+                return await ctx.runner.call(queue_it)
+            except Busy as refused:
                 ctx.metrics.shed.labels(refused.reason).inc()
-            raise
+                raise
 
     @bp.get("/me")
     async def me() -> Response:
@@ -175,12 +173,8 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         me = await user()
         if await ctx.runner.call(ctx.chat.is_member, tid, me.user_id):
             return json_response(await ctx.runner.call(ctx.chat.members, tid))
-        ctx.limits.take("join", me.user_id)
-        try:
+        with ctx.limits.spend("join", me.user_id):
             members = await ctx.runner.call(ctx.chat.join, tid, me.user_id)
-        except CoordinatorError:
-            ctx.limits.give_back("join", me.user_id)
-            raise
         await ctx.publish_members(tid, members)
         return json_response(members)
 
@@ -199,9 +193,8 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
         tid = check_id(thread_id, "thread id")
         model = await _choose_model(ctx, req.model)
         joining = not await ctx.runner.call(ctx.chat.is_member, tid, me.user_id)
-        if joining:  # sending to a shared thread joins it
-            ctx.limits.take("join", me.user_id)
-        try:
+        # sending to a shared thread joins it, within the joining allowance
+        with ctx.limits.spend("join", me.user_id) if joining else contextlib.nullcontext():
             new = await admitted(
                 me.user_id,
                 model,
@@ -214,10 +207,6 @@ def create_chat_blueprint(ctx: ChatContext) -> Blueprint:
                     max_queued=ctx.max_queued,
                 ),
             )
-        except CoordinatorError:
-            if joining:
-                ctx.limits.give_back("join", me.user_id)
-            raise
         if new.joined:
             await ctx.publish_members(tid, await ctx.runner.call(ctx.chat.members, tid))
         await ctx.publish_message(new.user_message)

@@ -8,10 +8,11 @@ database each keeps its own, so a user's real allowance is that many times large
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from coordinator.errors import RateLimited
+from coordinator.errors import CoordinatorError, RateLimited
 from coordinator.settings import CoordinatorSettings
 
 
@@ -42,6 +43,17 @@ class RateLimits:
         self._buckets[(action, who)] = (tokens - 1.0, now)
         if len(self._buckets) > 100_000:  # forget idle users rather than grow forever
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 600}
+
+    @contextmanager
+    def spend(self, action: str, who: str) -> Iterator[None]:
+        """Take a token for what the block does; give it back if the block is refused for
+        another reason (a :class:`CoordinatorError`: full thread, reply still running)."""
+        self.take(action, who)
+        try:
+            yield
+        except CoordinatorError:
+            self.give_back(action, who)
+            raise
 
     def give_back(self, action: str, who: str) -> None:
         """Return a token: the action it was taken for was refused for another reason."""
