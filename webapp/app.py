@@ -221,13 +221,14 @@ class _Sent:
 
     def add(self, seq: int) -> None:
         self.above.add(seq)
-        while self.floor + 1 in self.above:
-            self.floor += 1
-            self.above.discard(self.floor)
+        self._close_gaps()
 
     def raise_floor(self, seq: int) -> None:
         self.floor = max(self.floor, seq)
         self.above = {s for s in self.above if s > self.floor}
+        self._close_gaps()
+
+    def _close_gaps(self) -> None:
         while self.floor + 1 in self.above:
             self.floor += 1
             self.above.discard(self.floor)
