@@ -46,7 +46,10 @@ def valid_payloads(job_id: str, worker_id: str, thread_id: str) -> list[dict[str
         "content": "hello",
         "state": "generating",
         "job_id": job_id,
-        "worker_id": worker_id,
+        # The coordinator's word on who holds the job (only it may publish thread events):
+        # always the holder, w1. Naming another would hand the job over, rightly letting
+        # that worker's chunks through (a flaky failure when one example named w2).
+        "worker_id": "w1",
         "attempt": 1,
         "created_at": now,
     }
