@@ -58,8 +58,10 @@ class Dispatcher:
     once a second as a safety net for changes made by another coordinator process.
 
     After each round it tells the admission control how old each model's queue head is,
-    and publishes the new queue position of every reply (of the first
-    ``POSITIONS_PUBLISHED``) whose place changed."""
+    and, at most every ``positions_every_s``, publishes the new queue position of every
+    reply (of the first ``POSITIONS_PUBLISHED``) whose place changed. (At saturation every
+    job leaving the queue moves all the others up: publishing each move cost a hundred
+    messages per dispatched job, more than the job's own.)"""
 
     POSITIONS_PUBLISHED = 100
 
@@ -71,6 +73,7 @@ class Dispatcher:
         outbox: Outbox,
         admission: Admission | None = None,
         publish_message: Callable[[MessageView], Awaitable[None]] | None = None,
+        positions_every_s: float = 1.0,
     ) -> None:
         self.runner = runner
         self.jobs = jobs
@@ -80,6 +83,8 @@ class Dispatcher:
         self.publish_message = publish_message
         self._wake = asyncio.Event()
         self._positions: dict[str, int] = {}
+        self.positions_every_s = positions_every_s
+        self._positions_at = -float("inf")  # time.monotonic() of the last publication
         self.on_assigned: Callable[[float], None] = lambda waited_s: None
 
     def kick(self) -> None:
@@ -129,13 +134,15 @@ class Dispatcher:
         for job in queued:
             if job.id in taken:
                 self.on_assigned(stamp - job.created_at)
-        now_at = positions(left[: self.POSITIONS_PUBLISHED])
-        changed = {j: p for j, p in now_at.items() if self._positions.get(j) != p}
-        self._positions = now_at
-        if self.publish_message is not None:
-            done.held = self.jobs.holder_views(done.assigned)
+        if self.publish_message is None:
+            return done
+        done.held = self.jobs.holder_views(done.assigned)
+        if time.monotonic() - self._positions_at >= self.positions_every_s:
+            now_at = positions(left[: self.POSITIONS_PUBLISHED])
+            changed = {j: p for j, p in now_at.items() if self._positions.get(j) != p}
             if changed:
                 done.moved = self.jobs.queued_views(changed)
+                self._positions, self._positions_at = now_at, time.monotonic()
         return done
 
     def _assign(self, queued: list[QueuedJob]) -> list[tuple[str, JobAssignment]]:

@@ -183,6 +183,7 @@ def test_queue_positions_are_published_when_they_change(db: pw.Database) -> None
         WorkerStore(db, grace_s=60),
         Outbox(),
         publish_message=publish,
+        positions_every_s=0,
     )
     first = d._round()
     assert [
@@ -203,6 +204,34 @@ def test_queue_positions_are_published_when_they_change(db: pw.Database) -> None
     )
     snapshot = chat.snapshot(Job.get_by_id(jobs[2]).message.thread_id)
     assert snapshot.messages[-1].queue_position == 2
+
+
+def test_queue_positions_are_published_at_most_every_interval(db: pw.Database) -> None:
+    """At saturation every dispatched job moves the whole queue up: the moves are
+    published together, at most once per interval, and none is lost."""
+    chat = ChatStore(db)
+    jobs = [ask(chat, s, "wait") for s in "xyz"]
+
+    async def publish(view: MessageView) -> None:
+        raise AssertionError("a round only collects; dispatch_once publishes")
+
+    d = Dispatcher(
+        None,  # type: ignore[arg-type]
+        JobStore(db, context_messages=5, max_attempts=3),
+        WorkerStore(db, grace_s=60),
+        Outbox(),
+        publish_message=publish,
+        positions_every_s=3600,
+    )
+    assert len(d._round().moved) == 3  # the first publication is at once
+    add_worker("w")
+    moved = d._round()
+    assert [a.job_id for _, a in moved.assigned] == [jobs[0]]
+    assert moved.moved == []  # within the interval: held back
+    d.positions_every_s = 0  # the interval is over
+    assert sorted((v.job_id, v.queue_position) for v in d._round().moved) == sorted(
+        [(jobs[1], 1), (jobs[2], 2)]
+    )
 
 
 def test_a_programmatic_request_keeps_its_whole_conversation(db: pw.Database) -> None:
