@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import chunking, claims, fleet, latency, streams, throughput
+from benchmarks import chunking, claims, fleet, job_path, latency, streams, throughput
 
 SECTIONS: dict[str, Callable[[], str]] = {
     "latency": latency.main,
     "throughput": throughput.main,
+    "job_path": job_path.main,
     "streams": streams.main,
     "fleet": fleet.main,
     "claims": claims.main,
@@ -49,7 +50,7 @@ def machine() -> str:
 
 
 def write(name: str, table: str, command: str) -> None:
-    if name == "claims" and os.environ.get("FARM_TEST_POSTGRES_URL"):
+    if name in ("claims", "job_path") and os.environ.get("FARM_TEST_POSTGRES_URL"):
         command = f"FARM_TEST_POSTGRES_URL=... {command}"
     text = DOC.read_text()
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"

@@ -3,10 +3,12 @@
 import random
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import peewee as pw
 
-from coordinator.api_keys import ACTIVE_JOB_STATES, ApiKeyInfo
+from coordinator import sql
+from coordinator.api_keys import ApiKeyInfo
 from coordinator.errors import Busy, Conflict, NotFound, RateLimited
 from coordinator.fairness import positions
 from coordinator.job_store import queued_in_order
@@ -269,51 +271,30 @@ class ChatStore:
         """Store the user's message, an empty reply in ``queued`` and its job, atomically.
 
         A chat user has one reply generating at a time; an API key up to its limit. With
-        ``max_queued``, a full queue refuses the message (:class:`Busy`)."""
-        with self.db.atomic():
-            thread = Thread.get_or_none(Thread.id == thread_id)
-            if thread is None:
+        ``max_queued``, a full queue refuses the message (:class:`Busy`). (Hand-written
+        statements: this runs for every message; see coordinator.sql.)"""
+        with self._write():
+            found = sql.execute(
+                self.db, "SELECT description FROM thread WHERE id = %s", (thread_id,)
+            ).fetchone()
+            if found is None:
                 raise NotFound(f"no thread {thread_id}")
-            user = User.get_by_id(user_id)
             self._admit(user_id, api_key, max_queued)
             joined = self._join(thread_id, user_id)
-            stamp = now()
-            mine = Message.create(
-                id=_new_id(),
-                thread=thread_id,
-                user=user_id,
-                role="user",
-                author=user.name,
-                content=text,
-                state=MessageState.DONE.value,
-                created_at=stamp,
-            )
-            job_id = _new_id()
-            reply = Message.create(
-                id=_new_id(),
-                thread=thread_id,
-                user=user_id,
-                role="assistant",
-                author=model,
-                state=MessageState.QUEUED.value,
-                model=model,
-                job_id=job_id,
-                created_at=stamp + 1e-6,
-            )
-            Job.create(
-                id=job_id,
-                message=reply,
-                user=user_id,
-                api_key_id=api_key.id if api_key else None,
-                model=model,
-                state="queued",
-            )
-            updates: dict[pw.Field, object] = {Thread.updated_at: stamp}
-            if not thread.description:
-                updates[Thread.description] = text[:200]
-                updates[Thread.title] = text[:60]
-            Thread.update(updates).where(Thread.id == thread_id).execute()
-        return NewReply(message_view(mine), message_view(reply), job_id, joined)
+            new = self._queue_reply(thread_id, user_id, text, model, api_key, now())
+            if found[0]:
+                sql.execute(
+                    self.db,
+                    "UPDATE thread SET updated_at = %s WHERE id = %s",
+                    (new.user_message.created_at, thread_id),
+                )
+            else:  # the first message names the thread
+                sql.execute(
+                    self.db,
+                    "UPDATE thread SET updated_at = %s, description = %s, title = %s WHERE id = %s",
+                    (new.user_message.created_at, text[:200], text[:60], thread_id),
+                )
+        return NewReply(new.user_message, new.reply, new.job_id, joined)
 
     def start_api_conversation(
         self,
@@ -328,29 +309,95 @@ class ChatStore:
         message, and a queued reply (its job counts against the key's limit)."""
         if not turns or turns[-1][0] != "user":
             raise ValueError("messages must end with a user message")
-        with self.db.atomic():
-            thread = Thread.create(id=_new_id(), created_by=api_key.user_id, title="API request")
-            ThreadMember.create(thread=thread, user=api_key.user_id)
-            stamp = now() - 1.0  # the history comes before the question
-            for i, (role, content) in enumerate(turns[:-1]):
-                Message.create(
-                    id=_new_id(),
-                    thread=thread,
-                    user=api_key.user_id,
-                    role=role,
-                    author=role,
-                    content=content,
-                    state=MessageState.DONE.value,
-                    created_at=stamp + i * 1e-3,
-                )
-            return self.send_message(
-                api_key.user_id,
-                thread.id,
-                turns[-1][1],
-                model,
-                api_key=api_key,
-                max_queued=max_queued,
+        user_id, question = api_key.user_id, turns[-1][1]
+        with self._write():
+            self._admit(user_id, api_key, max_queued)
+            stamp = now()
+            thread_id = _new_id()
+            sql.execute(
+                self.db,
+                "INSERT INTO thread (id, title, description, created_by_id, created_at,"
+                " updated_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (thread_id, question[:60], question[:200], user_id, stamp, stamp),
             )
+            sql.execute(
+                self.db,
+                "INSERT INTO thread_member (thread_id, user_id, joined_at) VALUES (%s, %s, %s)",
+                (thread_id, user_id, stamp),
+            )
+            history = [  # the history comes before the question
+                self._row(thread_id, user_id, role, role, content, stamp - 1.0 + i * 1e-3)
+                for i, (role, content) in enumerate(turns[:-1])
+            ]
+            return self._queue_reply(thread_id, user_id, question, model, api_key, stamp, history)
+
+    def _write(self) -> pw._atomic:
+        """A write transaction; on SQLite take the write lock up front (no upgrade deadlock)."""
+        if isinstance(self.db, pw.SqliteDatabase):
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
+
+    @staticmethod
+    def _row(
+        thread_id: str,
+        user_id: str,
+        role: str,
+        author: str,
+        content: str,
+        created_at: float,
+        *,
+        state: MessageState = MessageState.DONE,
+        model: str | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "id": _new_id(),
+            "thread_id": thread_id,
+            "user_id": user_id,
+            "role": role,
+            "author": author,
+            "content": content,
+            "state": state.value,
+            "model": model,
+            "job_id": job_id,
+            "created_at": created_at,
+        }
+
+    def _queue_reply(
+        self,
+        thread_id: str,
+        user_id: str,
+        text: str,
+        model: str,
+        api_key: ApiKeyInfo | None,
+        stamp: float,
+        history: list[dict[str, Any]] | None = None,
+    ) -> NewReply:
+        """Insert (after ``history``) the user's message, its empty reply and the job."""
+        (name,) = sql.execute(
+            self.db, 'SELECT name FROM "user" WHERE id = %s', (user_id,)
+        ).fetchone()
+        job_id = _new_id()
+        mine = self._row(thread_id, user_id, "user", name, text, stamp)
+        reply = self._row(
+            thread_id,
+            user_id,
+            "assistant",
+            model,
+            "",
+            stamp + 1e-6,
+            state=MessageState.QUEUED,
+            model=model,
+            job_id=job_id,
+        )
+        sql.insert_messages(self.db, [*(history or []), mine, reply])
+        sql.execute(
+            self.db,
+            "INSERT INTO job (id, message_id, user_id, model, state, attempt, chunks,"
+            " api_key_id, created_at) VALUES (%s, %s, %s, %s, 'queued', 0, 0, %s, %s)",
+            (job_id, reply["id"], user_id, model, api_key.id if api_key else None, stamp),
+        )
+        return NewReply(sql.inserted_view(mine), sql.inserted_view(reply), job_id, False)
 
     def retry_reply(
         self, user_id: str, thread_id: str, message_id: str, *, max_queued: int | None = None
@@ -407,30 +454,39 @@ class ChatStore:
             raise Conflict(f"this reply has already ended ({message.state})")
         return str(message.job_id)
 
-    @staticmethod
-    def _admit(user_id: str, api_key: ApiKeyInfo | None, max_queued: int | None) -> None:
-        """The per-client limits, and the bound on the queue."""
-        active = Job.state.in_(ACTIVE_JOB_STATES)
+    def _admit(self, user_id: str, api_key: ApiKeyInfo | None, max_queued: int | None) -> None:
+        """The per-client limits, and the bound on the queue (one statement)."""
+        mine, queued = sql.execute(
+            self.db,
+            "SELECT (SELECT COUNT(*) FROM job WHERE "
+            + ("api_key_id" if api_key else "user_id")
+            + " = %s AND state IN ('queued', 'assigned', 'running')),"
+            " (SELECT COUNT(*) FROM job WHERE state = 'queued')",
+            (api_key.id if api_key else user_id,),
+        ).fetchone()
         if api_key is None:
-            if Job.select().where((Job.user == user_id) & active).exists():
+            if mine:
                 raise Conflict("a reply to your previous message is still being generated")
-        else:
-            running = Job.select().where((Job.api_key_id == api_key.id) & active).count()
-            if running >= api_key.max_concurrent:
-                raise RateLimited(f"this API key has {running} replies in progress, its limit", 2.0)
-        if max_queued is not None:
-            queued = Job.select().where(Job.state == "queued").count()
-            if queued >= max_queued:
-                raise Busy(
-                    f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full"
-                )
+        elif mine >= api_key.max_concurrent:
+            raise RateLimited(f"this API key has {mine} replies in progress, its limit", 2.0)
+        if max_queued is not None and queued >= max_queued:
+            raise Busy(f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full")
 
     def _join(self, thread_id: str, user_id: str) -> bool:
         """Add the member unless already there; True when added."""
-        if self.is_member(thread_id, user_id):
+        members, mine = sql.execute(
+            self.db,
+            "SELECT COUNT(*), COUNT(CASE WHEN user_id = %s THEN 1 END) FROM thread_member"
+            " WHERE thread_id = %s",
+            (user_id, thread_id),
+        ).fetchone()
+        if mine:
             return False
-        members = ThreadMember.select().where(ThreadMember.thread == thread_id).count()
         if members >= MAX_THREAD_MEMBERS:
             raise Conflict(f"this thread already has {MAX_THREAD_MEMBERS} members")
-        ThreadMember.create(thread=thread_id, user=user_id)
+        sql.execute(
+            self.db,
+            "INSERT INTO thread_member (thread_id, user_id, joined_at) VALUES (%s, %s, %s)",
+            (thread_id, user_id, now()),
+        )
         return True

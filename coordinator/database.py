@@ -35,9 +35,25 @@ def _v2_to_v3(db: pw.Database) -> None:
     schema.migrate(m.add_column("worker", "key_nonce", pw.CharField(max_length=64, default="")))
 
 
+def _v3_to_v4(db: pw.Database) -> None:
+    """Jobs indexed by owner and state: the per-user and per-key limits are checked on every
+    request, and read through all of an owner's past jobs with the owner's index alone."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(
+        m.drop_index("job", "job_user_id"),
+        m.drop_index("job", "job_api_key_id"),
+        m.add_index("job", ("user_id", "state"), False),
+        m.add_index("job", ("api_key_id", "state"), False),
+    )
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 def open_database(url: str) -> pw.Database:

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import peewee as pw
 
+from coordinator import sql
 from coordinator.fairness import QueuedJob, fair_order
 from coordinator.tables import Job, Message, Worker
 from coordinator.views import message_view
@@ -137,6 +138,15 @@ def _owner() -> pw.Function:
     return pw.fn.COALESCE(Job.api_key_id, Job.user)
 
 
+def _bound() -> pw.Database:
+    """The database the tables are bound to (for the module-level queries)."""
+    return cast(pw.Database, Job._meta.database)
+
+
+_ACTIVE_IN = "('assigned', 'running')"
+_HELD = "id = %s AND attempt = %s AND worker_id = %s AND state IN " + _ACTIVE_IN
+
+
 def row_tuples(query: "pw.ModelSelect[Any]") -> list[tuple[Any, ...]]:
     """A query's rows as plain tuples (peewee's stubs type them as model instances)."""
     return cast(list[tuple[Any, ...]], list(query.tuples()))
@@ -144,8 +154,11 @@ def row_tuples(query: "pw.ModelSelect[Any]") -> list[tuple[Any, ...]]:
 
 def active_by_owner() -> dict[str, int]:
     """How many jobs each owner (API key, else user) has held by a worker right now."""
-    rows = row_tuples(
-        Job.select(_owner(), pw.fn.COUNT(Job.id)).where(Job.state.in_(ACTIVE)).group_by(_owner())
+    rows = sql.execute(
+        _bound(),
+        "SELECT COALESCE(api_key_id, user_id), COUNT(*) FROM job WHERE state IN "
+        + _ACTIVE_IN
+        + " GROUP BY COALESCE(api_key_id, user_id)",
     )
     return {str(owner): int(held) for owner, held in rows}
 
@@ -156,27 +169,26 @@ def queued_in_order(limit: int = 1000, *, lock: bool = False) -> list[QueuedJob]
     With ``lock`` (inside a dispatch round's transaction, on PostgreSQL) the rows are
     locked ``FOR UPDATE SKIP LOCKED``: a second coordinator dispatching at the same moment
     skips them and takes the next jobs instead of racing for the same ones."""
-    query = (
-        Job.select(Job.id, Job.model, Job.created_at, _owner(), Job.avoid_worker_id)
-        .where(Job.state == "queued")
-        .order_by(Job.created_at, Job.id)
-        .limit(limit)
+    db = _bound()
+    locking = lock and not isinstance(Job._meta.database.obj, pw.SqliteDatabase)
+    rows = sql.execute(
+        db,
+        "SELECT id, model, created_at, COALESCE(api_key_id, user_id), avoid_worker_id FROM job"
+        " WHERE state = 'queued' ORDER BY created_at, id LIMIT %s"
+        + (" FOR UPDATE SKIP LOCKED" if locking else ""),
+        (limit,),
     )
-    if lock and not isinstance(Job._meta.database.obj, pw.SqliteDatabase):
-        query = query.for_update(skip_locked=True)
-    rows = row_tuples(query)
     jobs = [QueuedJob(j, m, c, str(o), a) for j, m, c, o, a in rows]
     return fair_order(jobs, active_by_owner())
 
 
 def active_counts() -> dict[str, int]:
     """How many jobs each worker holds right now."""
-    rows = (
-        Job.select(Job.worker_id, pw.fn.COUNT(Job.id).alias("held"))
-        .where(Job.state.in_(ACTIVE))
-        .group_by(Job.worker_id)
+    rows = sql.execute(
+        _bound(),
+        "SELECT worker_id, COUNT(*) FROM job WHERE state IN " + _ACTIVE_IN + " GROUP BY worker_id",
     )
-    return {str(row.worker_id): int(getattr(row, "held")) for row in rows}  # noqa: B009 - an alias
+    return {str(worker): int(held) for worker, held in rows}
 
 
 class JobStore:
@@ -213,13 +225,20 @@ class JobStore:
 
     def queued_views(self, positions: dict[str, int]) -> list[MessageView]:
         """The queued replies of these jobs, each with its queue position."""
-        rows = Message.select().where(
-            Message.job_id.in_(list(positions)) & (Message.state == MessageState.QUEUED.value)
+        views = self._views_of_jobs(list(positions), "AND m.state = 'queued'")
+        return [v.model_copy(update={"queue_position": positions[str(v.job_id)]}) for v in views]
+
+    def _views_of_jobs(self, job_ids: list[str], also: str = "") -> list[MessageView]:
+        """The replies of these jobs (found through the job: message.job_id has no index)."""
+        columns = ", ".join(f"m.{c.strip()}" for c in sql.MESSAGE_COLUMNS.split(","))
+        return sql.message_views(
+            sql.execute(
+                self.db,
+                f"SELECT {columns} FROM job j JOIN message m ON m.id = j.message_id"
+                f" WHERE j.id IN {sql.in_list(len(job_ids))} AND m.job_id = j.id {also}",
+                job_ids,
+            )
         )
-        return [
-            message_view(row).model_copy(update={"queue_position": positions[str(row.job_id)]})
-            for row in rows
-        ]
 
     def claim(self, job_id: str, worker_id: str, capacity: int) -> JobAssignment | None:
         """Give ``job_id`` to ``worker_id`` if it is still queued and the worker has a free
@@ -237,19 +256,20 @@ class JobStore:
             return []
         workers = sorted({p.worker_id for p in picks})
         with self._write():
+            listed = sql.in_list(len(workers))
             if not isinstance(self.db, pw.SqliteDatabase):
-                list(
-                    Worker.select(Worker.id)
-                    .where(Worker.id.in_(workers))
-                    .order_by(Worker.id)
-                    .for_update()
-                )
+                sql.execute(
+                    self.db,
+                    f"SELECT id FROM worker WHERE id IN {listed} ORDER BY id FOR UPDATE",
+                    workers,
+                ).fetchall()
             held: dict[str, int] = {
                 str(worker): int(count)
-                for worker, count in row_tuples(
-                    Job.select(Job.worker_id, pw.fn.COUNT(Job.id))
-                    .where(Job.worker_id.in_(workers) & Job.state.in_(ACTIVE))
-                    .group_by(Job.worker_id)
+                for worker, count in sql.execute(
+                    self.db,
+                    f"SELECT worker_id, COUNT(*) FROM job WHERE worker_id IN {listed}"
+                    f" AND state IN {_ACTIVE_IN} GROUP BY worker_id",
+                    workers,
                 )
             }
             stamp = time.time()
@@ -257,38 +277,37 @@ class JobStore:
             for pick in picks:
                 if held.get(pick.worker_id, 0) >= pick.capacity:
                     continue
-                claimed = self._sql(_CLAIM, (pick.worker_id, stamp, pick.job_id)).rowcount
+                claim = (pick.worker_id, stamp, pick.job_id)
+                claimed = sql.execute(self.db, _CLAIM, claim).rowcount
                 if claimed == 1:
                     held[pick.worker_id] = held.get(pick.worker_id, 0) + 1
                     landed.append(pick)
             if not landed:
                 return []
+            ids = [p.job_id for p in landed]
             rows = {
-                job.id: job
-                for job in Job.select(
-                    Job.id,
-                    Job.attempt,
-                    Job.model,
-                    Job.api_key_id,
-                    Message.thread,
-                    Message.created_at,
+                row[0]: row
+                for row in sql.execute(
+                    self.db,
+                    "SELECT j.id, j.attempt, j.model, j.api_key_id, m.thread_id, m.created_at"
+                    f" FROM job j JOIN message m ON m.id = j.message_id WHERE j.id IN"
+                    f" {sql.in_list(len(ids))}",
+                    ids,
                 )
-                .join(Message)
-                .where(Job.id.in_([p.job_id for p in landed]))
             }
             assigned: list[tuple[str, JobAssignment]] = []
             for pick in landed:
-                row = rows[pick.job_id]
-                limit = self.api_context_messages if row.api_key_id else self.context_messages
-                context = self._context(row.message.thread_id, row.message.created_at, limit)
+                job_id, attempt, model, api_key_id, thread_id, asked_at = rows[pick.job_id]
+                limit = self.api_context_messages if api_key_id else self.context_messages
+                context = self._context(thread_id, asked_at, limit)
                 if not context:  # nothing to answer (the question was deleted): fail it
-                    where = (Job.id == row.id) & (Job.attempt == row.attempt)
-                    self._end(where, row.id, Outcome.FAILED, "there is nothing to reply to", stamp)
+                    where = (Job.id == job_id) & (Job.attempt == attempt)
+                    self._end(where, job_id, Outcome.FAILED, "there is nothing to reply to", stamp)
                     continue
                 assignment = JobAssignment(
-                    job_id=row.id,
-                    attempt=row.attempt,
-                    model=row.model,
+                    job_id=job_id,
+                    attempt=attempt,
+                    model=model,
                     messages=context,
                     issued_at=stamp,
                 )
@@ -300,26 +319,24 @@ class JobStore:
         that completed (a failed or empty reply is left out), oldest first. One statement,
         written out once: building it with the query builder per job cost most of a
         dispatch round."""
-        rows = self._sql(_CONTEXT, (thread_id, before, thread_id, before, limit))
+        rows = sql.execute(self.db, _CONTEXT, (thread_id, before, thread_id, before, limit))
         turns = sorted(rows.fetchall(), key=lambda r: (r[0], r[3]))
         return [ChatTurn(role=role, content=content) for _, role, content, _ in turns]
-
-    def _sql(self, template: str, params: tuple[Any, ...]) -> Any:
-        """Run one of this module's hand-written statements (``%s`` placeholders become
-        the driver's own)."""
-        param = self.db.param
-        return self.db.execute_sql(template.replace("%s", param), params)  # type: ignore[no-untyped-call]
 
     # --- the event path -----------------------------------------------------------------
 
     def active_job(self, job_id: str) -> ActiveJob | None:
-        row = (
-            Job.select(Job, Message)
-            .join(Message)
-            .where((Job.id == job_id) & Job.state.in_(ACTIVE))
-            .first()
-        )
-        return None if row is None else self._active(row)
+        row = sql.execute(
+            self.db,
+            "SELECT j.id, j.attempt, j.worker_id, m.id, m.thread_id, m.content, m.content_seq,"
+            " j.created_at FROM job j JOIN message m ON m.id = j.message_id"
+            " WHERE j.id = %s AND j.state IN " + _ACTIVE_IN,
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        job, attempt, worker, message, thread, content, seq, created_at = row
+        return ActiveJob(job, attempt, str(worker), message, thread, content, seq, created_at)
 
     @staticmethod
     def _active(row: Job) -> ActiveJob:
@@ -350,12 +367,13 @@ class JobStore:
         )
 
     def accept(self, job_id: str, attempt: int, worker_id: str) -> bool:
-        with self._write():
-            changed = (
-                Job.update(state="running", accepted_at=time.time())
-                .where(self._held(job_id, attempt, worker_id) & (Job.state == "assigned"))
-                .execute()
-            )
+        changed = sql.execute(  # one statement: atomic without a transaction around it
+            self.db,
+            "UPDATE job SET state = 'running', accepted_at = %s WHERE "
+            + _HELD
+            + " AND state = 'assigned'",
+            (time.time(), job_id, attempt, worker_id),
+        ).rowcount
         return bool(changed == 1)
 
     def append_text(self, appends: Iterable[TextAppend]) -> list[MessageView]:
@@ -365,10 +383,20 @@ class JobStore:
         with self._write():
             for item in appends:
                 if self._apply(item, time.time()):
-                    view = message_view(Message.get_by_id(item.message_id))
+                    (view,) = self._views([item.message_id])
                     held = {"worker_id": item.worker_id, "attempt": item.attempt}
                     started.append(view.model_copy(update=held))
         return started
+
+    def _views(self, message_ids: list[str]) -> list[MessageView]:
+        return sql.message_views(
+            sql.execute(
+                self.db,
+                f"SELECT {sql.MESSAGE_COLUMNS} FROM message WHERE id IN"
+                f" {sql.in_list(len(message_ids))}",
+                message_ids,
+            )
+        )
 
     def holder_views(self, assigned: Sequence[tuple[str, JobAssignment]]) -> list[MessageView]:
         """The replies of just-claimed jobs, naming the worker and attempt now holding
@@ -376,40 +404,39 @@ class JobStore:
         holders = {a.job_id: (worker, a.attempt) for worker, a in assigned}
         if not holders:
             return []
-        rows = Message.select().where(Message.job_id.in_(list(holders)))
         return [
-            message_view(row).model_copy(
+            view.model_copy(
                 update={
-                    "worker_id": holders[str(row.job_id)][0],
-                    "attempt": holders[str(row.job_id)][1],
+                    "worker_id": holders[str(view.job_id)][0],
+                    "attempt": holders[str(view.job_id)][1],
                 }
             )
-            for row in rows
+            for view in self._views_of_jobs(list(holders))
         ]
 
     def _apply(self, item: TextAppend, stamp: float) -> bool:
         """Apply one append; True if it was the attempt's first text."""
-        fenced = (
-            Job.update(
-                state="running",
-                chunks=item.chunks,
-                last_token_at=stamp,
-                first_token_at=pw.fn.COALESCE(Job.first_token_at, stamp),
-                accepted_at=pw.fn.COALESCE(Job.accepted_at, stamp),
-            )
-            .where(self._held(item.job_id, item.attempt, item.worker_id))
-            .execute()
-        )
+        fenced = sql.execute(
+            self.db,
+            "UPDATE job SET state = 'running', chunks = %s, last_token_at = %s,"
+            " first_token_at = COALESCE(first_token_at, %s),"
+            " accepted_at = COALESCE(accepted_at, %s) WHERE " + _HELD,
+            (item.chunks, stamp, stamp, stamp, item.job_id, item.attempt, item.worker_id),
+        ).rowcount
         if fenced != 1:
             return False
-        first = (
-            Message.update(state=MessageState.GENERATING.value, updated_at=stamp)
-            .where((Message.id == item.message_id) & (Message.state == MessageState.QUEUED.value))
-            .execute()
+        first = sql.execute(
+            self.db,
+            "UPDATE message SET state = 'generating', updated_at = %s"
+            " WHERE id = %s AND state = 'queued'",
+            (stamp, item.message_id),
+        ).rowcount
+        sql.execute(
+            self.db,
+            "UPDATE message SET content = content || %s, content_seq = %s, updated_at = %s"
+            " WHERE id = %s AND content_seq < %s",
+            (item.text, item.last_seq, stamp, item.message_id, item.last_seq),
         )
-        Message.update(
-            content=Message.content.concat(item.text), content_seq=item.last_seq, updated_at=stamp
-        ).where((Message.id == item.message_id) & (Message.content_seq < item.last_seq)).execute()
         return bool(first == 1)
 
     def finish(
@@ -426,7 +453,12 @@ class JobStore:
             stamp = time.time()
             if tail is not None:
                 self._apply(tail, stamp)
-            return self._end(self._held(job_id, attempt, worker_id), job_id, outcome, error, stamp)
+            ended = sql.execute(
+                self.db,
+                "UPDATE job SET state = %s, finished_at = %s, error = %s WHERE " + _HELD,
+                (outcome.value, stamp, error, job_id, attempt, worker_id),
+            ).rowcount
+            return self._ended(job_id, outcome, error, stamp) if ended == 1 else None
 
     def _end(
         self, where: pw.Expression, job_id: str, outcome: Outcome, error: str | None, stamp: float
@@ -434,27 +466,34 @@ class JobStore:
         ended = (
             Job.update(state=outcome.value, finished_at=stamp, error=error).where(where).execute()
         )
-        if ended != 1:
-            return None
-        job = Job.get_by_id(job_id)
-        Message.update(state=_MESSAGE_STATE[outcome].value, error=error, updated_at=stamp).where(
-            Message.id == job.message_id
-        ).execute()
-        view = message_view(Message.get_by_id(job.message_id))
-        if job.worker_id is not None:
+        return self._ended(job_id, outcome, error, stamp) if ended == 1 else None
+
+    def _ended(self, job_id: str, outcome: Outcome, error: str | None, stamp: float) -> MessageView:
+        """The job has just ended: its message takes the same end, and its worker the
+        credit or the blame."""
+        message_id, worker_id = sql.execute(
+            self.db, "SELECT message_id, worker_id FROM job WHERE id = %s", (job_id,)
+        ).fetchone()
+        sql.execute(
+            self.db,
+            "UPDATE message SET state = %s, error = %s, updated_at = %s WHERE id = %s",
+            (_MESSAGE_STATE[outcome].value, error, stamp, message_id),
+        )
+        (view,) = self._views([message_id])
+        if worker_id is not None:
             if outcome is Outcome.SUCCEEDED:
-                self._credit(job.worker_id, len(view.content))
+                self._credit(worker_id, len(view.content))
             elif outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
-                self._blame(job.worker_id, stamp)
+                self._blame(worker_id, stamp)
         return view
 
-    @staticmethod
-    def _credit(worker_id: str, chars: int) -> None:
-        Worker.update(
-            failures=0,
-            jobs_succeeded=Worker.jobs_succeeded + 1,
-            chars_generated=Worker.chars_generated + chars,
-        ).where(Worker.id == worker_id).execute()
+    def _credit(self, worker_id: str, chars: int) -> None:
+        sql.execute(
+            self.db,
+            "UPDATE worker SET failures = 0, jobs_succeeded = jobs_succeeded + 1,"
+            " chars_generated = chars_generated + %s WHERE id = %s",
+            (chars, worker_id),
+        )
 
     def _blame(self, worker_id: str, stamp: float) -> None:
         """Count a job the worker failed. While online, enough failures in a row

@@ -10,7 +10,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def now() -> float:
@@ -127,7 +127,9 @@ class Job(_Base):
     id = pw.CharField(primary_key=True, max_length=32)
     message = pw.ForeignKeyField(Message, on_delete="CASCADE")
     message_id: str  # peewee's column accessor, declared for the type checker
-    user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    # Indexed with the state (Meta): "this user's / key's active jobs" is asked on every
+    # request, and must not read through all their past jobs.
+    user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL", index=False)
     user_id: str | None  # peewee's column accessor, declared for the type checker
     model = pw.CharField(max_length=200)
     state = pw.CharField(max_length=16)
@@ -135,7 +137,7 @@ class Job(_Base):
     worker_id = pw.CharField(max_length=64, null=True, index=True)
     chunks = pw.IntegerField(default=0)  # chunks applied for the current attempt
     # The programmatic client that asked (None for the chat UI).
-    api_key_id = pw.CharField(max_length=32, null=True, index=True)
+    api_key_id = pw.CharField(max_length=32, null=True)
     # The worker the previous attempt failed on: a retry goes elsewhere when it can.
     avoid_worker_id = pw.CharField(max_length=64, null=True)
     error = pw.TextField(null=True)
@@ -147,7 +149,11 @@ class Job(_Base):
     finished_at = pw.DoubleField(null=True)
 
     class Meta:
-        indexes = ((("state", "created_at"), False),)
+        indexes = (
+            (("state", "created_at"), False),
+            (("user", "state"), False),
+            (("api_key_id", "state"), False),
+        )
 
 
 ALL_TABLES: list[type[pw.Model]] = [

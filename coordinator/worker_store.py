@@ -1,11 +1,13 @@
 """Workers: registration and keys (admin), and presence (from status and heartbeats)."""
 
+import functools
 import json
 import time
 from dataclasses import dataclass
 
 import peewee as pw
 
+from coordinator import sql
 from coordinator.errors import Conflict, NotFound
 from coordinator.job_store import active_counts
 from coordinator.keys import derive_key, hash_key, new_key, new_nonce, verify_key
@@ -47,6 +49,12 @@ class WorkerLoad:
     loaded: frozenset[str]
     capacity: int
     active: int
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(models_json: str) -> frozenset[str]:
+    """A worker's stored model list (the same few strings, parsed on every round)."""
+    return frozenset(json.loads(models_json))
 
 
 class WorkerStore:
@@ -227,24 +235,20 @@ class WorkerStore:
         return fresh
 
     def online(self) -> list[WorkerLoad]:
-        """Workers that may get a job now: online, fresh, not revoked, not quarantined."""
+        """Workers that may get a job now: online, fresh, not revoked, not quarantined.
+        (Every dispatch round asks: a hand-written statement, see coordinator.sql.)"""
         stamp = time.time()
-        rows = Worker.select().where(
-            (Worker.state == "online")
-            & Worker.revoked_at.is_null()
-            & (Worker.last_seen >= stamp - self.grace_s)
-            & (Worker.quarantined_until.is_null() | (Worker.quarantined_until <= stamp))
+        rows = sql.execute(
+            self.db,
+            "SELECT id, models, loaded_models, capacity FROM worker WHERE state = 'online'"
+            " AND revoked_at IS NULL AND last_seen >= %s"
+            " AND (quarantined_until IS NULL OR quarantined_until <= %s)",
+            (stamp - self.grace_s, stamp),
         )
         counts = active_counts()
         return [
-            WorkerLoad(
-                r.id,
-                frozenset(json.loads(r.models)),
-                frozenset(json.loads(r.loaded_models)),
-                r.capacity,
-                counts.get(r.id, 0),
-            )
-            for r in rows
+            WorkerLoad(worker, _names(models), _names(loaded), capacity, counts.get(worker, 0))
+            for worker, models, loaded, capacity in rows
         ]
 
     def fleet_models(self, preferred: list[str]) -> FleetModels:

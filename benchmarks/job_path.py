@@ -1,0 +1,158 @@
+"""The coordinator's database work for one short job's whole life, as its database thread
+does it: store an API request (thread, messages, job), a dispatch round that claims it,
+the worker's *accepted*, the first text, and the finish with the rest of the text.
+Statements and time per job, on SQLite and, when FARM_TEST_POSTGRES_URL is set, on
+PostgreSQL, in one run. No broker and no event loop: this is the database thread's own
+cost, the part of the throughput benchmark's coordinator CPU that a job's life adds."""
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+
+from coordinator.api_keys import ApiKeyStore
+from coordinator.chat_store import ChatStore
+from coordinator.database import migrate, open_database
+from coordinator.dispatch import Dispatcher
+from coordinator.job_store import JobStore, Outcome, TextAppend
+from coordinator.tables import Worker
+from coordinator.worker_store import WorkerStore
+from farm_protocol.broker import Outbox
+from farm_protocol.chat import MessageView
+
+STEPS = ("store request", "dispatch round", "accepted", "first text", "finish")
+
+
+@contextmanager
+def counting(db: pw.Database) -> Iterator[list[int]]:
+    """Count the statements ``db`` runs (BEGIN and COMMIT included) while inside."""
+    count = [0]
+    original = db.execute_sql
+
+    def execute_sql(sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return original(sql, params, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    db.execute_sql = execute_sql  # type: ignore[method-assign]
+    begin, commit = db.begin, db.commit
+
+    def counted(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            count[0] += 1
+            return fn(*args, **kwargs)
+
+        return call
+
+    db.begin, db.commit = counted(begin), counted(commit)  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        del db.execute_sql, db.begin, db.commit
+
+
+async def _noop(view: MessageView) -> None:
+    return None
+
+
+def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[float, float]]:
+    """{step: (statements per job, microseconds per job)}."""
+    migrate(db)
+    with db.connection_context():
+        key, _ = ApiKeyStore(db).create("bench", max_concurrent=1000)
+        for w in range(workers):
+            Worker.create(
+                id=f"w{w}",
+                name=f"w{w}",
+                key_hash="x",
+                capacity=4,
+                state="online",
+                last_seen=time.time() + 3600,
+                models=json.dumps(["llama3:latest"]),
+            )
+        chat = ChatStore(db)
+        store = JobStore(db, context_messages=20, max_attempts=3)
+        dispatcher = Dispatcher(
+            None,  # type: ignore[arg-type]  # rounds are called directly
+            store,
+            WorkerStore(db, grace_s=7200),
+            Outbox(),
+            publish_message=_noop,
+        )
+        totals = {name: [0, 0.0] for name in STEPS}
+
+        @contextmanager
+        def step(name: str) -> Iterator[None]:
+            with counting(db) as count:
+                started = time.perf_counter()
+                yield
+                totals[name][1] += time.perf_counter() - started
+            totals[name][0] += count[0]
+
+        for i in range(jobs):
+            with step("store request"):
+                new = chat.start_api_conversation(
+                    key, "llama3", [("user", f"question {i}")], max_queued=1000
+                )
+            with step("dispatch round"):
+                ((worker, assignment),) = dispatcher._round().assigned
+            job_id, attempt = assignment.job_id, assignment.attempt
+            first = TextAppend(job_id, attempt, worker, new.reply.message_id, "Hello", 0, 1)
+            rest = TextAppend(job_id, attempt, worker, new.reply.message_id, " world", 4, 5)
+            with step("accepted"):
+                store.active_job(job_id)
+                store.accept(job_id, attempt, worker)
+            with step("first text"):
+                store.append_text([first])
+            with step("finish"):
+                store.finish(job_id, attempt, worker, Outcome.SUCCEEDED, None, rest)
+    return {name: (n / jobs, seconds / jobs * 1e6) for name, (n, seconds) in totals.items()}
+
+
+def run(jobs: int = 2000) -> list[tuple[str, dict[str, tuple[float, float]]]]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite = open_database(f"sqlite:///{Path(tmp) / 'b.db'}")
+        results.append(("SQLite (WAL)", measure(sqlite, jobs)))
+    url = os.environ.get("FARM_TEST_POSTGRES_URL")
+    if url:
+        admin = open_database(url)
+        name = f"farm_bench_{uuid.uuid4().hex[:8]}"
+        admin.execute_sql(f"CREATE DATABASE {name}")  # type: ignore[no-untyped-call]
+        try:
+            db = open_database(url.rsplit("/", 1)[0] + f"/{name}")
+            results.append(("PostgreSQL", measure(db, jobs)))
+            db.close()
+        finally:
+            admin.execute_sql(f"DROP DATABASE {name}")  # type: ignore[no-untyped-call]
+            admin.close()
+    return results
+
+
+def main() -> str:
+    lines = [
+        "| database | " + " | ".join(STEPS) + " | whole job | jobs/s on one thread |",
+        "|---|" + "---|" * (len(STEPS) + 2),
+    ]
+    for name, steps in run():
+        statements = sum(n for n, _ in steps.values())
+        micros = sum(us for _, us in steps.values())
+        cells = [f"{n:.0f} / {us:,.0f} µs" for n, us in steps.values()]
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {statements:.0f} / {micros:,.0f} µs "
+            f"| {1e6 / micros:,.0f} |"
+        )
+    table = "\n".join(lines)
+    print("\nThe database work of one short job (statements / time per job)")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
