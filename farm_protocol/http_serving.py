@@ -11,6 +11,16 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from pydantic_core import from_json
 
+# An idle keep-alive connection is kept this long. It must outlast the clients' own
+# expiry, so that it is always the client that closes it: httpx (the OpenAI SDK, and the
+# webapp's client of the coordinator) keeps one 5 s, hypercorn's default, and the two
+# closing at the same moment dropped a request now and then under load (a client sends on
+# a connection the server is closing: RemoteProtocolError or ReadError). 75 s as nginx.
+KEEP_ALIVE_S = 75
+# Connections waiting to be accepted (hypercorn's default 100 overflowed when hundreds of
+# clients connected at once; the kernel caps it at net.core.somaxconn).
+BACKLOG = 1024
+
 
 async def serve_app(app: Any, host: str, port: int, stop: asyncio.Event) -> None:
     config = Config()
@@ -18,6 +28,8 @@ async def serve_app(app: Any, host: str, port: int, stop: asyncio.Event) -> None
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
+    config.keep_alive_timeout = KEEP_ALIVE_S
+    config.backlog = BACKLOG
     await serve(app, config, shutdown_trigger=stop.wait)
 
 
