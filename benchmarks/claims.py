@@ -3,16 +3,13 @@ atomically, build the assignment with its chat context) per second, on SQLite an
 FARM_TEST_POSTGRES_URL is set, on PostgreSQL, side by side in one run."""
 
 import json
-import os
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import peewee as pw
 
+from benchmarks.databases import on_each_database
 from coordinator.chat_store import ChatStore
-from coordinator.database import migrate, open_database
+from coordinator.database import migrate
 from coordinator.dispatch import Dispatcher
 from coordinator.job_store import JobStore
 from coordinator.tables import Job, Worker
@@ -57,27 +54,7 @@ def measure(db: pw.Database, jobs: int, workers: int) -> float:
 
 
 def run(jobs: int = 2000, workers: int = 10) -> list[tuple[str, float]]:
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        results.append(
-            (
-                "SQLite (WAL)",
-                measure(open_database(f"sqlite:///{Path(tmp) / 'b.db'}"), jobs, workers),
-            )
-        )
-    url = os.environ.get("FARM_TEST_POSTGRES_URL")
-    if url:
-        admin = open_database(url)
-        name = f"farm_bench_{uuid.uuid4().hex[:8]}"
-        admin.execute_sql(f"CREATE DATABASE {name}")  # type: ignore[no-untyped-call]
-        try:
-            db = open_database(url.rsplit("/", 1)[0] + f"/{name}")
-            results.append(("PostgreSQL", measure(db, jobs, workers)))
-            db.close()
-        finally:
-            admin.execute_sql(f"DROP DATABASE {name}")  # type: ignore[no-untyped-call]
-            admin.close()
-    return results
+    return on_each_database(lambda db: measure(db, jobs, workers))
 
 
 def main() -> str:

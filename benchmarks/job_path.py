@@ -6,20 +6,17 @@ PostgreSQL, in one run. No broker and no event loop: this is the database thread
 cost, the part of the throughput benchmark's coordinator CPU that a job's life adds."""
 
 import json
-import os
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import peewee as pw
 
+from benchmarks.databases import on_each_database
 from coordinator.api_keys import ApiKeyStore
 from coordinator.chat_store import ChatStore
-from coordinator.database import migrate, open_database
+from coordinator.database import migrate
 from coordinator.dispatch import Dispatcher
 from coordinator.job_store import JobStore, Outcome, TextAppend
 from coordinator.tables import Worker
@@ -116,23 +113,7 @@ def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[fl
 
 
 def run(jobs: int = 2000) -> list[tuple[str, dict[str, tuple[float, float]]]]:
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        sqlite = open_database(f"sqlite:///{Path(tmp) / 'b.db'}")
-        results.append(("SQLite (WAL)", measure(sqlite, jobs)))
-    url = os.environ.get("FARM_TEST_POSTGRES_URL")
-    if url:
-        admin = open_database(url)
-        name = f"farm_bench_{uuid.uuid4().hex[:8]}"
-        admin.execute_sql(f"CREATE DATABASE {name}")  # type: ignore[no-untyped-call]
-        try:
-            db = open_database(url.rsplit("/", 1)[0] + f"/{name}")
-            results.append(("PostgreSQL", measure(db, jobs)))
-            db.close()
-        finally:
-            admin.execute_sql(f"DROP DATABASE {name}")  # type: ignore[no-untyped-call]
-            admin.close()
-    return results
+    return on_each_database(lambda db: measure(db, jobs))
 
 
 def main() -> str:

@@ -374,9 +374,10 @@ class ChatStore:
         history: list[dict[str, Any]] | None = None,
     ) -> NewReply:
         """Insert (after ``history``) the user's message, its empty reply and the job."""
-        (name,) = sql.execute(
-            self.db, 'SELECT name FROM "user" WHERE id = %s', (user_id,)
-        ).fetchone()
+        found = sql.execute(self.db, 'SELECT name FROM "user" WHERE id = %s', (user_id,)).fetchone()
+        if found is None:
+            raise NotFound(f"no user {user_id}")
+        name = found[0]
         job_id = _new_id()
         mine = self._row(thread_id, user_id, "user", name, text, stamp)
         reply = self._row(

@@ -170,21 +170,27 @@ def test_a_reply_with_nothing_to_answer_fails_instead_of_crashing_dispatch(
     assert Job.get_by_id(job_id).state == "failed"
 
 
-def test_queue_positions_are_published_when_they_change(db: pw.Database) -> None:
-    chat = ChatStore(db)
-    jobs = [ask(chat, s, "wait") for s in "xyz"]
+def collecting(db: pw.Database, positions_every_s: float) -> Dispatcher:
+    """A dispatcher whose rounds are called directly (they collect what to publish)."""
 
     async def publish(view: MessageView) -> None:
         raise AssertionError("a round only collects; dispatch_once publishes")
 
-    d = Dispatcher(
+    return Dispatcher(
         None,  # type: ignore[arg-type]
         JobStore(db, context_messages=5, max_attempts=3),
         WorkerStore(db, grace_s=60),
         Outbox(),
         publish_message=publish,
-        positions_every_s=0,
+        positions_every_s=positions_every_s,
     )
+
+
+def test_queue_positions_are_published_when_they_change(db: pw.Database) -> None:
+    chat = ChatStore(db)
+    jobs = [ask(chat, s, "wait") for s in "xyz"]
+
+    d = collecting(db, positions_every_s=0)
     first = d._round()
     assert [
         (v.job_id, v.queue_position)
@@ -212,17 +218,7 @@ def test_queue_positions_are_published_at_most_every_interval(db: pw.Database) -
     chat = ChatStore(db)
     jobs = [ask(chat, s, "wait") for s in "xyz"]
 
-    async def publish(view: MessageView) -> None:
-        raise AssertionError("a round only collects; dispatch_once publishes")
-
-    d = Dispatcher(
-        None,  # type: ignore[arg-type]
-        JobStore(db, context_messages=5, max_attempts=3),
-        WorkerStore(db, grace_s=60),
-        Outbox(),
-        publish_message=publish,
-        positions_every_s=3600,
-    )
+    d = collecting(db, positions_every_s=3600)
     assert len(d._round().moved) == 3  # the first publication is at once
     add_worker("w")
     moved = d._round()
