@@ -1,8 +1,8 @@
 """Throughput: completed short jobs per second with 1, 10 and 100 workers (4 slots each,
 the simulator answering 5 tokens at once), on Mosquitto, the farm one process per service
 (benchmarks/farm_processes.py). Clients are non-streaming OpenAI-API requests through the
-webapp, twice as many at once as there are slots (capped at 400), so the farm is
-saturated. Also where the CPU goes at saturation: each process's share over the run, and
+webapp, twice as many at once as there are slots, at most 400 (so at 100 workers they
+only fill the slots). Also where the CPU goes at saturation: each process's share over the run, and
 the coordinator's hottest functions (cProfile of its event-loop thread, 100 workers, in a
 run of its own: the profiler slows the coordinator)."""
 
