@@ -46,8 +46,11 @@ def execute(db: pw.Database, template: str, params: Sequence[Any] = ()) -> Any:
 
 
 def in_list(count: int) -> str:
-    """``(%s, %s, ...)`` for an IN with ``count`` values (at least one)."""
-    return "(" + ", ".join(["%s"] * max(count, 1)) + ")"
+    """``(%s, %s, ...)`` for an IN with ``count`` values (SQL has no empty IN list: the
+    caller skips the statement instead)."""
+    if count < 1:
+        raise ValueError("an IN list needs at least one value")
+    return "(" + ", ".join(["%s"] * count) + ")"
 
 
 def message_views(rows: Iterable[Sequence[Any]]) -> list[MessageView]:
