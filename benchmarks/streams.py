@@ -12,11 +12,13 @@ import asyncio
 import bisect
 import itertools
 import json
+import ssl
 import time
 
 import httpx
 import ollama
 
+from benchmarks.clients import client_pools
 from benchmarks.farm_processes import ProcessFarm, cpu_seconds, process_farm
 from llama_farm.ollama_sim.replies import tokenize
 
@@ -75,19 +77,23 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def level(farm: ProcessFarm, n: int) -> dict[str, float]:
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-    before = {name: cpu_seconds(farm.pid(name)) for name in farm.processes}
-    started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=farm.web_url, timeout=60, limits=limits) as http:
+    async with client_pools(farm.web_url, n) as pools:
+        before = {name: cpu_seconds(farm.pid(name)) for name in farm.processes}
+        client_before = time.process_time()
+        started = time.perf_counter()
         results = await asyncio.gather(
-            *(farm_stream(http, farm.api_key) for _ in range(n)), return_exceptions=True
+            *(farm_stream(http, farm.api_key) for http in pools), return_exceptions=True
         )
-    wall = time.perf_counter() - started
-    cpu = {name: (cpu_seconds(farm.pid(name)) - before[name]) / wall for name in farm.processes}
+        wall = time.perf_counter() - started
+        cpu = {name: (cpu_seconds(farm.pid(name)) - before[name]) / wall for name in farm.processes}
+        cpu["client"] = (time.process_time() - client_before) / wall
     ok = [r for r in results if isinstance(r, list)]
     via_farm = [d for r in ok for d in delays(r)]
-    client = ollama.AsyncClient(host=farm.sim_url, timeout=60)
-    direct = await asyncio.gather(*(direct_stream(client) for _ in range(n)))
+    tls = ssl.create_default_context()  # one client each, as for the farm (benchmarks.clients)
+    clients = [ollama.AsyncClient(host=farm.sim_url, timeout=60, verify=tls) for _ in range(n)]
+    direct = await asyncio.gather(*(direct_stream(client) for client in clients))
+    for client in clients:
+        await client.close()  # type: ignore[no-untyped-call]
     straight = [d for r in direct for d in delays(r)]
     return {
         "n": n,
@@ -114,15 +120,15 @@ def main() -> str:
     ms = 1000.0
     lines = [
         "| streams at once | completed | chunk delay p50 | p99 | direct p99 | added p99 "
-        "| CPU: coordinator | webapp | fleet | simulator |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU: coordinator | webapp | fleet | simulator | load generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['n']:.0f} | {r['completed']:.0f} | {r['farm_p50'] * ms:.0f} ms "
             f"| {r['farm_p99'] * ms:.0f} ms | {r['direct_p99'] * ms:.0f} ms "
             f"| {r['added_p99'] * ms:.0f} ms | {r['cpu_coordinator']:.0%} | {r['cpu_webapp']:.0%} "
-            f"| {r['cpu_fleet']:.0%} | {r['cpu_sim']:.0%} |"
+            f"| {r['cpu_fleet']:.0%} | {r['cpu_sim']:.0%} | {r['cpu_client']:.0%} |"
         )
     table = "\n".join(lines)
     print(f"\nConcurrent streams at {TPS:.0f} tokens/s ({TOKENS} tokens), Mosquitto, 100 workers")

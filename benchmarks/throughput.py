@@ -10,7 +10,6 @@ import asyncio
 import io
 import pstats
 import re
-import ssl
 import tempfile
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.clients import client_pools
 from benchmarks.farm_processes import REPO, ProcessFarm, cpu_seconds, process_farm
 
 SIM = {"FARM_SIM_TTFT_MS": "0", "FARM_SIM_TOKENS_PER_S": "0", "FARM_SIM_REPLY_TOKENS": "5"}
@@ -27,21 +27,11 @@ RUN_S = 15.0
 
 
 async def load(farm: ProcessFarm, clients: int, seconds: float) -> tuple[int, Counter[str]]:
-    """(completed, what went wrong how often) over ``seconds`` with ``clients`` at once.
-
-    A connection pool each: one pool shared by hundreds of connections spent more CPU
-    choosing a connection than the request cost (httpcore scans its whole pool). Built
-    before the clock starts, with one TLS context for all (each builds its own otherwise,
-    tens of milliseconds, even for plain HTTP)."""
+    """(completed, what went wrong how often) over ``seconds`` with ``clients`` at once."""
     done = 0
     failed: Counter[str] = Counter()
     body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
     headers = {"Authorization": f"Bearer {farm.api_key}"}
-    tls = ssl.create_default_context()
-    pool = [
-        httpx.AsyncClient(base_url=farm.web_url, timeout=60, verify=tls) for _ in range(clients)
-    ]
-    stop_at = time.perf_counter() + seconds
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal done
@@ -57,10 +47,9 @@ async def load(farm: ProcessFarm, clients: int, seconds: float) -> tuple[int, Co
                 failed[problem] += 1
                 await asyncio.sleep(0.05)
 
-    try:
-        await asyncio.gather(*(client(http) for http in pool))
-    finally:
-        await asyncio.gather(*(http.aclose() for http in pool))
+    async with client_pools(farm.web_url, clients) as pools:
+        stop_at = time.perf_counter() + seconds
+        await asyncio.gather(*(client(http) for http in pools))
     return done, failed
 
 
