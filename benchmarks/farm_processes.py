@@ -29,6 +29,7 @@ from coordinator.worker_store import WorkerStore
 from farm_protocol.broker import BrokerSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
+from tests.processes import start_service, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -56,23 +57,6 @@ class ProcessFarm:
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid
-
-
-def _wait_http(
-    url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} died: {log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not come up")
-        time.sleep(0.1)
 
 
 def _broker_env(settings: BrokerSettings, prefix: str = "FARM_BROKER__") -> dict[str, str]:
@@ -154,19 +138,15 @@ async def process_farm(
             try:
                 for name, (args, env, ready) in commands.items():
                     log_path = work / f"{name}.log"
-                    log = log_path.open("wb")
-                    logs.append(log)
-                    python = [sys.executable]
+                    python = []
                     if name == "coordinator" and profile_coordinator is not None:
-                        python += ["-m", "cProfile", "-o", str(profile_coordinator)]
-                    farm.processes[name] = subprocess.Popen(
-                        [*python, "-m", "llama_farm.cli", *args],
-                        env={**base, **env},
-                        cwd=work,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
+                        python = ["-m", "cProfile", "-o", str(profile_coordinator)]
+                    farm.processes[name] = start_service(
+                        args, {**base, **env}, work, log_path, python
                     )
-                    await asyncio.to_thread(_wait_http, ready, farm.processes[name], log_path)
+                    await asyncio.to_thread(
+                        wait_http, ready, farm.processes[name], log_path, timeout_s=60
+                    )
                 fleet_spec = {
                     "broker": broker.settings().url,
                     "ollama": farm.sim_url,

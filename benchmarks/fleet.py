@@ -28,6 +28,7 @@ from coordinator.database import migrate, open_database
 from coordinator.tables import Worker
 from llama_farm.ports import free_port
 from tests.brokers import broker_of
+from tests.processes import start_service
 
 WORKERS = int(os.environ.get("FLEET_WORKERS", "1000"))
 IDLE_S = 30.0
@@ -78,13 +79,8 @@ async def measure() -> dict[str, float]:
                 FARM_HTTP_PORT=str(port),
                 FARM_SERVICE_TOKEN=token,
             )
-            log = (Path(tmp) / "coordinator.log").open("w")
-            coordinator = subprocess.Popen(
-                [sys.executable, "-m", "llama_farm.cli", "coordinator"],
-                env=env,
-                cwd=tmp,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            coordinator = start_service(
+                ["coordinator"], env, Path(tmp), Path(tmp) / "coordinator.log"
             )
             api = httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}/api/v1/chat",
@@ -143,7 +139,6 @@ async def measure() -> dict[str, float]:
                     victim.kill()
                 coordinator.send_signal(signal.SIGTERM)
                 coordinator.wait(timeout=30)
-                log.close()
                 await api.aclose()
     return {"cpu": cpu, "rss": rss, "killed": killed, "hung": hung}
 

@@ -4,16 +4,12 @@ have stopped cleanly."""
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from llama_farm.ports import free_port
+from tests.processes import start_service, wait_http
 
 
 @contextmanager
@@ -21,37 +17,20 @@ def dev_process(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[s
     """Yield the chat URL (ending in /) once the dev worker is online."""
     port = free_port()
     log_path = tmp_path / "dev.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_farm.cli",
-                "dev",
-                "--port",
-                str(port),
-                "--llm",
-                "sim",
-                "--data-dir",
-                str(tmp_path / "farm"),
-            ],
-            cwd=tmp_path,
-            env=dict(os.environ, **(env or {})),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_service(
+        ["dev", "--port", str(port), "--llm", "sim", "--data-dir", str(tmp_path / "farm")],
+        dict(os.environ, **(env or {})),
+        tmp_path,
+        log_path,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "api/models", timeout=1).json().get("workers_online") == 1:
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "llama-farm dev did not come up"
-            time.sleep(0.1)
+        wait_http(
+            url + "api/models",
+            process,
+            log_path,
+            ready=lambda r: bool(r.json().get("workers_online") == 1),
+        )
         yield url
     finally:
         process.send_signal(signal.SIGINT)

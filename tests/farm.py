@@ -243,12 +243,24 @@ async def send_and_stream(
         )
         assert response.status_code == 201, response.text
         reply = response.json()["reply"]
-        chunks: list[str] = []
-        while True:
-            event = json.loads(await asyncio.wait_for(socket.recv(), timeout=20))
-            if event["type"] == "chunk" and event["job_id"] == reply["job_id"]:
-                chunks.append(event["text"])
-            elif (
-                event["type"] == "message" and event["message"]["message_id"] == reply["message_id"]
-            ) and event["message"]["state"] not in ("queued", "generating"):
-                return Streamed(reply["message_id"], chunks, event["message"], len(chunks))
+        events, final = await until_final(socket, reply["message_id"])
+        chunks = [e["text"] for e in events if e["job_id"] == reply["job_id"]]
+        return Streamed(reply["message_id"], chunks, final, len(chunks))
+
+
+async def until_final(
+    socket: Any, message_id: str, timeout_s: float = 20
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read a thread's websocket until message ``message_id`` ends (done, failed, ...):
+    the chunk events on the way, in order, and the final message."""
+    chunks: list[dict[str, Any]] = []
+    while True:
+        event = json.loads(await asyncio.wait_for(socket.recv(), timeout_s))
+        if event["type"] == "chunk":
+            chunks.append(event)
+        elif (
+            event["type"] == "message"
+            and event["message"]["message_id"] == message_id
+            and event["message"]["state"] not in ("queued", "generating")
+        ):
+            return chunks, event["message"]

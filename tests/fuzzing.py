@@ -1,7 +1,8 @@
-"""What the property-based fuzz tests share: their hypothesis settings and a strategy for
-arbitrary JSON values."""
+"""What the property-based fuzz tests share: their hypothesis settings, a strategy for
+arbitrary JSON values, and one for ids in URL paths."""
 
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -26,3 +27,11 @@ def json_values(allow_nan: bool = False) -> st.SearchStrategy[Any]:
         ),
         max_leaves=12,
     )
+
+
+def path_ids(*known: str) -> st.SearchStrategy[str]:
+    """An id to put in a URL path: a real one, a well-formed one nobody has, a path
+    traversal, one too long, or any text (escaped)."""
+    return st.sampled_from([*known, "0" * 32, "..", "%2e%2e%2f", "x" * 300]) | st.text(
+        max_size=40
+    ).map(lambda t: quote(t, safe=""))

@@ -7,14 +7,13 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import websockets
 
 from farm_protocol.payloads import JobAccepted, JobChunk, JobDone
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker
-from tests.farm import new_thread, running_farm, ws_url
+from tests.farm import new_thread, running_farm, until_final, ws_url
 from tests.scripted_worker import scripted_worker
 
 PIECES = [f"piece {i}, " for i in range(11)] + ["the end."]
@@ -62,19 +61,11 @@ async def test_duplicated_and_reordered_chunks_make_the_exact_text(
             )
             await worker.publish(job.job_id, done)
 
+            events, final = await until_final(socket, reply["message_id"], timeout_s=10)
             forwarded: dict[int, str] = {}
-            while True:
-                event: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), 10))
-                if event["type"] == "chunk":
-                    assert event["seq"] not in forwarded, f"chunk {event['seq']} sent twice"
-                    forwarded[event["seq"]] = event["text"]
-                elif (
-                    event["type"] == "message"
-                    and event["message"]["message_id"] == reply["message_id"]
-                    and event["message"]["state"] not in ("queued", "generating")
-                ):
-                    final = event["message"]
-                    break
+            for event in events:
+                assert event["seq"] not in forwarded, f"chunk {event['seq']} sent twice"
+                forwarded[event["seq"]] = event["text"]
         assert final["state"] == "done", final
         assert final["content"] == text
         assert sorted(forwarded) == list(range(len(PIECES)))

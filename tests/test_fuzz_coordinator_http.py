@@ -8,12 +8,8 @@ wrong; the coordinator keeps serving and its /metrics still answers."""
 import json
 import os
 import secrets
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -21,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llama_farm.ports import free_port
-from tests.fuzzing import FUZZ, json_values
+from tests.fuzzing import FUZZ, json_values, path_ids
+from tests.processes import start_service, wait_http
 
 JSON = json_values(allow_nan=False)
 
@@ -42,26 +39,10 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         FARM_BROKER__URL=f"mqtt://127.0.0.1:{free_port()}",  # nobody there
     )
     log = tmp / "coordinator.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_farm.cli", "coordinator"],
-            env=env,
-            cwd=tmp,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_service(["coordinator"], env, tmp, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/metrics", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the coordinator did not come up"
-            time.sleep(0.1)
+        wait_http(url + "/metrics", process, log, ready=lambda r: r.status_code == 200)
         yield url
     finally:
         process.terminate()
@@ -69,9 +50,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert "Traceback" not in log.read_text(), log.read_text()[-5000:]
 
 
-ids = st.sampled_from(["w1", "0" * 32, "..", "x" * 300, "farm-coordinator"]) | st.text(
-    max_size=30
-).map(lambda t: quote(t, safe=""))
+ids = path_ids("w1", "farm-coordinator")
 
 PATHS = [
     "/api/v1/admin/workers",

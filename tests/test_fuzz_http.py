@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -21,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.dev_farm import dev_process
-from tests.fuzzing import FUZZ, json_values
+from tests.fuzzing import FUZZ, json_values, path_ids
 
 JSON = json_values(allow_nan=False)
 
@@ -60,9 +59,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
 
 
 def paths(thread_id: str) -> st.SearchStrategy[str]:
-    ids = st.sampled_from([thread_id, "0" * 32, "..", "%2e%2e%2f", "x" * 300]) | st.text(
-        max_size=40
-    ).map(lambda t: quote(t, safe=""))
+    ids = path_ids(thread_id)
     templates = [
         "/api/me",
         "/api/me/name",

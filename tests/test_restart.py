@@ -10,7 +10,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,20 +27,14 @@ from llama_farm.ollama_sim.settings import SimSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
 from tests.farm import wait_until
+from tests.processes import start_service
 
 ROOT = Path(__file__).parent.parent
 
 
 @contextmanager
 def coordinator_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_farm.cli", "coordinator"],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_service(["coordinator"], env, ROOT, log)
     try:
         yield proc
     finally:

@@ -15,7 +15,7 @@ from farm_protocol.codec import encode
 from farm_protocol.payloads import JobChunk, JobDone
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker
-from tests.farm import new_thread, running_farm, ws_url
+from tests.farm import new_thread, running_farm, until_final, ws_url
 
 
 async def test_a_rogue_workers_chunks_never_reach_a_browser(
@@ -48,18 +48,8 @@ async def test_a_rogue_workers_chunks_never_reach_a_browser(
                 await rogue.publish(with_topic, encode(fake_done), qos=1)
 
             injector = asyncio.create_task(inject())
-            seen: list[str] = []
-            while True:
-                event = json.loads(await asyncio.wait_for(socket.recv(), timeout=20))
-                if event["type"] == "chunk":
-                    seen.append(event["text"])
-                elif (
-                    event["type"] == "message"
-                    and event["message"]["message_id"] == reply["message_id"]
-                    and event["message"]["state"] not in ("queued", "generating")
-                ):
-                    final = event["message"]
-                    break
+            events, final = await until_final(socket, reply["message_id"])
+            seen = [event["text"] for event in events]
             await injector
         assert final["state"] == "done"
         assert "EVIL" not in "".join(seen)
