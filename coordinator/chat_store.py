@@ -9,6 +9,7 @@ import peewee as pw
 
 from coordinator import sql
 from coordinator.api_keys import ApiKeyInfo
+from coordinator.database import write_transaction
 from coordinator.errors import Busy, Conflict, NotFound, RateLimited
 from coordinator.fairness import positions
 from coordinator.job_store import queued_in_order
@@ -332,10 +333,7 @@ class ChatStore:
             return self._queue_reply(thread_id, user_id, question, model, api_key, stamp, history)
 
     def _write(self) -> pw._atomic:
-        """A write transaction; on SQLite take the write lock up front (no upgrade deadlock)."""
-        if isinstance(self.db, pw.SqliteDatabase):
-            return self.db.atomic("IMMEDIATE")
-        return self.db.atomic()
+        return write_transaction(self.db)
 
     @staticmethod
     def _row(

@@ -82,6 +82,14 @@ def open_database(url: str) -> pw.Database:
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file or postgresql://...")
 
 
+def write_transaction(db: pw.Database) -> pw._atomic:
+    """A write transaction; on SQLite take the write lock up front (no upgrade deadlock
+    between two writers that both began by reading)."""
+    if isinstance(db, pw.SqliteDatabase):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
+
+
 def bind(db: pw.Database) -> None:
     database_proxy.initialize(db)
 

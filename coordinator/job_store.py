@@ -18,6 +18,7 @@ from typing import Any, cast
 import peewee as pw
 
 from coordinator import sql
+from coordinator.database import write_transaction
 from coordinator.fairness import QueuedJob, fair_order
 from coordinator.tables import Job, Message, Worker
 from coordinator.views import message_view
@@ -209,10 +210,7 @@ class JobStore:
         self.health = health or Health()
 
     def _write(self) -> pw._atomic:
-        """A write transaction; on SQLite take the write lock up front (no upgrade deadlock)."""
-        if isinstance(self.db, pw.SqliteDatabase):
-            return self.db.atomic("IMMEDIATE")
-        return self.db.atomic()
+        return write_transaction(self.db)
 
     # --- dispatch -----------------------------------------------------------------------
 
