@@ -280,9 +280,10 @@ class ChatStore:
             ).fetchone()
             if found is None:
                 raise NotFound(f"no thread {thread_id}")
+            name = self._user_name(user_id)
             self._admit(user_id, api_key, max_queued)
             joined = self._join(thread_id, user_id)
-            new = self._queue_reply(thread_id, user_id, text, model, api_key, now())
+            new = self._queue_reply(thread_id, user_id, name, text, model, api_key, now())
             if found[0]:
                 sql.execute(
                     self.db,
@@ -312,6 +313,7 @@ class ChatStore:
             raise ValueError("messages must end with a user message")
         user_id, question = api_key.user_id, turns[-1][1]
         with self._write():
+            name = self._user_name(user_id)
             self._admit(user_id, api_key, max_queued)
             stamp = now()
             thread_id = _new_id()
@@ -330,7 +332,9 @@ class ChatStore:
                 self._row(thread_id, user_id, role, role, content, stamp - 1.0 + i * 1e-3)
                 for i, (role, content) in enumerate(turns[:-1])
             ]
-            return self._queue_reply(thread_id, user_id, question, model, api_key, stamp, history)
+            return self._queue_reply(
+                thread_id, user_id, name, question, model, api_key, stamp, history
+            )
 
     def _write(self) -> pw._atomic:
         return write_transaction(self.db)
@@ -361,10 +365,17 @@ class ChatStore:
             "created_at": created_at,
         }
 
+    def _user_name(self, user_id: str) -> str:
+        found = sql.execute(self.db, 'SELECT name FROM "user" WHERE id = %s', (user_id,)).fetchone()
+        if found is None:
+            raise NotFound(f"no user {user_id}")
+        return str(found[0])
+
     def _queue_reply(
         self,
         thread_id: str,
         user_id: str,
+        name: str,
         text: str,
         model: str,
         api_key: ApiKeyInfo | None,
@@ -372,10 +383,6 @@ class ChatStore:
         history: list[dict[str, Any]] | None = None,
     ) -> NewReply:
         """Insert (after ``history``) the user's message, its empty reply and the job."""
-        found = sql.execute(self.db, 'SELECT name FROM "user" WHERE id = %s', (user_id,)).fetchone()
-        if found is None:
-            raise NotFound(f"no user {user_id}")
-        name = found[0]
         job_id = _new_id()
         mine = self._row(thread_id, user_id, "user", name, text, stamp)
         reply = self._row(
