@@ -181,6 +181,7 @@ def test_a_1_mb_prompt_and_invalid_utf8_are_refused_cleanly(farm: Farm) -> None:
     sent = farm.http.post(f"/api/threads/{farm.thread_id}/messages", json={"text": prompt})
     assert sent.status_code == 413
     assert "larger than" in sent.json()["error"]
+    assert sent.headers["connection"] == "close"  # the unread body ends the connection
     openai = farm.http.post(
         "/v1/chat/completions",
         json={"model": "llama3", "messages": [{"role": "user", "content": prompt}]},
@@ -188,6 +189,7 @@ def test_a_1_mb_prompt_and_invalid_utf8_are_refused_cleanly(farm: Farm) -> None:
     )
     assert openai.status_code == 413
     assert openai.json()["error"]["type"] == "invalid_request_error"
+    assert openai.headers["connection"] == "close"
     # Under the byte limit but over the prompt limit (100,000 characters): 400.
     long = farm.http.post(f"/api/threads/{farm.thread_id}/messages", json={"text": "x" * 150_000})
     assert long.status_code == 400

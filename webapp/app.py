@@ -170,7 +170,12 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
 
     @app.errorhandler(413)
     async def _too_large(_: Exception) -> Response:
-        return api_error(413, f"request larger than {settings.max_request_bytes} bytes")
+        # The body was refused unread, so the server closes the connection after this
+        # answer: saying so keeps the client from sending its next request on it (a
+        # "Server disconnected" for that request, now and then).
+        response = api_error(413, f"request larger than {settings.max_request_bytes} bytes")
+        response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(404)
     async def _no_route(_: Exception) -> Response:
