@@ -92,8 +92,11 @@ class Dispatcher:
 
     async def run(self, idle_s: float = 1.0) -> None:
         while True:
+            # asyncio.timeout, not wait_for: see farm_protocol/queues.py (a stop that
+            # landed as the wake-up came would be lost, and shutdown would hang).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
+                async with asyncio.timeout(idle_s):
+                    await self._wake.wait()
             self._wake.clear()
             await self.dispatch_once()
 

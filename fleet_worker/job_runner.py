@@ -11,6 +11,7 @@ from farm_protocol import topics
 from farm_protocol.broker import Outbox
 from farm_protocol.codec import encode
 from farm_protocol.payloads import JobAccepted, JobAssignment, JobChunk, JobDone, JobFailed
+from farm_protocol.queues import get_within
 from fleet_worker.coalesce import DELIMITERS, Coalescer
 from fleet_worker.llm import LlmError, OllamaBackend
 from fleet_worker.settings import WorkerSettings
@@ -87,7 +88,7 @@ class JobRunner:
                 )
                 wait = coalescer.wait_s()
                 try:
-                    item = await asyncio.wait_for(tokens.get(), wait if wait is not None else limit)
+                    item = await get_within(tokens, wait if wait is not None else limit)
                 except TimeoutError:
                     if wait is None:
                         raise LlmError(

@@ -14,6 +14,7 @@ from farm_protocol.chat import MessageView, ThreadSnapshot
 from farm_protocol.errors import TopicError
 from farm_protocol.http_serving import request_json
 from farm_protocol.ids import check_id
+from farm_protocol.queues import get_within
 from webapp.bridge import Bridge, Subscriber
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 from webapp.openai_api import create_openai_blueprint, openai_error
@@ -281,7 +282,7 @@ class ThreadSocket:
     async def _live(self, sub: Subscriber) -> None:
         while True:
             try:
-                event = await asyncio.wait_for(sub.queue.get(), timeout=1.0)
+                event = await get_within(sub.queue, 1.0)
             except TimeoutError:
                 if sub.lagging:
                     await websocket.close(RELOAD_CLOSE_CODE, "fell behind")

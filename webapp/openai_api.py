@@ -8,7 +8,6 @@ through the same MQTT bridge the browsers use. Errors come in OpenAI's shape, wi
 ``Retry-After`` when the farm is busy (429) or overloaded (503).
 """
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from quart import Blueprint, Response, request
 
 from farm_protocol.chat import MessageState
 from farm_protocol.http_serving import request_json
+from farm_protocol.queues import get_within
 from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 
@@ -81,7 +81,7 @@ class Follow:
                         ):
                             yield "end", view
                             return
-                pending = [await asyncio.wait_for(sub.queue.get(), timeout=_IDLE_TIMEOUT_S)]
+                pending = [await get_within(sub.queue, _IDLE_TIMEOUT_S)]
         finally:
             self.bridge.unsubscribe(sub)
 
