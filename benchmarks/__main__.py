@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import chunking, claims, fleet, job_path, latency, streams, throughput
+from benchmarks import chunking, claims, fleet, job_path, latency, outbox, streams, throughput
 
 SECTIONS: dict[str, Callable[[], str]] = {
     "latency": latency.main,
     "throughput": throughput.main,
     "job_path": job_path.main,
     "streams": streams.main,
+    "outbox": outbox.main,
     "fleet": fleet.main,
     "claims": claims.main,
     "chunking": chunking.main,

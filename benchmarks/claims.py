@@ -14,7 +14,7 @@ from coordinator.dispatch import Dispatcher
 from coordinator.job_store import JobStore
 from coordinator.tables import Job, Worker
 from coordinator.worker_store import WorkerStore
-from farm_protocol.broker import Outbox
+from farm_protocol.outbox import Outbox
 
 
 def _prepare(db: pw.Database, jobs: int, workers: int) -> None:

@@ -21,8 +21,8 @@ from coordinator.dispatch import Dispatcher
 from coordinator.job_store import JobStore, Outcome, TextAppend
 from coordinator.tables import Worker
 from coordinator.worker_store import WorkerStore
-from farm_protocol.broker import Outbox
 from farm_protocol.chat import MessageView
+from farm_protocol.outbox import Outbox
 
 STEPS = ("store request", "dispatch round", "accepted", "first text", "finish")
 

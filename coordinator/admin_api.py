@@ -22,11 +22,11 @@ from coordinator.http_json import error, install_error_handlers
 from coordinator.provisioning import Provisioner
 from coordinator.worker_store import WorkerStore
 from farm_protocol import topics
-from farm_protocol.broker import Outbox
 from farm_protocol.chat import MessageView
 from farm_protocol.codec import encode
 from farm_protocol.http_serving import request_json
 from farm_protocol.ids import check_id
+from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import Drain
 
 

@@ -12,9 +12,9 @@ from coordinator.db_runner import DbRunner
 from coordinator.job_store import JobStore
 from coordinator.streams import JobStreams
 from farm_protocol import topics
-from farm_protocol.broker import Outbox
 from farm_protocol.chat import MessageView
 from farm_protocol.codec import encode
+from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import JobCancel
 
 log = logging.getLogger(__name__)

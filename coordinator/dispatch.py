@@ -13,10 +13,10 @@ from coordinator.fairness import QueuedJob, positions
 from coordinator.job_store import JobStore, Pick
 from coordinator.worker_store import WorkerLoad, WorkerStore
 from farm_protocol import topics
-from farm_protocol.broker import Outbox
 from farm_protocol.chat import MessageView
 from farm_protocol.codec import encode
 from farm_protocol.models import normalize_model
+from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import JobAssignment
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,12 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.streams import JobStreams
 from coordinator.worker_store import WorkerStore
 from farm_protocol import topics
-from farm_protocol.broker import Outbox, make_client, serve_session, stay_connected
+from farm_protocol.broker import make_client, serve_session, stay_connected
 from farm_protocol.chat import MemberView, MessageView
 from farm_protocol.codec import encode
 from farm_protocol.http_serving import serve_app
 from farm_protocol.lifecycle import run_until_stopped
+from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import ControlMessage, MembersEvent, MessageEvent
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from farm_protocol.outbox import WINDOW, Outbox
+
 log = logging.getLogger(__name__)
 
 # CONNACK codes meaning "your credentials are not accepted": 3.1.1 (4, 5) and 5.0 (134, 135).
@@ -65,7 +67,7 @@ def make_client(
     tls_context = None
     if address.tls:
         tls_context = ssl.create_default_context(cafile=settings.ca_file)
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         address.host,
         address.port,
         username=settings.username,
@@ -82,6 +84,10 @@ def make_client(
         # delayed-ACK timer. Measured: 48 ms from assignment to "accepted", now 7 ms.
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
+    # aiomqtt warns past 10 unacknowledged calls; the outbox keeps WINDOW publishes in
+    # flight on purpose, so only more than that (and a few subscribes) is worth a warning.
+    client.pending_calls_threshold = WINDOW + 10
+    return client
 
 
 def is_auth_failure(exc: aiomqtt.MqttError) -> bool:
@@ -125,66 +131,6 @@ async def stay_connected(
             log.warning("%s lost the broker (%s); reconnecting in %.1fs", name, exc, delay)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, backoff_max)
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
-class Outbox:
-    """Publishes that survive a reconnect: queued while the broker is away, sent in order
-    once it is back. An item whose PUBACK never came is sent again (QoS1 is at least once;
-    receivers de-duplicate by sequence number)."""
-
-    def __init__(self, maxsize: int = 100_000) -> None:
-        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize)
-        self._retry: Outgoing | None = None
-
-    async def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        await self._queue.put(Outgoing(topic, payload, qos, retain))
-
-    def pending(self) -> int:
-        return self._queue.qsize() + (self._retry is not None)
-
-    async def pump(self, client: aiomqtt.Client) -> None:
-        """Send queued items through ``client`` until cancelled (run inside a session).
-
-        A cancellation that lands during a publish can come back as an MqttError, or be
-        swallowed outright by ``asyncio.wait_for`` inside aiomqtt (CPython 3.11,
-        gh-86296); either way it is honoured, or the session could never be stopped (seen
-        after a broker restart: the coordinator hung on shutdown)."""
-        task = asyncio.current_task()
-
-        def cancelled() -> bool:
-            return task is not None and task.cancelling() > 0
-
-        while True:
-            item = self._retry or await self._queue.get()
-            self._retry = item
-            try:
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-            except aiomqtt.MqttError as exc:
-                if cancelled():
-                    raise asyncio.CancelledError from exc
-                log.debug("publish to %s failed (%s); will retry", item.topic, exc)
-                await asyncio.sleep(0.5)
-                continue
-            self._retry = None
-            self._queue.task_done()
-            if cancelled():
-                raise asyncio.CancelledError
-
-    async def drained(self, timeout_s: float) -> bool:
-        """Wait until everything queued has been sent (True), or ``timeout_s`` passes."""
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
 
 
 Handler = Callable[[aiomqtt.Message], Awaitable[None]]

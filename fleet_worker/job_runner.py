@@ -8,8 +8,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from farm_protocol import topics
-from farm_protocol.broker import Outbox
 from farm_protocol.codec import encode
+from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import JobAccepted, JobAssignment, JobChunk, JobDone, JobFailed
 from farm_protocol.queues import get_within
 from fleet_worker.coalesce import DELIMITERS, Coalescer

@@ -7,11 +7,12 @@ import logging
 import aiomqtt
 
 from farm_protocol import topics
-from farm_protocol.broker import Outbox, make_client, serve_session, stay_connected
+from farm_protocol.broker import make_client, serve_session, stay_connected
 from farm_protocol.codec import CONTROL, adapter_for, decode, encode, preview
 from farm_protocol.errors import ProtocolError
 from farm_protocol.ids import check_id, new_session_id
 from farm_protocol.models import normalize_model
+from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import (
     Drain,
     JobAssignment,

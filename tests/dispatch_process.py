@@ -10,7 +10,7 @@ from coordinator.database import migrate, open_database
 from coordinator.dispatch import Dispatcher
 from coordinator.job_store import JobStore
 from coordinator.worker_store import WorkerStore
-from farm_protocol.broker import Outbox
+from farm_protocol.outbox import Outbox
 
 
 def main(url: str, out: str, start_at: float) -> None:

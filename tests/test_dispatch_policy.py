@@ -14,8 +14,8 @@ from coordinator.fairness import QueuedJob, fair_order, positions
 from coordinator.job_store import Health, JobStore, Outcome
 from coordinator.tables import Job, Message, Worker
 from coordinator.worker_store import WorkerLoad, WorkerStore
-from farm_protocol.broker import Outbox
 from farm_protocol.chat import MessageView
+from farm_protocol.outbox import Outbox
 from tests.stores import add_worker
 
 

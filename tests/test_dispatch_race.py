@@ -20,7 +20,7 @@ from coordinator.dispatch import Dispatcher
 from coordinator.job_store import JobStore
 from coordinator.tables import Job, Message
 from coordinator.worker_store import WorkerStore
-from farm_protocol.broker import Outbox
+from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import JobAssignment
 from tests.stores import add_worker
 
