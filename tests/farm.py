@@ -140,16 +140,17 @@ async def running_farm(
     )
     token = SecretStr(secrets.token_urlsafe(24))
     accounts = await service_accounts(broker)
+    defaults: dict[str, Any] = {
+        "database_url": broker.database_url or f"sqlite:///{tmp_path / 'farm.sqlite3'}",
+        "broker": accounts.get(acl.COORDINATOR, broker.settings()),
+        "http_port": free_port(),
+        "service_token": token,
+        "coordinator_client_id": f"coordinator-{uuid.uuid4().hex[:8]}",
+    }
     coordinator = Coordinator(
-        CoordinatorSettings(
-            database_url=broker.database_url or f"sqlite:///{tmp_path / 'farm.sqlite3'}",
-            broker=accounts.get(acl.COORDINATOR, broker.settings()),
-            http_port=free_port(),
-            service_token=token,
-            coordinator_client_id=f"coordinator-{uuid.uuid4().hex[:8]}",
-            **(provisioning(broker) | (coordinator_settings or {})),
-        )
+        CoordinatorSettings(**(defaults | provisioning(broker) | (coordinator_settings or {})))
     )
+    token = coordinator.settings.service_token
     fleet = []
     for i in range(workers):
         info, key = await coordinator.runner.call(coordinator.workers.add, f"test worker {i}")
