@@ -1,14 +1,10 @@
 """The coordinator's side of the OpenAI-compatible API: the webapp (service token) passes
 a client's API key and its request here; the key is checked, limits applied, and the
-request queued as a thread of its own. The webapp streams the reply to the client.
+request queued as a thread of its own. The webapp streams the reply to the client. Keys
+are checked by :class:`coordinator.key_checks.KeyChecker` (scrypt off the database
+thread, remembered for a minute)."""
 
-Checking a key costs a scrypt hash (~30 ms); a key checked in the last minute is
-remembered by its SHA-256 so a busy client does not pay it per request (a revoked key
-stops working within that minute)."""
-
-import hashlib
 import hmac
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,12 +17,12 @@ from coordinator.chat_store import ChatStore
 from coordinator.db_runner import DbRunner
 from coordinator.errors import Busy, CoordinatorError
 from coordinator.http_json import error, install_error_handlers, json_response
+from coordinator.key_checks import KeyChecker
 from coordinator.metrics import Metrics
 from coordinator.worker_store import WorkerStore
 from farm_protocol.chat import MessageView, SendMessageResponse
 from farm_protocol.http_serving import request_json
 
-_CACHE_S = 60.0
 _MAX_TURNS = 200
 
 
@@ -64,23 +60,9 @@ class ApiContext:
     job_queued: Callable[[], None]
 
 
-class KeyCache:
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[float, ApiKeyInfo]] = {}
-
-    def get(self, key: str) -> ApiKeyInfo | None:
-        found = self._seen.get(hashlib.sha256(key.encode()).hexdigest())
-        return found[1] if found and found[0] > time.monotonic() else None
-
-    def put(self, key: str, info: ApiKeyInfo) -> None:
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        self._seen[hashlib.sha256(key.encode()).hexdigest()] = (time.monotonic() + _CACHE_S, info)
-
-
 def create_api_blueprint(ctx: ApiContext) -> Blueprint:
     bp = Blueprint("api_clients", __name__, url_prefix="/api/v1/programmatic")
-    cache = KeyCache()
+    keys = KeyChecker(ctx.runner, ctx.keys)
 
     @bp.before_request
     async def _authenticate() -> Response | None:
@@ -90,12 +72,9 @@ def create_api_blueprint(ctx: ApiContext) -> Blueprint:
         return None
 
     async def checked(key: str) -> ApiKeyInfo:
-        info = cache.get(key)
+        info = await keys.check(key)
         if info is None:
-            info = await ctx.runner.call(ctx.keys.verify, key)
-            if info is None:
-                raise InvalidKey("invalid API key")
-            cache.put(key, info)
+            raise InvalidKey("invalid API key")
         return info
 
     @bp.post("/keys/check")

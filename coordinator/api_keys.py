@@ -74,13 +74,27 @@ class ApiKeyStore:
             raise NotFound(f"no active API key {key_id}")
 
     def verify(self, key: str) -> ApiKeyInfo | None:
-        """The key's record if ``key`` is a live key, else None."""
+        """The key's record if ``key`` is a live key, else None. All in the calling thread:
+        the coordinator's database thread must not wait ~30 ms for scrypt, so its request
+        path uses :meth:`candidate`, :func:`verify_key` elsewhere, then :meth:`mark_used`."""
+        found = self.candidate(key)
+        if found is None or not verify_key(key, found[1]):
+            return None
+        return self.mark_used(found[0])
+
+    def candidate(self, key: str) -> tuple[str, str] | None:
+        """(key id, stored hash) of the live key ``key`` names, its secret not yet checked."""
         body = key.removeprefix(API_KEY_PREFIX)
         key_id, _, secret = body.partition("_")
         if not key.startswith(API_KEY_PREFIX) or not key_id or not secret:
             return None
         row = ApiKey.get_or_none((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
-        if row is None or not verify_key(key, str(row.key_hash)):
+        return None if row is None else (key_id, str(row.key_hash))
+
+    def mark_used(self, key_id: str) -> ApiKeyInfo | None:
+        """After its secret checked out: the key's record, None if revoked meanwhile."""
+        row = ApiKey.get_or_none((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
+        if row is None:
             return None
         ApiKey.update(last_used_at=time.time()).where(ApiKey.id == key_id).execute()
         return self._info(row)

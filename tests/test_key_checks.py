@@ -1,0 +1,126 @@
+"""API keys are checked (scrypt) off the coordinator's database thread: a slow check
+holds up nobody else's database work, and concurrent requests with one key share it."""
+
+import asyncio
+import hashlib
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import peewee as pw
+
+from coordinator.api_keys import ApiKeyStore
+from coordinator.db_runner import DbRunner
+from coordinator.key_checks import KeyChecker
+from coordinator.tables import ApiKey
+from tests.brokers import mosquitto
+from tests.farm import running_farm, wait_until
+
+
+async def until(check: Callable[[], bool]) -> None:
+    async def predicate() -> bool:
+        return check()
+
+    await wait_until(predicate, what="the key check")
+
+
+def make_slow(db: pw.Database, key_id: str, key: str) -> None:
+    """Store the key's hash at 16 times the usual cost (scrypt p=16): its check then
+    takes long enough to see what else happens meanwhile."""
+    n, r, p = 2**14, 8, 16
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(key.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    with db.connection_context():
+        ApiKey.update(key_hash=f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}").where(
+            ApiKey.id == key_id
+        ).execute()
+
+
+async def test_a_slow_key_check_holds_up_no_one_elses_database_work(tmp_path: Path) -> None:
+    async with mosquitto() as broker, running_farm(tmp_path, broker, webapp=False) as farm:
+        db = farm.coordinator.chat.db
+        info, key = await farm.coordinator.runner.call(ApiKeyStore(db).create, "slow")
+        await farm.coordinator.runner.call(make_slow, db, info.id, key)
+        token = farm.webapp_settings.service_token.get_secret_value()
+        async with httpx.AsyncClient(
+            base_url=farm.coordinator_url + "/api/v1/programmatic",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ) as api:
+            finished: list[str] = []
+
+            async def call(name: str, method: str, path: str, body: object = None) -> int:
+                response = await api.request(method, path, json=body)
+                finished.append(name)
+                return response.status_code
+
+            checking = asyncio.create_task(
+                call("key check", "POST", "/keys/check", {"api_key": key})
+            )
+            await asyncio.sleep(0.05)  # the check has started
+            # /models reads the fleet on the database thread.
+            assert await call("models", "GET", "/models") == 200
+            assert await checking == 200
+            assert finished == ["models", "key check"]
+
+
+async def test_one_check_for_concurrent_requests_and_wrong_keys_refused(
+    db: pw.Database,
+) -> None:
+    class Counted(ApiKeyStore):
+        looked_up = 0
+
+        def candidate(self, key: str) -> tuple[str, str] | None:
+            Counted.looked_up += 1
+            return super().candidate(key)
+
+    store = Counted(db)
+    info, key = store.create("shared")
+    runner = DbRunner(db)
+    try:
+        checker = KeyChecker(runner, store)
+        results = await asyncio.gather(*(checker.check(key) for _ in range(5)))
+        assert [r.id if r else None for r in results] == [info.id] * 5
+        assert Counted.looked_up == 1
+        assert await checker.check(key) is not None  # remembered: no new look-up
+        assert Counted.looked_up == 1
+
+        assert await checker.check(key[:-2] + "xx") is None  # wrong secret, real key id
+        assert await checker.check("lfa_nosuchkey_secret") is None
+        await runner.call(store.revoke, info.id)
+        fresh = KeyChecker(runner, store)
+        assert await fresh.check(key) is None
+    finally:
+        runner.close()
+
+
+async def test_a_busy_key_is_checked_again_in_the_background(db: pw.Database) -> None:
+    class Counted(ApiKeyStore):
+        looked_up = 0
+
+        def candidate(self, key: str) -> tuple[str, str] | None:
+            Counted.looked_up += 1
+            return super().candidate(key)
+
+    store = Counted(db)
+    info, key = store.create("busy")
+    runner = DbRunner(db)
+    try:
+        checker = KeyChecker(runner, store, cache_s=2.0, refresh_s=0.2)
+        assert await checker.check(key) is not None
+        first_use = store.get(info.id).last_used_at
+        await asyncio.sleep(0.3)
+        # Past the refresh point: answered from memory, checked again meanwhile.
+        assert await checker.check(key) is not None
+        await until(lambda: store.get(info.id).last_used_at != first_use)  # re-check done
+        assert Counted.looked_up == 2
+
+        await runner.call(store.revoke, info.id)
+        await asyncio.sleep(0.3)
+        assert await checker.check(key) is not None  # still remembered; its re-check starts
+        await until(lambda: Counted.looked_up == 3)
+        await asyncio.sleep(0.05)
+        assert await checker.check(key) is None  # the re-check found it revoked
+    finally:
+        runner.close()
