@@ -4,6 +4,7 @@ models, a whole reply, a streamed reply, and errors in OpenAI's shape (401, 404,
 import asyncio
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -25,6 +26,12 @@ async def test_the_official_client_works_against_the_farm(
         try:
             ids = [m.id async for m in client.models.list()]
             assert "llama3" in ids
+            async with httpx.AsyncClient() as fresh:  # no cookie jar carried over
+                listed = await fresh.get(
+                    farm.web_url + "/v1/models", headers={"Authorization": f"Bearer {key}"}
+                )
+            assert listed.status_code == 200
+            assert "set-cookie" not in listed.headers  # a key, not a browser session
 
             whole = await client.chat.completions.create(
                 model="llama3",

@@ -44,6 +44,10 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
 
     @app.before_request
     async def _session() -> None:
+        if request.path.startswith("/v1/"):
+            # An API client is known by its key: no browser session, no cookie.
+            g.new_session, g.session = False, ""
+            return
         token = request.cookies.get(COOKIE, "")
         g.new_session = len(token) < 32
         g.session = secrets.token_urlsafe(32) if g.new_session else token
