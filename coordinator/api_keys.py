@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import peewee as pw
 
 from coordinator.errors import NotFound
-from coordinator.keys import hash_key, verify_key
+from coordinator.keys import hash_key
 from coordinator.tables import ApiKey, Job, User
 
 API_KEY_PREFIX = "lfa_"
@@ -73,17 +73,9 @@ class ApiKeyStore:
         if changed != 1:
             raise NotFound(f"no active API key {key_id}")
 
-    def verify(self, key: str) -> ApiKeyInfo | None:
-        """The key's record if ``key`` is a live key, else None. All in the calling thread:
-        the coordinator's database thread must not wait ~30 ms for scrypt, so its request
-        path uses :meth:`candidate`, :func:`verify_key` elsewhere, then :meth:`mark_used`."""
-        found = self.candidate(key)
-        if found is None or not verify_key(key, found[1]):
-            return None
-        return self.mark_used(found[0])
-
     def candidate(self, key: str) -> tuple[str, str] | None:
-        """(key id, stored hash) of the live key ``key`` names, its secret not yet checked."""
+        """(key id, stored hash) of the live key ``key`` names, its secret not yet checked
+        (coordinator.key_checks checks it with scrypt, off the database thread)."""
         body = key.removeprefix(API_KEY_PREFIX)
         key_id, _, secret = body.partition("_")
         if not key.startswith(API_KEY_PREFIX) or not key_id or not secret:

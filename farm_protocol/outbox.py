@@ -79,7 +79,10 @@ class Outbox:
                     await asyncio.sleep(0.5)
                     failed.clear()
                 item = self._resend.pop(0) if self._resend else await self._queue.get()
-                task = asyncio.create_task(_publish(client, item), name=f"publish {item.topic}")
+                task = asyncio.create_task(
+                    client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain),
+                    name=f"publish {item.topic}",
+                )
                 self._in_flight[task] = item
                 task.add_done_callback(settled)
         finally:
@@ -101,7 +104,3 @@ class Outbox:
         except TimeoutError:
             return False
         return True
-
-
-async def _publish(client: aiomqtt.Client, item: Outgoing) -> None:
-    await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)

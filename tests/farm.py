@@ -2,10 +2,11 @@
 real broker and a real SQLite file, talking over real MQTT and HTTP."""
 
 import asyncio
+import inspect
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,20 @@ class Farm:
         return client
 
 
-async def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout_s: float = 10.0,
+    what: str = "condition",
+) -> None:
+    """Poll ``predicate`` (plain or async) until it is true."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not await predicate():
+
+    async def holds() -> bool:
+        result = predicate()
+        return await result if inspect.isawaitable(result) else result
+
+    while not await holds():
         if loop.time() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)

@@ -4,25 +4,19 @@ holds up nobody else's database work, and concurrent requests with one key share
 import asyncio
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import peewee as pw
 
-from coordinator.api_keys import ApiKeyStore
+from coordinator.api_keys import ApiKeyInfo, ApiKeyStore
 from coordinator.db_runner import DbRunner
 from coordinator.key_checks import KeyChecker
 from coordinator.tables import ApiKey
 from tests.brokers import mosquitto
 from tests.farm import running_farm, wait_until
-
-
-async def until(check: Callable[[], bool]) -> None:
-    async def predicate() -> bool:
-        return check()
-
-    await wait_until(predicate, what="the key check")
 
 
 def make_slow(db: pw.Database, key_id: str, key: str) -> None:
@@ -65,62 +59,62 @@ async def test_a_slow_key_check_holds_up_no_one_elses_database_work(tmp_path: Pa
             assert finished == ["models", "key check"]
 
 
-async def test_one_check_for_concurrent_requests_and_wrong_keys_refused(
-    db: pw.Database,
-) -> None:
-    class Counted(ApiKeyStore):
-        looked_up = 0
+class CountedKeys(ApiKeyStore):
+    """The real store, counting its look-ups of a key's row."""
 
-        def candidate(self, key: str) -> tuple[str, str] | None:
-            Counted.looked_up += 1
-            return super().candidate(key)
+    def __init__(self, db: pw.Database) -> None:
+        super().__init__(db)
+        self.looked_up = 0
 
-    store = Counted(db)
-    info, key = store.create("shared")
+    def candidate(self, key: str) -> tuple[str, str] | None:
+        self.looked_up += 1
+        return super().candidate(key)
+
+
+@asynccontextmanager
+async def a_key(db: pw.Database) -> AsyncIterator[tuple[CountedKeys, DbRunner, ApiKeyInfo, str]]:
+    store = CountedKeys(db)
+    info, key = store.create("a client")
     runner = DbRunner(db)
     try:
-        checker = KeyChecker(runner, store)
-        results = await asyncio.gather(*(checker.check(key) for _ in range(5)))
-        assert [r.id if r else None for r in results] == [info.id] * 5
-        assert Counted.looked_up == 1
-        assert await checker.check(key) is not None  # remembered: no new look-up
-        assert Counted.looked_up == 1
-
-        assert await checker.check(key[:-2] + "xx") is None  # wrong secret, real key id
-        assert await checker.check("lfa_nosuchkey_secret") is None
-        await runner.call(store.revoke, info.id)
-        fresh = KeyChecker(runner, store)
-        assert await fresh.check(key) is None
+        yield store, runner, info, key
     finally:
         runner.close()
 
 
+async def test_one_check_for_concurrent_requests_and_wrong_keys_refused(
+    db: pw.Database,
+) -> None:
+    async with a_key(db) as (store, runner, info, key):
+        checker = KeyChecker(runner, store)
+        results = await asyncio.gather(*(checker.check(key) for _ in range(5)))
+        assert [r.id if r else None for r in results] == [info.id] * 5
+        assert store.looked_up == 1
+        assert await checker.check(key) is not None  # remembered: no new look-up
+        assert store.looked_up == 1
+
+        wrong = key[:-1] + ("A" if key[-1] != "A" else "B")  # real key id, wrong secret
+        assert await checker.check(wrong) is None
+        assert await checker.check("lfa_nosuchkey_secret") is None
+        await runner.call(store.revoke, info.id)
+        fresh = KeyChecker(runner, store)
+        assert await fresh.check(key) is None
+
+
 async def test_a_busy_key_is_checked_again_in_the_background(db: pw.Database) -> None:
-    class Counted(ApiKeyStore):
-        looked_up = 0
-
-        def candidate(self, key: str) -> tuple[str, str] | None:
-            Counted.looked_up += 1
-            return super().candidate(key)
-
-    store = Counted(db)
-    info, key = store.create("busy")
-    runner = DbRunner(db)
-    try:
+    async with a_key(db) as (store, runner, info, key):
         checker = KeyChecker(runner, store, cache_s=2.0, refresh_s=0.2)
         assert await checker.check(key) is not None
         first_use = store.get(info.id).last_used_at
         await asyncio.sleep(0.3)
         # Past the refresh point: answered from memory, checked again meanwhile.
         assert await checker.check(key) is not None
-        await until(lambda: store.get(info.id).last_used_at != first_use)  # re-check done
-        assert Counted.looked_up == 2
+        await wait_until(lambda: store.get(info.id).last_used_at != first_use)  # re-checked
+        assert store.looked_up == 2
 
         await runner.call(store.revoke, info.id)
         await asyncio.sleep(0.3)
         assert await checker.check(key) is not None  # still remembered; its re-check starts
-        await until(lambda: Counted.looked_up == 3)
+        await wait_until(lambda: store.looked_up == 3)
         await asyncio.sleep(0.05)
         assert await checker.check(key) is None  # the re-check found it revoked
-    finally:
-        runner.close()

@@ -4,7 +4,7 @@ when the connection broke is sent again on the next one."""
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiomqtt
@@ -59,19 +59,12 @@ async def pumping(broker: RunningBroker, outbox: Outbox) -> AsyncIterator[TcpPro
             )
         )
         try:
-            await until(lambda: proxy.connections > 0, what="the sender to connect")
+            await wait_until(lambda: proxy.connections > 0, what="the sender to connect")
             yield proxy
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    async def predicate() -> bool:
-        return check()
-
-    await wait_until(predicate, what=what)
 
 
 async def ignore(message: aiomqtt.Message) -> None:
@@ -88,14 +81,14 @@ async def test_publishes_go_out_side_by_side_in_order(broker: RunningBroker) -> 
     async with received(broker) as got, pumping(broker, outbox) as proxy:
         proxy.cut(to_broker=False)  # the broker gets every publish; its PUBACKs are held
         await put(outbox, range(50))
-        await until(lambda: len(got) >= WINDOW, what="a window of publishes")
+        await wait_until(lambda: len(got) >= WINDOW, what="a window of publishes")
         await asyncio.sleep(0.3)  # none beyond the window goes out without a PUBACK
         assert got == list(range(WINDOW))
         assert outbox.pending() == 50
 
         proxy.restore()
         assert await outbox.drained(10)
-        await until(lambda: len(got) == 50, what="every publish")
+        await wait_until(lambda: len(got) == 50, what="every publish")
         assert got == list(range(50))
         assert outbox.pending() == 0
 
@@ -110,11 +103,11 @@ async def test_what_was_unacknowledged_is_sent_again_after_a_reconnect(
 
         proxy.cut(to_broker=False)
         await put(outbox, range(5, 40))
-        await until(lambda: len(got) >= 5 + WINDOW, what="a window of publishes")
+        await wait_until(lambda: len(got) >= 5 + WINDOW, what="a window of publishes")
         proxy.sever()  # the connection breaks with a window's PUBACKs never seen
         proxy.restore()
         assert await outbox.drained(10)
-        await until(lambda: set(got) == set(range(40)), what="every publish")
+        await wait_until(lambda: set(got) == set(range(40)), what="every publish")
 
     assert proxy.connections >= 2
     first_seen = list(dict.fromkeys(got))
@@ -134,5 +127,5 @@ async def test_a_publish_the_client_refuses_is_dropped_and_the_rest_go_out(
         await outbox.put("farm/test/#", b"-1", qos=1)
         await put(outbox, range(3))
         assert await outbox.drained(10)
-        await until(lambda: len(got) == 3, what="the rest")
+        await wait_until(lambda: len(got) == 3, what="the rest")
         assert got == [0, 1, 2]
