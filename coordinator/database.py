@@ -47,12 +47,19 @@ def _v3_to_v4(db: pw.Database) -> None:
     )
 
 
+def _v4_to_v5(db: pw.Database) -> None:
+    """The worker a job has counted against: a job counts once against a worker."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(m.add_column("job", "blamed_worker_id", pw.CharField(max_length=64, null=True)))
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
+    4: _v4_to_v5,
 }
 
 

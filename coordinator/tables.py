@@ -10,7 +10,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def now() -> float:
@@ -140,6 +140,9 @@ class Job(_Base):
     api_key_id = pw.CharField(max_length=32, null=True)
     # The worker the previous attempt failed on: a retry goes elsewhere when it can.
     avoid_worker_id = pw.CharField(max_length=64, null=True)
+    # The worker this job has already counted against (its health): a job counts once
+    # against a worker, however many of its attempts fail there.
+    blamed_worker_id = pw.CharField(max_length=64, null=True)
     error = pw.TextField(null=True)
     created_at = pw.DoubleField(default=now)
     assigned_at = pw.DoubleField(null=True)

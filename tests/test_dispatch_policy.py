@@ -122,6 +122,57 @@ def test_a_worker_that_keeps_failing_is_quarantined_then_let_back(db: pw.Databas
     assert (flaky.jobs_succeeded, flaky.failures) == (1, 0)
 
 
+def test_a_job_that_fails_at_every_attempt_counts_once_against_its_worker(
+    db: pw.Database,
+) -> None:
+    """A request that fails on the farm's only worker at each of its attempts (a prompt
+    that worker's Ollama cannot run) is one failed job for that worker, not three: on its
+    own it does not take the farm's only worker out. A second job failed there is."""
+    chat = ChatStore(db)
+    add_worker("only", capacity=1)
+    store = JobStore(
+        db, context_messages=5, max_attempts=3, health=Health(quarantine_after=2, quarantine_s=30)
+    )
+    job_id = ask(chat, "p", "poison")
+    states = []
+    for attempt in (1, 2, 3):
+        assert store.claim(job_id, "only", attempt) is not None
+        store.accept(job_id, attempt, "only")
+        view = store.fail_or_retry(job_id, attempt, "only", "runner crashed", retryable=True)
+        assert view is not None
+        states.append(view.state)
+    assert states == ["queued", "queued", "failed"]
+    only = Worker.get_by_id("only")
+    assert (only.jobs_failed, only.failures, only.quarantined_until) == (1, 1, None)
+    assert [w.id for w in WorkerStore(db, grace_s=60).online()] == ["only"]
+    # Another job failed there is the second in a row.
+    job_id = ask(chat, "s", "second")
+    assert store.claim(job_id, "only", 1) is not None
+    store.accept(job_id, 1, "only")
+    assert store.fail_or_retry(job_id, 1, "only", "boom", retryable=False) is not None
+    only = Worker.get_by_id("only")
+    assert only.jobs_failed == 2
+    assert (only.quarantined_until or 0) > time.time() + 25
+
+
+def test_a_job_counts_against_each_worker_it_fails_on(db: pw.Database) -> None:
+    """Counting once per worker, not once per job: a retry that fails on another worker
+    counts against that one too."""
+    add_worker("a", loaded=("llama3:latest",))
+    add_worker("b")
+    store = JobStore(
+        db, context_messages=5, max_attempts=2, health=Health(quarantine_after=5, quarantine_s=30)
+    )
+    job_id = ask(ChatStore(db), "t", "twice")
+    for attempt, worker in ((1, "a"), (2, "b")):
+        assert store.claim(job_id, worker, attempt) is not None
+        store.accept(job_id, attempt, worker)
+        store.fail_or_retry(job_id, attempt, worker, "boom", retryable=True)
+    assert Job.get_by_id(job_id).state == "failed"
+    counts = {w.id: (w.jobs_failed, w.failures) for w in Worker.select()}
+    assert counts == {"a": (1, 1), "b": (1, 1)}
+
+
 def test_a_refusal_before_accepting_is_not_held_against_the_worker(db: pw.Database) -> None:
     """A worker that says "at capacity" to an assignment (the coordinator's view of its
     slots was stale, e.g. after a network cut) has not failed a job."""

@@ -71,6 +71,7 @@ def test_a_v1_database_is_upgraded_in_place(db_url: str, tmp_path: Path) -> None
         assert (job.state, job.attempt, job.worker_id, job.chunks) == ("running", 1, "w1", 4)
         assert job.api_key_id is None
         assert job.avoid_worker_id is None
+        assert job.blamed_worker_id is None
         worker = Worker.get_by_id("w1")
         assert (worker.capacity, worker.failures, worker.jobs_succeeded) == (2, 0, 0)
         assert worker.quarantined_until is None

@@ -308,3 +308,27 @@ async def test_each_simulator_fault_fails_the_reply_with_a_reason_and_the_worker
         # The worker keeps serving.
         ok = await send(farm, farm.browser(), "[[sim:tokens=5]] next")
         assert (await until_state(farm, browser, ok, "done"))["state"] == "done"
+
+
+async def test_a_request_that_fails_at_every_attempt_does_not_quarantine_the_only_worker(
+    tmp_path: Path,
+) -> None:
+    """A prompt the worker's Ollama cannot run (a 500 each time) fails its three attempts
+    on the farm's only worker. That is one failed job for the worker, not three in a row:
+    it is not quarantined for a minute, and the next request is served at once."""
+    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=40)
+    settings = {"worker_grace_s": GRACE_S, "max_attempts": 3, "quarantine_after": 3}
+    async with (
+        broker_of("mosquitto") as broker,
+        running_farm(tmp_path, broker, sim=sim, coordinator_settings=settings) as farm,
+    ):
+        browser = farm.browser()
+        reply = await send(farm, browser, "[[sim:fault=http_error]] poison")
+        final = await until_state(farm, browser, reply, "failed", timeout_s=20)
+        assert "the model failed" in (final["error"] or "")
+        coordinator = farm.coordinator
+        job = await coordinator.runner.call(reports.job, final["job_id"])
+        assert job is not None
+        assert job.attempt == 3
+        ok = await send(farm, farm.browser(), "[[sim:tokens=5]] next")
+        assert (await until_state(farm, browser, ok, "done", timeout_s=10))["state"] == "done"
