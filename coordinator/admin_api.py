@@ -4,6 +4,8 @@ queue and fleet statistics. ``llama-farm workers ...`` uses the same stores.
 A missing or wrong token gets 401; with no admin token configured the API is closed.
 """
 
+import asyncio
+import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -15,10 +17,11 @@ from quart import Blueprint, Response, request
 
 from coordinator import reports
 from coordinator.admission import Admission
-from coordinator.api_keys import ApiKeyStore
+from coordinator.api_keys import ApiKeyStore, issue_key
 from coordinator.db_runner import DbRunner
 from coordinator.errors import Conflict, NotFound
 from coordinator.http_json import error, install_error_handlers
+from coordinator.keys import hash_key
 from coordinator.provisioning import Provisioner
 from coordinator.worker_store import WorkerStore
 from farm_protocol import topics
@@ -91,7 +94,12 @@ def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
     @bp.post("/workers")
     async def add_worker() -> Response:
         req: NewWorker = await body(NewWorker)
-        info, key = await ctx.runner.call(ctx.workers.add, req.name, req.worker_id)
+        # The key's hash (scrypt, tens of ms) is made off the database thread, which
+        # would hold up everyone's database work meanwhile.
+        wid = await ctx.runner.call(ctx.workers.new_id, req.name, req.worker_id)
+        key, nonce = ctx.workers.issue(wid)
+        key_hash = await asyncio.to_thread(hash_key, key)
+        info = await ctx.runner.call(ctx.workers.insert, wid, req.name, key_hash, nonce)
         broker = await ctx.provisioner.worker_added(info.id, key)
         return _ok({"worker": asdict(info), "api_key": key, "broker": broker}, 201)
 
@@ -103,8 +111,11 @@ def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
     async def rotate(worker_id: str) -> Response:
         wid = check_id(worker_id, "worker id")
         key, nonce = await ctx.runner.call(ctx.workers.new_key_for, wid)
+        key_hash = await asyncio.to_thread(hash_key, key)  # off the database thread
         broker = await ctx.provisioner.worker_rotated(wid, key)  # disconnects the old key
-        await ctx.runner.call(ctx.workers.set_key, wid, key, nonce)
+        await ctx.runner.call(
+            functools.partial(ctx.workers.set_key, wid, key_hash=key_hash, nonce=nonce)
+        )
         return _ok({"worker_id": wid, "api_key": key, "broker": broker})
 
     @bp.post("/workers/<worker_id>/revoke")
@@ -143,7 +154,8 @@ def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
     @bp.post("/api-keys")
     async def add_key() -> Response:
         req: NewApiKey = await body(NewApiKey)
-        info, key = await ctx.runner.call(ctx.api_keys.create, req.name, req.max_concurrent)
+        issued = await asyncio.to_thread(issue_key)  # scrypt: off the database thread
+        info, key = await ctx.runner.call(ctx.api_keys.create, req.name, req.max_concurrent, issued)
         return _ok({"api_key": asdict(info), "key": key}, 201)
 
     @bp.post("/api-keys/<key_id>/revoke")

@@ -33,27 +33,46 @@ class ApiKeyInfo:
     active_jobs: int
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A new key and its hash, not stored yet."""
+
+    key_id: str
+    key: str  # shown once, never stored
+    key_hash: str
+
+
+def issue_key() -> IssuedKey:
+    """A new key. Slow by design (scrypt, tens of ms): the coordinator calls it off its
+    database thread, so that no one else's database work waits for it."""
+    key_id = uuid.uuid4().hex[:16]
+    key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+    return IssuedKey(key_id, key, hash_key(key))
+
+
 class ApiKeyStore:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
 
-    def create(self, name: str, max_concurrent: int = 4) -> tuple[ApiKeyInfo, str]:
+    def create(
+        self, name: str, max_concurrent: int = 4, issued: IssuedKey | None = None
+    ) -> tuple[ApiKeyInfo, str]:
+        """Store a new key (``issued``, or one issued here) for a client called ``name``."""
         if not 1 <= max_concurrent <= 1000:
             raise ValueError("max_concurrent must be between 1 and 1000")
         if not name.strip() or len(name) > 200:
             raise ValueError("an API key needs a name of 1 to 200 characters")
-        key_id = uuid.uuid4().hex[:16]
-        key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+        issued = issued or issue_key()
         with self.db.atomic():
             user = User.create(id=uuid.uuid4().hex, name=f"API: {name.strip()[:58]}")
             ApiKey.create(
-                id=key_id,
+                id=issued.key_id,
                 name=name.strip(),
-                key_hash=hash_key(key),
+                key_hash=issued.key_hash,
                 user_id=user.id,
                 max_concurrent=max_concurrent,
             )
-        return self.get(key_id), key
+        return self.get(issued.key_id), issued.key
 
     def get(self, key_id: str) -> ApiKeyInfo:
         row = ApiKey.get_or_none(ApiKey.id == key_id)

@@ -10,7 +10,7 @@ import peewee as pw
 from coordinator import sql
 from coordinator.errors import Conflict, NotFound
 from coordinator.job_store import active_counts
-from coordinator.keys import derive_key, hash_key, new_key, new_nonce, verify_key
+from coordinator.keys import derive_key, hash_key, new_key, new_nonce
 from coordinator.tables import Worker
 from farm_protocol.acl import is_reserved
 from farm_protocol.chat import FleetModels
@@ -64,8 +64,9 @@ class WorkerStore:
         self.key_secret = key_secret
         self._offer_cache: tuple[float, list[str], FleetModels] | None = None
 
-    def _issue(self, worker_id: str) -> tuple[str, str]:
-        """A new key for ``worker_id`` and the nonce it was derived from ("" if random)."""
+    def issue(self, worker_id: str) -> tuple[str, str]:
+        """A new key for ``worker_id`` and the nonce it was derived from ("" if random).
+        Not stored: see :meth:`insert` and :meth:`set_key`, which take its hash."""
         if not self.key_secret:
             return new_key(), ""
         nonce = new_nonce()
@@ -84,16 +85,33 @@ class WorkerStore:
     # --- administration ----------------------------------------------------------------
 
     def add(self, name: str, worker_id: str | None = None) -> tuple[WorkerInfo, str]:
-        """Register a worker. Returns it and its key; the key is never stored in clear."""
+        """Register a worker in one step (the command line). Returns it and its key; the
+        key is never stored in clear. The admin API takes the same steps, hashing the key
+        off the database thread."""
         with self.db.atomic():
-            wid = check_id(worker_id, "worker id") if worker_id else self._free_id(name)
-            if is_reserved(wid):
-                raise ValueError(f"worker ids may not be {wid!r}: 'farm-' and 'admin' are reserved")
-            if Worker.get_or_none(Worker.id == wid) is not None:
-                raise Conflict(f"worker {wid} already exists")
-            key, nonce = self._issue(wid)
-            Worker.create(id=wid, name=name, key_hash=hash_key(key), key_nonce=nonce)
-        return self.get(wid), key
+            wid = self.new_id(name, worker_id)
+            key, nonce = self.issue(wid)
+            return self.insert(wid, name, hash_key(key), nonce), key
+
+    def new_id(self, name: str, worker_id: str | None = None) -> str:
+        """The id a new worker gets: ``worker_id`` if given (and free), else one made
+        from its name."""
+        wid = check_id(worker_id, "worker id") if worker_id else self._free_id(name)
+        if is_reserved(wid):
+            raise ValueError(f"worker ids may not be {wid!r}: 'farm-' and 'admin' are reserved")
+        if Worker.get_or_none(Worker.id == wid) is not None:
+            raise Conflict(f"worker {wid} already exists")
+        return wid
+
+    def insert(self, worker_id: str, name: str, key_hash: str, nonce: str) -> WorkerInfo:
+        """Store a new worker with its key's hash (Conflict if the id was taken since
+        :meth:`new_id` gave it)."""
+        try:
+            with self.db.atomic():
+                Worker.create(id=worker_id, name=name, key_hash=key_hash, key_nonce=nonce)
+        except pw.IntegrityError as exc:
+            raise Conflict(f"worker {worker_id} already exists") from exc
+        return self.get(worker_id)
 
     def _free_id(self, name: str) -> str:
         base = slugify(name)
@@ -106,7 +124,7 @@ class WorkerStore:
 
     def rotate(self, worker_id: str) -> str:
         key, nonce = self.new_key_for(worker_id)
-        self.set_key(worker_id, key, nonce)
+        self.set_key(worker_id, key_hash=hash_key(key), nonce=nonce)
         return key
 
     def new_key_for(self, worker_id: str) -> tuple[str, str]:
@@ -114,11 +132,12 @@ class WorkerStore:
         learns it first, so a failed broker update leaves the old key working."""
         if Worker.get_or_none((Worker.id == worker_id) & Worker.revoked_at.is_null()) is None:
             raise NotFound(f"no active worker {worker_id}")
-        return self._issue(worker_id)
+        return self.issue(worker_id)
 
-    def set_key(self, worker_id: str, key: str, nonce: str) -> None:
+    def set_key(self, worker_id: str, *, key_hash: str, nonce: str) -> None:
+        """Store a worker's new key: its hash (``coordinator.keys.hash_key``) and nonce."""
         changed = (
-            Worker.update(key_hash=hash_key(key), key_nonce=nonce)
+            Worker.update(key_hash=key_hash, key_nonce=nonce)
             .where((Worker.id == worker_id) & Worker.revoked_at.is_null())
             .execute()
         )
@@ -133,10 +152,6 @@ class WorkerStore:
         )
         if changed != 1:
             raise NotFound(f"no active worker {worker_id}")
-
-    def verify(self, worker_id: str, key: str) -> bool:
-        row = Worker.get_or_none((Worker.id == worker_id) & Worker.revoked_at.is_null())
-        return row is not None and verify_key(key, str(row.key_hash))
 
     def get(self, worker_id: str) -> WorkerInfo:
         row = Worker.get_or_none(Worker.id == worker_id)

@@ -12,6 +12,7 @@ import sys
 from coordinator.broker_accounts import BrokerAdminError
 from coordinator.database import migrate, open_database
 from coordinator.errors import Conflict, NotFound
+from coordinator.keys import hash_key
 from coordinator.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
 from coordinator.worker_store import WorkerInfo, WorkerStore
@@ -47,7 +48,7 @@ def _dispatch(args: argparse.Namespace, store: WorkerStore, provisioner: Provisi
     elif args.action == "rotate":
         key, nonce = store.new_key_for(args.worker_id)
         _broker(asyncio.run(provisioner.worker_rotated(args.worker_id, key)))
-        store.set_key(args.worker_id, key, nonce)
+        store.set_key(args.worker_id, key_hash=hash_key(key), nonce=nonce)
         _print_key(args.worker_id, key)
     elif args.action == "revoke":
         store.revoke(args.worker_id)
