@@ -67,6 +67,7 @@ def _ok(data: Any, status: int = 200) -> Response:
 
 def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
+    adding = asyncio.Lock()  # workers are added one at a time (see add_worker)
 
     @bp.before_request
     async def _authenticate() -> Response | None:
@@ -95,11 +96,20 @@ def create_admin_blueprint(ctx: AdminContext) -> Blueprint:
     async def add_worker() -> Response:
         req: NewWorker = await body(NewWorker)
         # The key's hash (scrypt, tens of ms) is made off the database thread, which
-        # would hold up everyone's database work meanwhile.
-        wid = await ctx.runner.call(ctx.workers.new_id, req.name, req.worker_id)
-        key, nonce = ctx.workers.issue(wid)
-        key_hash = await asyncio.to_thread(hash_key, key)
-        info = await ctx.runner.call(ctx.workers.insert, wid, req.name, key_hash, nonce)
+        # would hold up everyone's database work meanwhile. So the id is chosen before
+        # the worker is stored: adds are taken one at a time, and an id taken meanwhile
+        # (by another coordinator process) means choosing again.
+        async with adding:
+            for attempt in range(1, 4):
+                wid = await ctx.runner.call(ctx.workers.new_id, req.name, req.worker_id)
+                key, nonce = ctx.workers.issue(wid)
+                key_hash = await asyncio.to_thread(hash_key, key)
+                try:
+                    info = await ctx.runner.call(ctx.workers.insert, wid, req.name, key_hash, nonce)
+                    break
+                except Conflict:
+                    if req.worker_id or attempt == 3:
+                        raise
         broker = await ctx.provisioner.worker_added(info.id, key)
         return _ok({"worker": asdict(info), "api_key": key, "broker": broker}, 201)
 

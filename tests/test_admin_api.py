@@ -2,6 +2,7 @@
 workers and keys, drain, API keys, jobs (list, inspect, cancel), statistics and the
 Prometheus metrics. Bad input gets a 4xx with a clear message, never a 500."""
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -56,6 +57,13 @@ async def test_admin_api(
         assert "reserved" in reserved.json()["error"]
         renamed = await admin.post("/workers", json={"name": "Farm Coordinator"})
         assert renamed.json()["worker"]["id"] == "w-farm-coordinator"
+        # Added at the same time under one name: each gets an id of its own.
+        same = await asyncio.gather(
+            *(admin.post("/workers", json={"name": "GPU box"}) for _ in range(4))
+        )
+        assert [r.status_code for r in same] == [201] * 4
+        ids = {r.json()["worker"]["id"] for r in same}
+        assert ids == {"gpu-box", "gpu-box-2", "gpu-box-3", "gpu-box-4"}
         assert (await admin.post("/workers", content=b"[1,2")).status_code == 400
         listed = (await admin.get("/workers")).json()
         live = next(w for w in listed if w["id"] == "test-worker-0")
