@@ -15,7 +15,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import chunking, claims, fleet, job_path, latency, outbox, streams, throughput
+from benchmarks import (
+    chunking,
+    claims,
+    fleet,
+    gc_pauses,
+    job_path,
+    latency,
+    outbox,
+    streams,
+    throughput,
+)
 
 SECTIONS: dict[str, Callable[[], str]] = {
     "latency": latency.main,
@@ -23,6 +33,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "job_path": job_path.main,
     "streams": streams.main,
     "outbox": outbox.main,
+    "gc_pauses": gc_pauses.main,
     "fleet": fleet.main,
     "claims": claims.main,
     "chunking": chunking.main,

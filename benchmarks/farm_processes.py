@@ -184,7 +184,7 @@ async def process_farm(
 
 async def _fleet(spec_path: str) -> None:
     """Run the fleet described in ``spec_path`` until SIGINT."""
-    from farm_protocol.lifecycle import run_until_stopped
+    from farm_protocol.lifecycle import run_until_stopped, settle_heap
     from fleet_worker.service import FleetWorker
     from fleet_worker.settings import WorkerSettings
 
@@ -206,7 +206,18 @@ async def _fleet(spec_path: str) -> None:
         )
         for worker_id, key in spec["workers"]
     }
+    # As every service does (farm_protocol/lifecycle.py), and once more when the workers
+    # are connected: one process hosting a hundred workers makes a heap no single
+    # worker's process has, and its full collections stalled every stream at once.
+    settle_heap()
+
+    async def settle_when_connected() -> None:
+        await asyncio.sleep(10)
+        settle_heap()
+
+    settling = asyncio.create_task(settle_when_connected())
     await run_until_stopped({wid: w.run(stop) for wid, w in fleet.items()}, stop)
+    settling.cancel()
 
 
 def main() -> None:

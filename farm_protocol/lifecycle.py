@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -48,9 +49,25 @@ def _quiet_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, An
     loop.default_exception_handler(context)
 
 
+def settle_heap() -> None:
+    """Take what exists so far (the imported modules, their classes and functions, about
+    90,000 objects in a service) out of the garbage collector's sight, for good.
+
+    A full collection walks every object the collector tracks, and stops the whole
+    process meanwhile: with those objects in view, each took about 90 ms on the 2-core
+    AMD EPYC of 2026-11-29, and a busy service runs one every few tens of seconds. Those
+    pauses were most of the chunk delays' p99 (every stream through the process stalls at
+    once). After ``gc.freeze()`` a full collection looks only at what the service has
+    made since, and the frozen objects (code, which lives as long as the process) are
+    never freed, as before. Call it once, when the imports are done."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run ``main(stop)`` in a fresh loop; SIGINT/SIGTERM set ``stop`` (graceful), and a
-    second signal cancels at once. No traceback on Ctrl-C."""
+    second signal cancels at once. No traceback on Ctrl-C. The heap is settled first
+    (:func:`settle_heap`)."""
 
     async def runner() -> None:
         loop = asyncio.get_running_loop()
@@ -67,6 +84,7 @@ def run_with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
             loop.add_signal_handler(sig, on_signal)
         await main(stop)
 
+    settle_heap()
     with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
         asyncio.run(runner())
 

@@ -2,6 +2,8 @@
 
 import asyncio
 import errno
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -37,3 +39,21 @@ def test_other_errors_still_reach_asyncio(loop: RecordingLoop) -> None:
     _quiet_closed_sockets(loop, refused)
     _quiet_closed_sockets(loop, crash)
     assert loop.reported == [refused, crash]
+
+
+def test_a_service_started_with_signals_has_settled_its_heap() -> None:
+    """What the service imported is out of the collector's sight before it runs (see
+    ``settle_heap``): in a fresh interpreter, as a service starts."""
+    script = (
+        "import asyncio, gc\n"
+        "import coordinator.service\n"
+        "from farm_protocol.lifecycle import run_with_signals\n"
+        "async def main(stop: asyncio.Event) -> None:\n"
+        "    print(gc.get_freeze_count())\n"
+        "run_with_signals(main)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    frozen = int(out.stdout.strip())
+    assert frozen > 10_000  # the coordinator's imports: tens of thousands of objects
