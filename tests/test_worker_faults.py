@@ -283,6 +283,28 @@ async def test_a_configured_model_not_pulled_yet_is_pulled_for_its_first_job(
         assert "pull phi3: pulling" in log  # progress, as Ollama reports it
 
 
+@asynccontextmanager
+async def faulty_farm(tmp_path: Path, **settings: Any) -> AsyncIterator[Farm]:
+    """A farm on Mosquitto with one in-process worker, for the simulator's faults."""
+    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=40)
+    async with (
+        broker_of("mosquitto") as broker,
+        running_farm(
+            tmp_path,
+            broker,
+            sim=sim,
+            coordinator_settings={"worker_grace_s": GRACE_S, **settings},
+        ) as farm,
+    ):
+        yield farm
+
+
+async def still_serving(farm: Farm, browser: httpx.AsyncClient, timeout_s: float = 20) -> None:
+    """The worker takes and finishes the next request."""
+    ok = await send(farm, farm.browser(), "[[sim:tokens=5]] next")
+    assert (await until_state(farm, browser, ok, "done", timeout_s=timeout_s))["state"] == "done"
+
+
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [
@@ -294,20 +316,13 @@ async def test_a_configured_model_not_pulled_yet_is_pulled_for_its_first_job(
 async def test_each_simulator_fault_fails_the_reply_with_a_reason_and_the_worker_goes_on(
     tmp_path: Path, fault: str, reason: str
 ) -> None:
-    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=40)
-    settings = {"worker_grace_s": GRACE_S, "first_token_timeout_s": 3, "max_attempts": 1}
-    async with (
-        broker_of("mosquitto") as broker,
-        running_farm(tmp_path, broker, sim=sim, coordinator_settings=settings) as farm,
-    ):
+    async with faulty_farm(tmp_path, first_token_timeout_s=3, max_attempts=1) as farm:
         browser = farm.browser()
         reply = await send(farm, browser, f"[[sim:fault={fault}]] please")
         final = await until_state(farm, browser, reply, "failed", "timed_out", timeout_s=20)
         assert final["error"], final
         assert reason in final["error"]
-        # The worker keeps serving.
-        ok = await send(farm, farm.browser(), "[[sim:tokens=5]] next")
-        assert (await until_state(farm, browser, ok, "done"))["state"] == "done"
+        await still_serving(farm, browser)
 
 
 async def test_a_request_that_fails_at_every_attempt_does_not_quarantine_the_only_worker(
@@ -316,12 +331,7 @@ async def test_a_request_that_fails_at_every_attempt_does_not_quarantine_the_onl
     """A prompt the worker's Ollama cannot run (a 500 each time) fails its three attempts
     on the farm's only worker. That is one failed job for the worker, not three in a row:
     it is not quarantined for a minute, and the next request is served at once."""
-    sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=40)
-    settings = {"worker_grace_s": GRACE_S, "max_attempts": 3, "quarantine_after": 3}
-    async with (
-        broker_of("mosquitto") as broker,
-        running_farm(tmp_path, broker, sim=sim, coordinator_settings=settings) as farm,
-    ):
+    async with faulty_farm(tmp_path, max_attempts=3, quarantine_after=3) as farm:
         browser = farm.browser()
         reply = await send(farm, browser, "[[sim:fault=http_error]] poison")
         final = await until_state(farm, browser, reply, "failed", timeout_s=20)
@@ -330,5 +340,4 @@ async def test_a_request_that_fails_at_every_attempt_does_not_quarantine_the_onl
         job = await coordinator.runner.call(reports.job, final["job_id"])
         assert job is not None
         assert job.attempt == 3
-        ok = await send(farm, farm.browser(), "[[sim:tokens=5]] next")
-        assert (await until_state(farm, browser, ok, "done", timeout_s=10))["state"] == "done"
+        await still_serving(farm, browser, timeout_s=10)  # not quarantined for a minute
