@@ -50,16 +50,18 @@ def _quiet_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, An
 
 
 def settle_heap() -> None:
-    """Take what exists so far (the imported modules, their classes and functions, about
-    90,000 objects in a service) out of the garbage collector's sight, for good.
+    """Take what exists so far (the imported modules, their classes and functions:
+    50,000-67,000 objects in a service) out of the garbage collector's sight.
 
     A full collection walks every object the collector tracks, and stops the whole
-    process meanwhile: with those objects in view, each took about 90 ms on the 2-core
-    AMD EPYC of 2026-11-29, and a busy service runs one every few tens of seconds. Those
-    pauses were most of the chunk delays' p99 (every stream through the process stalls at
-    once). After ``gc.freeze()`` a full collection looks only at what the service has
-    made since, and the frozen objects (code, which lives as long as the process) are
-    never freed, as before. Call it once, when the imports are done."""
+    process meanwhile: in the running farm those pauses lasted up to 116-192 ms in the
+    coordinator, the webapp and the simulator (2026-11-29, AMD EPYC), each one stalling
+    every stream and request through the process. After ``gc.freeze()`` a full
+    collection looks only at what was made since (docs/PERFORMANCE.md, The garbage
+    collector). Frozen objects are still freed when nothing refers to them; only a cycle
+    among them is never collected, which for code that lives as long as the process
+    changes nothing. Call it when the imports are done; again later freezes what was
+    made in between."""
     gc.collect()
     gc.freeze()
 

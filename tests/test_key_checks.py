@@ -7,7 +7,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from coordinator.db_runner import DbRunner
 from coordinator.key_checks import KeyChecker
 from coordinator.tables import ApiKey
 from tests.brokers import mosquitto
-from tests.farm import Farm, running_farm, wait_until
+from tests.farm import running_farm, wait_until
 
 
 def make_slow(db: pw.Database, key_id: str, key: str) -> None:
@@ -36,42 +36,32 @@ def make_slow(db: pw.Database, key_id: str, key: str) -> None:
         ).execute()
 
 
-async def first_finished(
-    slow: Coroutine[Any, Any, httpx.Response], api: httpx.AsyncClient, expected: int
-) -> list[str]:
-    """Start the slow request, then, while it runs, one that needs the coordinator's
-    database thread (``/models`` reads the fleet there; ``api`` has the service token).
-    Which finished first?"""
-    finished: list[str] = []
-
-    async def slow_one() -> int:
-        response = await slow
-        finished.append("slow")
-        return response.status_code
-
-    running = asyncio.create_task(slow_one())
-    await asyncio.sleep(0.05)  # it has started
-    assert (await api.get("/api/v1/programmatic/models")).status_code == 200
-    finished.append("database")
-    assert await running == expected
-    return finished
-
-
-def service_client(farm: Farm) -> httpx.AsyncClient:
-    token = farm.webapp_settings.service_token.get_secret_value()
-    return httpx.AsyncClient(
-        base_url=farm.coordinator_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
-
-
 async def test_a_slow_key_check_holds_up_no_one_elses_database_work(tmp_path: Path) -> None:
     async with mosquitto() as broker, running_farm(tmp_path, broker, webapp=False) as farm:
         db = farm.coordinator.chat.db
         info, key = await farm.coordinator.runner.call(ApiKeyStore(db).create, "slow")
         await farm.coordinator.runner.call(make_slow, db, info.id, key)
-        async with service_client(farm) as api:
-            check = api.post("/api/v1/programmatic/keys/check", json={"api_key": key})
-            assert await first_finished(check, api, 200) == ["database", "slow"]
+        token = farm.webapp_settings.service_token.get_secret_value()
+        async with httpx.AsyncClient(
+            base_url=farm.coordinator_url + "/api/v1/programmatic",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ) as api:
+            finished: list[str] = []
+
+            async def call(name: str, method: str, path: str, body: object = None) -> int:
+                response = await api.request(method, path, json=body)
+                finished.append(name)
+                return response.status_code
+
+            checking = asyncio.create_task(
+                call("key check", "POST", "/keys/check", {"api_key": key})
+            )
+            await asyncio.sleep(0.05)  # the check has started
+            # /models reads the fleet on the database thread.
+            assert await call("models", "GET", "/models") == 200
+            assert await checking == 200
+            assert finished == ["models", "key check"]
 
 
 ADMIN_TOKEN = "admin-" + "k" * 30
@@ -110,7 +100,10 @@ async def test_issuing_a_key_holds_up_no_one_elses_database_work(
                 hashed.set()
 
         monkeypatch.setattr(hashlib, "scrypt", slow_scrypt)
-        async with service_client(farm) as api:
+        token = farm.webapp_settings.service_token.get_secret_value()
+        async with httpx.AsyncClient(
+            base_url=farm.coordinator_url, headers={"Authorization": f"Bearer {token}"}
+        ) as api:
             issuing = asyncio.create_task(admin.post(path, json=body))
             await wait_until(hashing.is_set)
             # While the key is being hashed, the database thread serves others.
