@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
+from coordinator.database import write_transaction
 from coordinator.errors import NotFound
 from coordinator.keys import hash_key
 from coordinator.tables import ApiKey, Job, User
@@ -63,7 +64,7 @@ class ApiKeyStore:
         if not name.strip() or len(name) > 200:
             raise ValueError("an API key needs a name of 1 to 200 characters")
         issued = issued or issue_key()
-        with self.db.atomic():
+        with write_transaction(self.db):
             user = User.create(id=uuid.uuid4().hex, name=f"API: {name.strip()[:58]}")
             ApiKey.create(
                 id=issued.key_id,

@@ -108,8 +108,11 @@ class ChatStore:
 
     def session_user(self, token: str) -> UserView:
         """The user behind a browser session token, created on first use."""
-        with self.db.atomic():
-            found = self.find_user(token)
+        found = self.find_user(token)
+        if found is not None:
+            return found
+        with self._write():
+            found = self.find_user(token)  # made meanwhile by another process
             if found is not None:
                 return found
             user = User.create(id=_new_id(), name=random_name())
@@ -119,7 +122,7 @@ class ChatStore:
     def rename(self, user_id: str) -> tuple[UserView, list[str]]:
         """Give the user a new random name; also the threads whose member lists changed
         (the 50 most recently active: older ones show the new name when next opened)."""
-        with self.db.atomic():
+        with self._write():
             user = User.get_by_id(user_id)
             user.name = random_name(other_than=user.name)
             user.save()
@@ -134,7 +137,7 @@ class ChatStore:
         return UserView(user_id=user.id, name=user.name), threads
 
     def create_thread(self, user_id: str, system_prompt: str) -> ThreadView:
-        with self.db.atomic():
+        with self._write():
             thread = Thread.create(id=_new_id(), created_by=user_id)
             ThreadMember.create(thread=thread, user=user_id)
             if system_prompt.strip():
@@ -238,7 +241,7 @@ class ChatStore:
 
     def join(self, thread_id: str, user_id: str) -> list[MemberView]:
         """Make the user a member (at most ``MAX_THREAD_MEMBERS``); the members after."""
-        with self.db.atomic():
+        with self._write():
             if not Thread.select().where(Thread.id == thread_id).exists():
                 raise NotFound(f"no thread {thread_id}")
             self._join(thread_id, user_id)
@@ -410,7 +413,7 @@ class ChatStore:
     ) -> MessageView:
         """Generate a reply that failed, timed out or was stopped once more, as a new job
         (the earlier jobs stay on record). The same limits apply as to sending."""
-        with self.db.atomic():
+        with self._write():
             reply = Message.get_or_none(
                 (Message.id == message_id)
                 & (Message.thread == thread_id)

@@ -102,21 +102,24 @@ def bind(db: pw.Database) -> None:
 
 
 def migrate(db: pw.Database) -> int:
-    """Create a fresh schema, or upgrade an older one in place. Returns the version."""
+    """Create a fresh schema, or upgrade an older one in place. Returns the version.
+
+    A schema already current is only read: the command line calls this beside a running
+    coordinator, and on SQLite a transaction that read first and then writes fails at once
+    ("database is locked") if anyone else wrote meanwhile. Creating or upgrading takes the
+    write lock up front instead."""
     bind(db)
     try:
-        with db.atomic():
-            if not db.table_exists(SchemaInfo._meta.table_name):
+        version = _current_version(db)
+        if version == SCHEMA_VERSION:
+            return version
+        with write_transaction(db):
+            version = _current_version(db)  # another process may have done it meanwhile
+            if version is None:
                 db.create_tables(ALL_TABLES)
                 SchemaInfo.create(version=SCHEMA_VERSION)
                 log.info("created database schema version %d", SCHEMA_VERSION)
                 return SCHEMA_VERSION
-            info = SchemaInfo.get()
-            version = int(info.version)
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database schema {version} is newer than this coordinator's {SCHEMA_VERSION}"
-                )
             while version < SCHEMA_VERSION:
                 MIGRATIONS[version](db)
                 version += 1
@@ -125,3 +128,15 @@ def migrate(db: pw.Database) -> int:
             return version
     except pw.PeeweeException as exc:
         raise StoreError(f"cannot prepare the database: {exc}") from exc
+
+
+def _current_version(db: pw.Database) -> int | None:
+    """The schema's version, None for an empty database; refuses a newer schema."""
+    if not db.table_exists(SchemaInfo._meta.table_name):
+        return None
+    version = int(SchemaInfo.get().version)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema {version} is newer than this coordinator's {SCHEMA_VERSION}"
+        )
+    return version

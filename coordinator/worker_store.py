@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import peewee as pw
 
 from coordinator import sql
+from coordinator.database import write_transaction
 from coordinator.errors import Conflict, NotFound
 from coordinator.job_store import active_counts
 from coordinator.keys import derive_key, hash_key, new_key, new_nonce
@@ -88,7 +89,7 @@ class WorkerStore:
         """Register a worker in one step (the command line). Returns it and its key; the
         key is never stored in clear. The admin API takes the same steps, hashing the key
         off the database thread."""
-        with self.db.atomic():
+        with write_transaction(self.db):
             wid = self.new_id(name, worker_id)
             key, nonce = self.issue(wid)
             return self.insert(wid, name, hash_key(key), nonce), key
@@ -107,7 +108,7 @@ class WorkerStore:
         """Store a new worker with its key's hash (Conflict if the id was taken since
         :meth:`new_id` gave it)."""
         try:
-            with self.db.atomic():
+            with write_transaction(self.db):
                 Worker.create(id=worker_id, name=name, key_hash=key_hash, key_nonce=nonce)
         except pw.IntegrityError as exc:
             raise Conflict(f"worker {worker_id} already exists") from exc
@@ -234,7 +235,7 @@ class WorkerStore:
         """Several signs of life in one transaction; those from a current session."""
         stamp = time.time()
         fresh = []
-        with self.db.atomic():
+        with write_transaction(self.db):
             for beat in beats:
                 changed = (
                     Worker.update(last_seen=stamp)

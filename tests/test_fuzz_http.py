@@ -47,8 +47,8 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
             env={"FARM_DATABASE_URL": f"sqlite:///{tmp / 'farm' / 'dev.sqlite3'}", "PATH": ""},
             capture_output=True,
             text=True,
-            check=True,
         )
+        assert made.returncode == 0, made.stderr
         found = re.search(r"api key:\s+(\S+)", made.stdout)
         assert found, made.stdout
         farm = Farm(url.rstrip("/"), found.group(1))
