@@ -1,6 +1,8 @@
 """Opening the database from a URL, and bringing its schema up to date in place."""
 
 import logging
+import sqlite3
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -63,19 +65,32 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
 }
 
 
+class _WalSqliteDatabase(pw.SqliteDatabase):
+    """SQLite in WAL mode. Turning a new file to WAL takes a lock that no busy timeout waits
+    for: processes opening a new file together (coordinators, the command line) would
+    fail with "database is locked", so each connection retries it for up to 10 s."""
+
+    def _add_conn_hooks(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = wal")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        super()._add_conn_hooks(conn)  # type: ignore[misc]
+
+
 def open_database(url: str) -> pw.Database:
     """``sqlite:///path`` (WAL) or ``postgresql://user@host:port/db``."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else parts.path
-        return pw.SqliteDatabase(
+        return _WalSqliteDatabase(
             path or ":memory:",
-            pragmas={
-                "journal_mode": "wal",
-                "synchronous": "normal",
-                "foreign_keys": 1,
-                "busy_timeout": 10_000,
-            },
+            pragmas={"synchronous": "normal", "foreign_keys": 1, "busy_timeout": 10_000},
             check_same_thread=False,
         )
     if parts.scheme in ("postgres", "postgresql"):
@@ -107,13 +122,18 @@ def migrate(db: pw.Database) -> int:
     A schema already current is only read: the command line calls this beside a running
     coordinator, and on SQLite a transaction that read first and then writes fails at once
     ("database is locked") if anyone else wrote meanwhile. Creating or upgrading takes the
-    write lock up front instead."""
+    write lock up front instead, and on PostgreSQL a lock of its own, so that coordinators
+    started together on an empty database create it once instead of failing on each
+    other's tables."""
     bind(db)
     try:
         version = _current_version(db)
         if version == SCHEMA_VERSION:
             return version
         with write_transaction(db):
+            if isinstance(db, pw.PostgresqlDatabase):
+                # coordinators starting together take turns (SQLite's lock is the write lock)
+                db.execute_sql("SELECT pg_advisory_xact_lock(hashtext('llama-farm schema'))")  # type: ignore[no-untyped-call]
             version = _current_version(db)  # another process may have done it meanwhile
             if version is None:
                 db.create_tables(ALL_TABLES)

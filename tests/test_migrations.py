@@ -1,14 +1,17 @@
 """Schema upgrades in place: a database created by schema version 1 (its DDL is kept in
 tests/data, exactly as that version's coordinator created it), holding data, is upgraded
 by ``migrate`` to the current version without losing a row, and ends up with the same
-columns and indexes as a database created fresh."""
+columns and indexes as a database created fresh. Coordinators started together create or
+upgrade a database once, instead of failing on each other's work."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import peewee as pw
 import pytest
 
-from coordinator.database import migrate, open_database
+from coordinator.database import bind, migrate, open_database
 from coordinator.errors import StoreError
 from coordinator.tables import ALL_TABLES, SCHEMA_VERSION, ApiKey, Job, Message, SchemaInfo, Worker
 from tests.conftest import scratch_database_url
@@ -97,4 +100,51 @@ def test_a_database_from_a_newer_coordinator_is_refused(db_url: str) -> None:
     SchemaInfo.update(version=SCHEMA_VERSION + 1).execute()
     with pytest.raises(StoreError, match="newer than this coordinator"):
         migrate(db)
+    db.close()
+
+
+MIGRATE_WHEN_TOLD = (
+    "import sys\n"
+    "from coordinator.database import bind, migrate, open_database\n"
+    "db = open_database(sys.argv[1])\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "print(migrate(db))\n"
+)
+
+
+@pytest.mark.parametrize("start", ["empty", "version 1"])
+def test_coordinators_started_together_prepare_the_database_once(db_url: str, start: str) -> None:
+    if start == "version 1":
+        old = open_database(db_url)
+        _create_v1(old, "sqlite" if db_url.startswith("sqlite") else "postgresql")
+        old.close()
+    starting = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_WHEN_TOLD, db_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for process in starting:  # all three connected, then all told at once
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+    for process in starting:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    for process in starting:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert out.strip() == str(SCHEMA_VERSION)
+    db = open_database(db_url)
+    bind(db)
+    with db.connection_context():
+        assert SchemaInfo.select().count() == 1
+        assert ApiKey.select().count() == 0  # its table exists
+        if db_url.startswith("sqlite"):
+            assert db.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)  # type: ignore[no-untyped-call]
     db.close()
