@@ -10,7 +10,14 @@ import peewee as pw
 from playhouse import migrate as schema
 
 from coordinator.errors import StoreError
-from coordinator.tables import ALL_TABLES, SCHEMA_VERSION, ApiKey, SchemaInfo, database_proxy
+from coordinator.tables import (
+    ALL_TABLES,
+    SCHEMA_VERSION,
+    ApiKey,
+    ReplyFailure,
+    SchemaInfo,
+    database_proxy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +57,8 @@ def _v3_to_v4(db: pw.Database) -> None:
 
 
 def _v4_to_v5(db: pw.Database) -> None:
-    """The worker a job has counted against: a job counts once against a worker."""
-    m = schema.SchemaMigrator.from_database(db)
-    schema.migrate(m.add_column("job", "blamed_worker_id", pw.CharField(max_length=64, null=True)))
+    """The workers each reply has failed on: a reply counts once against a worker."""
+    db.create_tables([ReplyFailure])
 
 
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is

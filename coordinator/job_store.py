@@ -469,10 +469,8 @@ class JobStore:
     def _ended(self, job_id: str, outcome: Outcome, error: str | None, stamp: float) -> MessageView:
         """The job has just ended: its message takes the same end, and its worker the
         credit or the blame."""
-        message_id, worker_id, blamed = sql.execute(
-            self.db,
-            "SELECT message_id, worker_id, blamed_worker_id FROM job WHERE id = %s",
-            (job_id,),
+        message_id, worker_id = sql.execute(
+            self.db, "SELECT message_id, worker_id FROM job WHERE id = %s", (job_id,)
         ).fetchone()
         sql.execute(
             self.db,
@@ -484,7 +482,7 @@ class JobStore:
             if outcome is Outcome.SUCCEEDED:
                 self._credit(worker_id, len(view.content))
             elif outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
-                self._blame(worker_id, stamp, job_id, blamed)
+                self._blame(worker_id, stamp, message_id)
         return view
 
     def _credit(self, worker_id: str, chars: int) -> None:
@@ -495,20 +493,23 @@ class JobStore:
             (chars, worker_id),
         )
 
-    def _blame(self, worker_id: str, stamp: float, job_id: str, blamed: str | None) -> None:
+    def _blame(self, worker_id: str, stamp: float, message_id: str) -> None:
         """Count a job the worker failed. While online, enough failed jobs in a row
         quarantine it: no new jobs until the cool-down is over. (A worker that is
         draining or gone fails its jobs on purpose and is not blamed.)
 
-        A job counts once against a worker (``blamed``: the worker it already counted
-        against), however many of its attempts fail there: a request that fails on the
-        farm's only worker at every attempt says as much about the request as about the
+        A reply counts once against a worker, however many of its attempts fail there,
+        and however often its user retries it (``reply_failure``): a request that fails on
+        the farm's only worker every time says as much about the request as about the
         worker, and must not take that worker out of the farm on its own."""
-        if blamed == worker_id:
+        counted = sql.execute(
+            self.db,
+            "INSERT INTO reply_failure (message_id, worker_id, created_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (message_id, worker_id, stamp),
+        ).rowcount
+        if counted != 1:
             return
-        sql.execute(
-            self.db, "UPDATE job SET blamed_worker_id = %s WHERE id = %s", (worker_id, job_id)
-        )
         Worker.update(jobs_failed=Worker.jobs_failed + 1).where(Worker.id == worker_id).execute()
         Worker.update(failures=Worker.failures + 1).where(
             (Worker.id == worker_id) & (Worker.state == "online")
@@ -583,7 +584,7 @@ class JobStore:
             if requeued == 1:
                 # A refusal (before *accepted*: busy, draining) is not the worker's fault.
                 if job.worker_id is not None and job.state == "running":
-                    self._blame(job.worker_id, stamp, job_id, job.blamed_worker_id)
+                    self._blame(job.worker_id, stamp, job.message_id)
                 Message.update(
                     state=MessageState.QUEUED.value, content="", content_seq=-1, updated_at=stamp
                 ).where(Message.id == job.message_id).execute()

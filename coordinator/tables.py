@@ -140,9 +140,6 @@ class Job(_Base):
     api_key_id = pw.CharField(max_length=32, null=True)
     # The worker the previous attempt failed on: a retry goes elsewhere when it can.
     avoid_worker_id = pw.CharField(max_length=64, null=True)
-    # The worker this job has already counted against (its health): a job counts once
-    # against a worker, however many of its attempts fail there.
-    blamed_worker_id = pw.CharField(max_length=64, null=True)
     error = pw.TextField(null=True)
     created_at = pw.DoubleField(default=now)
     assigned_at = pw.DoubleField(null=True)
@@ -159,6 +156,18 @@ class Job(_Base):
         )
 
 
+class ReplyFailure(_Base):
+    """A reply that failed on a worker, which counted once against that worker's health:
+    however many of its attempts fail there, and however often its user retries it."""
+
+    message = pw.ForeignKeyField(Message, on_delete="CASCADE", index=False)
+    worker_id = pw.CharField(max_length=64)
+    created_at = pw.DoubleField(default=now)
+
+    class Meta:
+        primary_key = pw.CompositeKey("message", "worker_id")
+
+
 ALL_TABLES: list[type[pw.Model]] = [
     SchemaInfo,
     User,
@@ -169,4 +178,5 @@ ALL_TABLES: list[type[pw.Model]] = [
     ApiKey,
     Message,
     Job,
+    ReplyFailure,
 ]

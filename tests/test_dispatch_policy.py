@@ -173,6 +173,39 @@ def test_a_job_counts_against_each_worker_it_fails_on(db: pw.Database) -> None:
     assert counts == {"a": (1, 1), "b": (1, 1)}
 
 
+def test_a_reply_its_user_retries_counts_once_against_a_worker(db: pw.Database) -> None:
+    """The user retrying a reply that failed on the farm's only worker (the same prompt
+    again) does not add up to a quarantine: three tries are one failed reply there. Nor
+    does a job that fails on a, then b, then a again count twice against a."""
+    chat = ChatStore(db)
+    add_worker("a", capacity=1)
+    store = JobStore(
+        db, context_messages=5, max_attempts=1, health=Health(quarantine_after=2, quarantine_s=30)
+    )
+    user = chat.session_user("r" * 20)
+    thread = chat.create_thread(user.user_id, "")
+    new = chat.send_message(user.user_id, thread.thread_id, "poison", "llama3")
+    job_id = new.job_id
+    for _try in range(3):
+        assert store.claim(job_id, "a", 1) is not None
+        store.accept(job_id, 1, "a")
+        assert store.fail_or_retry(job_id, 1, "a", "runner crashed", retryable=True) is not None
+        chat.retry_reply(user.user_id, thread.thread_id, new.reply.message_id)
+        job_id = str(Message.get_by_id(new.reply.message_id).job_id)
+    a = Worker.get_by_id("a")
+    assert (a.jobs_failed, a.failures, a.quarantined_until) == (1, 1, None)
+
+    add_worker("b")
+    store.max_attempts = 3
+    for attempt, worker in ((1, "a"), (2, "b"), (3, "a")):
+        assert store.claim(job_id, worker, attempt) is not None
+        store.accept(job_id, attempt, worker)
+        store.fail_or_retry(job_id, attempt, worker, "boom", retryable=True)
+    counts = {w.id: (w.jobs_failed, w.failures) for w in Worker.select()}
+    assert counts == {"a": (1, 1), "b": (1, 1)}
+    assert Worker.get_by_id("a").quarantined_until is None
+
+
 def test_a_refusal_before_accepting_is_not_held_against_the_worker(db: pw.Database) -> None:
     """A worker that says "at capacity" to an assignment (the coordinator's view of its
     slots was stale, e.g. after a network cut) has not failed a job."""

@@ -13,7 +13,16 @@ import pytest
 
 from coordinator.database import bind, migrate, open_database
 from coordinator.errors import StoreError
-from coordinator.tables import ALL_TABLES, SCHEMA_VERSION, ApiKey, Job, Message, SchemaInfo, Worker
+from coordinator.tables import (
+    ALL_TABLES,
+    SCHEMA_VERSION,
+    ApiKey,
+    Job,
+    Message,
+    ReplyFailure,
+    SchemaInfo,
+    Worker,
+)
 from tests.conftest import scratch_database_url
 
 DATA = Path(__file__).parent / "data"
@@ -74,11 +83,11 @@ def test_a_v1_database_is_upgraded_in_place(db_url: str, tmp_path: Path) -> None
         assert (job.state, job.attempt, job.worker_id, job.chunks) == ("running", 1, "w1", 4)
         assert job.api_key_id is None
         assert job.avoid_worker_id is None
-        assert job.blamed_worker_id is None
         worker = Worker.get_by_id("w1")
         assert (worker.capacity, worker.failures, worker.jobs_succeeded) == (2, 0, 0)
         assert worker.quarantined_until is None
         assert ApiKey.select().count() == 0
+        assert ReplyFailure.select().count() == 0
         upgraded = _shape(old)
     # Migrating again is a no-op.
     assert migrate(old) == SCHEMA_VERSION
