@@ -88,11 +88,20 @@ class WorkerStore:
     def add(self, name: str, worker_id: str | None = None) -> tuple[WorkerInfo, str]:
         """Register a worker in one step (the command line). Returns it and its key; the
         key is never stored in clear. The admin API takes the same steps, hashing the key
-        off the database thread."""
-        with write_transaction(self.db):
+        off the database thread. The key is hashed (scrypt, tens of ms) before the write,
+        so that the write lock is not held meanwhile; an id made from the name and taken
+        since by someone else means choosing again."""
+        attempts = 0
+        while True:
             wid = self.new_id(name, worker_id)
             key, nonce = self.issue(wid)
-            return self.insert(wid, name, hash_key(key), nonce), key
+            key_hash = hash_key(key)
+            try:
+                return self.insert(wid, name, key_hash, nonce), key
+            except Conflict:
+                attempts += 1
+                if worker_id or attempts == 3:
+                    raise
 
     def new_id(self, name: str, worker_id: str | None = None) -> str:
         """The id a new worker gets: ``worker_id`` if given (and free), else one made

@@ -67,3 +67,30 @@ def test_add_rotate_revoke(tmp_path: Path) -> None:
 def test_database_url_is_respected(tmp_path: Path) -> None:
     assert cli(tmp_path, "list").returncode == 0
     assert isinstance(open_database(f"sqlite:///{tmp_path / 'farm.sqlite3'}"), pw.SqliteDatabase)
+
+
+def test_adds_of_one_name_at_once_each_get_an_id(tmp_path: Path) -> None:
+    """Three admins adding "GPU box" at the same moment: the id made from the name is taken
+    by the first; the others choose again, and every add succeeds with its own id."""
+    assert cli(tmp_path, "list").returncode == 0  # the database exists
+    env = dict(os.environ, FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'farm.sqlite3'}")
+    adds = [
+        subprocess.Popen(
+            [sys.executable, "-m", "llama_farm.cli", "workers", "add", "--name", "GPU box"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        for _ in range(3)
+    ]
+    outputs = [add.communicate(timeout=60) for add in adds]
+    assert [add.returncode for add in adds] == [0, 0, 0], [err for _, err in outputs]
+    ids = sorted(
+        line.split()[-1]
+        for out, _ in outputs
+        for line in out.splitlines()
+        if line.startswith("worker id:")
+    )
+    assert ids == ["gpu-box", "gpu-box-2", "gpu-box-3"]
