@@ -3,6 +3,7 @@ real broker and a real SQLite file, talking over real MQTT and HTTP."""
 
 import asyncio
 import inspect
+import io
 import json
 import secrets
 import uuid
@@ -216,7 +217,26 @@ async def running_farm(
         stop.set()
         for client in farm.clients:
             await client.aclose()
-        await asyncio.wait_for(task, timeout=15)
+        await stopped_within(task, 15)
+
+
+async def stopped_within(task: asyncio.Task[None], timeout_s: float) -> None:
+    """Wait for the farm's services to stop; if they do not, fail saying where each task
+    still running is stuck (a bare timeout says nothing about which service hangs)."""
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if done:
+        return task.result()
+    stuck = []
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task() and not other.done():
+            out = io.StringIO()
+            other.print_stack(limit=30, file=out)
+            stuck.append(out.getvalue())
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)  # let them close their sockets, if they can
+    raise AssertionError(
+        f"the farm did not stop within {timeout_s:.0f} s; still running:\n" + "\n".join(stuck)
+    )
 
 
 async def new_thread(browser: httpx.AsyncClient, system_prompt: str = "") -> str:
