@@ -107,7 +107,8 @@ async def stay_connected(
     backoff_min: float = 0.2,
     backoff_max: float = 15.0,
 ) -> None:
-    """Run ``session(client)`` inside a connection, reconnecting until cancelled.
+    """Run ``session(client)`` inside a connection, reconnecting until cancelled (and a
+    cancellation always ends it, even when leaving the connection fails).
 
     ``connect`` makes the client for each attempt (a worker's Last Will names the session,
     so each connection gets a fresh one). ``session`` subscribes and consumes messages;
@@ -123,6 +124,11 @@ async def stay_connected(
                 await session(client)
                 return
         except aiomqtt.MqttError as exc:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                # Stopped, and leaving the connection failed (a stalled link could not
+                # take the DISCONNECT): aiomqtt raised this in place of the cancellation.
+                raise asyncio.CancelledError from exc
             if is_auth_failure(exc):
                 raise BrokerAuthError(
                     f"{name}: the broker refused our credentials ({exc})"
