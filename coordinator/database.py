@@ -57,8 +57,17 @@ def _v3_to_v4(db: pw.Database) -> None:
 
 
 def _v4_to_v5(db: pw.Database) -> None:
-    """The workers each reply has failed on: a reply counts once against a worker."""
+    """The worker a job has counted against (replaced in version 6)."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(m.add_column("job", "blamed_worker_id", pw.CharField(max_length=64, null=True)))
+
+
+def _v5_to_v6(db: pw.Database) -> None:
+    """The workers each reply has failed on: a reply counts once against a worker, also
+    when its user retries it (a job's ``blamed_worker_id`` knew only one job's attempts)."""
     db.create_tables([ReplyFailure])
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(m.drop_column("job", "blamed_worker_id"))
 
 
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
@@ -68,6 +77,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
 }
 
 

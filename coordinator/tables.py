@@ -10,7 +10,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def now() -> float:
