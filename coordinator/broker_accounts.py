@@ -22,6 +22,7 @@ import aiomqtt
 from coordinator.errors import CoordinatorError
 from farm_protocol import acl
 from farm_protocol.broker import BrokerSettings, make_client
+from farm_protocol.client_calls import publish, subscribe
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class Dynsec:
         identifier = f"farm-provisioner-{uuid.uuid4().hex[:8]}"
         try:
             async with make_client(self.settings, identifier=identifier) as client:
-                await client.subscribe(f"{CONTROL}/response", qos=1)
-                await client.publish(CONTROL, json.dumps({"commands": tagged}), qos=1)
+                await subscribe(client, f"{CONTROL}/response", qos=1)
+                await publish(client, CONTROL, json.dumps({"commands": tagged}), qos=1)
                 async with asyncio.timeout(self.timeout_s):
                     async for message in client.messages:
                         payload = message.payload

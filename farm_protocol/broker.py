@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from farm_protocol.client_calls import subscribe
 from farm_protocol.outbox import WINDOW, Outbox
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ async def serve_session(
     pump = asyncio.create_task(outbox.pump(client), name="outbox") if outbox else None
     try:
         for topic, qos in subscriptions:
-            await client.subscribe(topic, qos=qos)
+            await subscribe(client, topic, qos=qos)
         if on_subscribed is not None:
             on_subscribed()
         async for message in client.messages:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
+from farm_protocol.client_calls import publish
+
 log = logging.getLogger(__name__)
 
 # paho's own default for a client's unacknowledged QoS1 publishes: more in flight would
@@ -80,7 +82,7 @@ class Outbox:
                     failed.clear()
                 item = self._resend.pop(0) if self._resend else await self._queue.get()
                 task = asyncio.create_task(
-                    client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain),
+                    publish(client, item.topic, item.payload, qos=item.qos, retain=item.retain),
                     name=f"publish {item.topic}",
                 )
                 self._in_flight[task] = item

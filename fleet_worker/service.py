@@ -8,6 +8,7 @@ import aiomqtt
 
 from farm_protocol import topics
 from farm_protocol.broker import make_client, serve_session, stay_connected
+from farm_protocol.client_calls import publish
 from farm_protocol.codec import CONTROL, adapter_for, decode, encode, preview
 from farm_protocol.errors import ProtocolError
 from farm_protocol.ids import check_id, new_session_id
@@ -90,7 +91,8 @@ class FleetWorker:
 
     async def _send_status(self, client: aiomqtt.Client, status: WorkerStatus) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
+            await publish(
+                client,
                 topics.worker_status(self.worker_id),
                 encode(status),
                 qos=topics.QOS_STATUS,
@@ -131,7 +133,8 @@ class FleetWorker:
         while True:
             running = [RunningJob(job_id=j, attempt=a) for j, (a, _) in self.jobs.items()]
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(
+                await publish(
+                    client,
                     topics.worker_heartbeat(self.worker_id),
                     heartbeat(self.worker_id, self.session_id, seq, running),
                     qos=topics.QOS_HEARTBEAT,
