@@ -117,3 +117,24 @@ def test_a_chat_user_s_changes_wait_for_another_writer(farm_db: tuple[pw.Databas
         with another_writer(path) as other:
             step()
             assert not other.in_transaction
+
+
+def test_a_new_file_turns_to_wal_once_another_opener_lets_go(tmp_path: Path) -> None:
+    """Turning a new file to WAL needs a lock that no busy timeout waits for: a process
+    opening the file while another one is creating it (two coordinators started
+    together, or a command beside a first start) retries instead of failing."""
+    path = tmp_path / "new.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # still in the rollback journal: not WAL yet
+    other.execute("CREATE TABLE being_created (x INTEGER)")
+    release = threading.Timer(HOLD_S, other.execute, ("COMMIT",))
+    release.start()
+    try:
+        db = open_database(f"sqlite:///{path}")
+        db.connect()
+        assert not other.in_transaction  # it waited for the other opener
+        assert db.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)  # type: ignore[no-untyped-call]
+        db.close()
+    finally:
+        release.join()
+        other.close()
