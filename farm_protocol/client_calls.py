@@ -14,7 +14,7 @@ import math
 
 import aiomqtt
 
-TIMEOUT_S = 10.0  # as aiomqtt's own default, which make_client sets
+TIMEOUT_S = 10.0  # every call to the broker; make_client gives it to aiomqtt for the rest
 
 
 async def publish(
