@@ -112,6 +112,8 @@ class ChatStore:
         if found is not None:
             return found
         with self._write():
+            # a page's first requests can reach several coordinators at once
+            sql.name_lock(self.db, f"browser session {hash_session_token(token)}")
             found = self.find_user(token)  # made meanwhile by another process
             if found is not None:
                 return found
@@ -242,8 +244,7 @@ class ChatStore:
     def join(self, thread_id: str, user_id: str) -> list[MemberView]:
         """Make the user a member (at most ``MAX_THREAD_MEMBERS``); the members after."""
         with self._write():
-            if not Thread.select().where(Thread.id == thread_id).exists():
-                raise NotFound(f"no thread {thread_id}")
+            self._lock_thread(thread_id)
             self._join(thread_id, user_id)
         return self.members(thread_id)
 
@@ -278,16 +279,12 @@ class ChatStore:
         ``max_queued``, a full queue refuses the message (:class:`Busy`). (Hand-written
         statements: this runs for every message; see coordinator.sql.)"""
         with self._write():
-            found = sql.execute(
-                self.db, "SELECT description FROM thread WHERE id = %s", (thread_id,)
-            ).fetchone()
-            if found is None:
-                raise NotFound(f"no thread {thread_id}")
-            name = self._user_name(user_id)
+            description = self._lock_thread(thread_id)
+            name = self._lock_user(user_id)
             self._admit(user_id, api_key, max_queued)
             joined = self._join(thread_id, user_id)
             new = self._queue_reply(thread_id, user_id, name, text, model, api_key, now())
-            if found[0]:
+            if description:
                 sql.execute(
                     self.db,
                     "UPDATE thread SET updated_at = %s WHERE id = %s",
@@ -316,7 +313,7 @@ class ChatStore:
             raise ValueError("messages must end with a user message")
         user_id, question = api_key.user_id, turns[-1][1]
         with self._write():
-            name = self._user_name(user_id)
+            name = self._lock_user(user_id)
             self._admit(user_id, api_key, max_queued)
             stamp = now()
             thread_id = _new_id()
@@ -368,8 +365,25 @@ class ChatStore:
             "created_at": created_at,
         }
 
-    def _user_name(self, user_id: str) -> str:
-        found = sql.execute(self.db, 'SELECT name FROM "user" WHERE id = %s', (user_id,)).fetchone()
+    def _lock_thread(self, thread_id: str) -> str:
+        """The thread's description, its row locked for this write transaction: its
+        members and replies are checked and changed one transaction at a time, in every
+        coordinator (``sql.row_lock``). A thread is locked before a user."""
+        found = sql.execute(
+            self.db,
+            "SELECT description FROM thread WHERE id = %s" + sql.row_lock(self.db),
+            (thread_id,),
+        ).fetchone()
+        if found is None:
+            raise NotFound(f"no thread {thread_id}")
+        return str(found[0] or "")
+
+    def _lock_user(self, user_id: str) -> str:
+        """The user's name, their row locked for this write transaction: their limits
+        are checked and their replies queued one transaction at a time."""
+        found = sql.execute(
+            self.db, 'SELECT name FROM "user" WHERE id = %s' + sql.row_lock(self.db), (user_id,)
+        ).fetchone()
         if found is None:
             raise NotFound(f"no user {user_id}")
         return str(found[0])
@@ -414,6 +428,7 @@ class ChatStore:
         """Generate a reply that failed, timed out or was stopped once more, as a new job
         (the earlier jobs stay on record). The same limits apply as to sending."""
         with self._write():
+            self._lock_thread(thread_id)
             reply = Message.get_or_none(
                 (Message.id == message_id)
                 & (Message.thread == thread_id)
@@ -428,6 +443,7 @@ class ChatStore:
                 raise Conflict(
                     f"only a failed, timed out or stopped reply can be retried ({reply.state})"
                 )
+            self._lock_user(user_id)
             self._admit(user_id, None, max_queued)
             stamp = now()
             job_id = _new_id()

@@ -92,3 +92,21 @@ def insert_messages(db: pw.Database, rows: Sequence[dict[str, Any]]) -> None:
             r["created_at"],
         ]
     execute(db, _MESSAGE_INSERT + ", ".join([_MESSAGE_VALUES] * len(rows)), params)
+
+
+def row_lock(db: pw.Database) -> str:
+    """What ends a read whose rows a check-then-write in the same transaction depends on
+    ("this user has no reply generating, so queue one"): `` FOR NO KEY UPDATE`` on
+    PostgreSQL, where coordinators side by side would otherwise both pass the check
+    before either writes (it still lets other transactions insert rows that refer to the
+    locked one); nothing on SQLite, where a write transaction holds the database's write
+    lock from its start (``write_transaction``)."""
+    return "" if isinstance(db, pw.SqliteDatabase) else " FOR NO KEY UPDATE"
+
+
+def name_lock(db: pw.Database, name: str) -> None:
+    """Inside a write transaction, take turns with every other transaction locking
+    ``name``: on PostgreSQL an advisory lock held until the transaction ends, for a check
+    whose rows do not exist yet; on SQLite the write transaction already does."""
+    if not isinstance(db, pw.SqliteDatabase):
+        execute(db, "SELECT pg_advisory_xact_lock(hashtext(%s))", (name,)).fetchall()

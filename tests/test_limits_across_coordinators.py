@@ -1,0 +1,124 @@
+"""The chat's limits hold when several coordinators share one database.
+
+On PostgreSQL coordinators scale out side by side, and a browser's or an API client's
+requests can reach two of them at the same moment. Each limit is a check and then a write
+("no reply generating for this user yet, so queue one"), and under READ COMMITTED two
+transactions can both pass the check before either writes. Here each coordinator is a
+thread with a connection of its own (as each process has), all released at once; on
+SQLite the write lock already makes them take turns, and the same rules must hold."""
+
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeVar
+
+import peewee as pw
+import pytest
+
+from coordinator.api_keys import ApiKeyStore
+from coordinator.chat_store import ChatStore
+from coordinator.errors import Conflict, CoordinatorError, RateLimited
+from coordinator.tables import BrowserSession, Job, Message, User
+from farm_protocol.chat import MAX_THREAD_MEMBERS, MessageState
+
+T = TypeVar("T")
+AT_ONCE = 6
+ROUNDS = 5
+
+
+def at_once(db: pw.Database, calls: Sequence[Callable[[], T]]) -> list[T | Exception]:
+    """Run each call in a thread of its own, on a connection of its own, released
+    together; what each returned or raised."""
+    barrier = threading.Barrier(len(calls))
+    results: list[T | Exception] = [RuntimeError("did not run")] * len(calls)
+
+    def run(i: int) -> None:
+        db.connect(reuse_if_open=True)
+        try:
+            barrier.wait()
+            results[i] = calls[i]()
+        except (CoordinatorError, pw.PeeweeException) as exc:  # what a request would get
+            results[i] = exc
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def _problems(results: Sequence[object]) -> list[Exception]:
+    """Anything raised other than the limit's own refusal."""
+    return [r for r in results if isinstance(r, Exception) and not isinstance(r, Conflict)]
+
+
+def test_a_chat_user_has_one_reply_generating_however_many_coordinators(db: pw.Database) -> None:
+    store = ChatStore(db)
+    for round_ in range(ROUNDS):
+        user = store.session_user(f"browser-{round_}").user_id
+        threads = [store.create_thread(user, "").thread_id for _ in range(AT_ONCE)]
+        results = at_once(
+            db, [partial(store.send_message, user, t, "hello", "llama3") for t in threads]
+        )
+        assert _problems(results) == []
+        assert sum(not isinstance(r, Exception) for r in results) == 1, results
+        assert Job.select().where(Job.user == user).count() == 1
+
+
+def test_an_api_key_has_its_limit_however_many_coordinators(db: pw.Database) -> None:
+    keys = ApiKeyStore(db)
+    store = ChatStore(db)
+    for round_ in range(ROUNDS):
+        key, _ = keys.create(f"client {round_}", max_concurrent=2)
+        ask = partial(store.start_api_conversation, key, "llama3", [("user", "hi")])
+        results = at_once(db, [ask] * AT_ONCE)
+        refused = [r for r in results if isinstance(r, RateLimited)]
+        assert [r for r in results if isinstance(r, Exception) and r not in refused] == []
+        assert len(refused) == AT_ONCE - 2, results
+        assert Job.select().where(Job.api_key_id == key.id).count() == 2
+
+
+def test_a_reply_retried_by_several_members_at_once_gets_one_job(db: pw.Database) -> None:
+    store = ChatStore(db)
+    for round_ in range(ROUNDS):
+        owner = store.session_user(f"owner-{round_}").user_id
+        thread = store.create_thread(owner, "").thread_id
+        reply = store.send_message(owner, thread, "hello", "llama3").reply.message_id
+        Job.update(state="failed").where(Job.message == reply).execute()
+        Message.update(state=MessageState.FAILED.value).where(Message.id == reply).execute()
+        members = [store.session_user(f"member-{round_}-{i}").user_id for i in range(AT_ONCE)]
+        for member in members:
+            store.join(thread, member)
+        results = at_once(db, [partial(store.retry_reply, m, thread, reply) for m in members])
+        assert _problems(results) == []
+        assert sum(not isinstance(r, Exception) for r in results) == 1, results
+        assert Job.select().where((Job.message == reply) & (Job.state == "queued")).count() == 1
+
+
+def test_a_thread_never_gets_more_members_than_its_limit(db: pw.Database) -> None:
+    store = ChatStore(db)
+    owner = store.session_user("owner").user_id
+    thread = store.create_thread(owner, "").thread_id
+    for i in range(MAX_THREAD_MEMBERS - 3):
+        store.join(thread, store.session_user(f"early-{i}").user_id)
+    late = [store.session_user(f"late-{i}").user_id for i in range(AT_ONCE)]
+    results = at_once(db, [partial(store.join, thread, u) for u in late])
+    assert _problems(results) == []
+    assert sum(isinstance(r, Conflict) for r in results) == AT_ONCE - 2, results
+    assert len(store.members(thread)) == MAX_THREAD_MEMBERS
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_a_new_browser_asking_several_coordinators_at_once_is_one_user(
+    db: pw.Database, round_: int
+) -> None:
+    store = ChatStore(db)
+    token = f"new-browser-{round_}"
+    results = at_once(db, [partial(store.session_user, token)] * AT_ONCE)
+    assert [r for r in results if isinstance(r, Exception)] == []
+    assert len({r.user_id for r in results if not isinstance(r, Exception)}) == 1
+    assert BrowserSession.select().count() == 1
+    assert User.select().count() == 1
