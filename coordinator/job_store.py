@@ -96,7 +96,8 @@ class ActiveJob:
 
 @dataclass(frozen=True, slots=True)
 class TextAppend:
-    """Text streamed since the last write, for one job attempt."""
+    """Text streamed since the last write, for one job attempt: chunks ``first_seq`` to
+    ``last_seq``, joined."""
 
     job_id: str
     attempt: int
@@ -105,6 +106,17 @@ class TextAppend:
     text: str
     last_seq: int  # the highest chunk seq included so far
     chunks: int  # chunks applied so far in this attempt
+    starts: tuple[int, ...] = (0,)  # where each chunk from first_seq on starts in text
+
+    @property
+    def first_seq(self) -> int:
+        return self.last_seq - len(self.starts) + 1
+
+    def after(self, seq: int) -> str:
+        """The text of this append's chunks after chunk ``seq`` (first_seq - 1 or more)."""
+        if seq >= self.last_seq:
+            return ""
+        return self.text[self.starts[seq + 1 - self.first_seq] :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,7 +391,9 @@ class JobStore:
         just started generating (their first text landed)."""
         started: list[MessageView] = []
         with self._write():
-            for item in appends:
+            # in job order: coordinators sharing a database lock the same rows in the
+            # same order, so their batches wait for each other instead of deadlocking
+            for item in sorted(appends, key=lambda a: a.job_id):
                 if self._apply(item, time.time()):
                     (view,) = self._views([item.message_id])
                     held = {"worker_id": item.worker_id, "attempt": item.attempt}
@@ -429,13 +443,43 @@ class JobStore:
             " WHERE id = %s AND state = 'queued'",
             (stamp, item.message_id),
         ).rowcount
+        continued = sql.execute(
+            self.db,
+            "UPDATE message SET content = content || %s, content_seq = %s, updated_at = %s"
+            " WHERE id = %s AND content_seq = %s",
+            (item.text, item.last_seq, stamp, item.message_id, item.first_seq - 1),
+        ).rowcount
+        if continued != 1:
+            self._continue_text(item, stamp)
+        return bool(first == 1)
+
+    def _continue_text(self, item: TextAppend, stamp: float) -> None:
+        """The stored text does not end where this append begins: another coordinator
+        sharing the database (each receives every chunk, and writes on its own schedule)
+        wrote some of it, or all. Append only the chunks after the last one stored."""
+        row = sql.execute(
+            self.db,
+            "SELECT content_seq FROM message WHERE id = %s" + sql.row_lock(self.db),
+            (item.message_id,),
+        ).fetchone()
+        if row is None or row[0] >= item.last_seq:
+            return  # written already
+        stored = int(row[0])
+        if stored < item.first_seq - 1:  # the chunks in between are not this append's
+            log.warning(
+                "job %s: text stored up to chunk %d, this write starts at %d: left to the"
+                " writer holding the chunks in between",
+                item.job_id,
+                stored,
+                item.first_seq,
+            )
+            return
         sql.execute(
             self.db,
             "UPDATE message SET content = content || %s, content_seq = %s, updated_at = %s"
-            " WHERE id = %s AND content_seq < %s",
-            (item.text, item.last_seq, stamp, item.message_id, item.last_seq),
+            " WHERE id = %s AND content_seq = %s",
+            (item.after(stored), item.last_seq, stamp, item.message_id, stored),
         )
-        return bool(first == 1)
 
     def finish(
         self,

@@ -65,16 +65,21 @@ class Assembly:
         """The text not yet written, as one append (and forget it)."""
         if not self.unflushed:
             return None
-        text, self.unflushed = "".join(self.unflushed), []
+        pieces, self.unflushed = self.unflushed, []
+        starts, at = [], 0
+        for piece in pieces:
+            starts.append(at)
+            at += len(piece)
         job = self.job
         return TextAppend(
             job.job_id,
             job.attempt,
             job.worker_id,
             job.message_id,
-            text,
+            "".join(pieces),
             last_seq=self.next_seq - 1,
             chunks=self.next_seq,
+            starts=tuple(starts),
         )
 
 

@@ -5,7 +5,10 @@ import asyncio
 import inspect
 import io
 import json
+import os
 import secrets
+import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +33,7 @@ from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker
+from tests.processes import start_service, wait_http
 from webapp.service import Webapp
 from webapp.settings import WebappSettings
 
@@ -44,6 +48,8 @@ class Farm:
     stop: asyncio.Event
     webapp_settings: WebappSettings
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    # the coordinators beyond the first (``coordinators=N``), as processes
+    more_coordinators: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def coordinator_url(self) -> str:
@@ -143,9 +149,12 @@ async def running_farm(
     concurrency: int = 2,
     coordinator_settings: dict[str, Any] | None = None,
     webapp: bool = True,
+    coordinators: int = 1,
 ) -> AsyncIterator[Farm]:
     """A whole farm in this process. With ``webapp=False`` the test runs the webapp
-    itself (``farm.webapp_settings`` says how), e.g. as a process it can kill."""
+    itself (``farm.webapp_settings`` says how), e.g. as a process it can kill. With
+    ``coordinators=N`` that many more coordinator processes share the database and the
+    broker, as a scaled-out deployment runs them (the webapp calls the first)."""
     stop = asyncio.Event()
     sim = (sim or SimSettings(ttft_ms=20, tokens_per_s=200)).model_copy(
         update={"host": "127.0.0.1", "port": free_port()}
@@ -212,12 +221,43 @@ async def running_farm(
             return response.status_code == 200 and response.json()["workers_online"] == workers
 
         await wait_until(fleet_online, what="the fleet to come online")
+        for n in range(2, coordinators + 1):
+            farm.more_coordinators.append(
+                await _coordinator_process(coordinator.settings, tmp_path, n)
+            )
         yield farm
     finally:
+        for process in farm.more_coordinators:
+            process.send_signal(signal.SIGINT)
+        for process in farm.more_coordinators:
+            await asyncio.to_thread(process.wait, 20)
         stop.set()
         for client in farm.clients:
             await client.aclose()
         await stopped_within(task, 15)
+
+
+async def _coordinator_process(
+    like: CoordinatorSettings, tmp_path: Path, n: int
+) -> subprocess.Popen[bytes]:
+    """Coordinator number ``n``, as a process: the same database, broker account and
+    service token as ``like``, its own HTTP port and MQTT client id."""
+    port = free_port()
+    mqtt = like.broker
+    env = {
+        **os.environ,
+        "FARM_DATABASE_URL": like.database_url,
+        "FARM_BROKER__URL": mqtt.url,
+        "FARM_BROKER__USERNAME": mqtt.username or "",
+        "FARM_BROKER__PASSWORD": mqtt.password.get_secret_value() if mqtt.password else "",
+        "FARM_HTTP_PORT": str(port),
+        "FARM_SERVICE_TOKEN": like.service_token.get_secret_value(),
+        "FARM_COORDINATOR_CLIENT_ID": f"{like.coordinator_client_id}-{n}",
+    }
+    log = tmp_path / f"coordinator-{n}.log"
+    process = start_service(["coordinator"], env, tmp_path, log)
+    await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/metrics", process, log)
+    return process
 
 
 async def stopped_within(task: asyncio.Task[None], timeout_s: float) -> None:

@@ -8,7 +8,7 @@ import peewee as pw
 
 from coordinator.chat_store import ChatStore
 from coordinator.job_store import JobStore, Outcome, TextAppend
-from coordinator.tables import Job
+from coordinator.tables import Job, Message
 from tests.stores import add_worker
 
 
@@ -129,3 +129,35 @@ def test_cancel_keeps_the_text_so_far_and_names_the_worker(db: pw.Database) -> N
     assert store.append_text([late]) == []
     assert store.cancel(job.id, "again") == (None, None)
     assert Job.get_by_id(job.id).state == "cancelled"
+
+
+def _append(job_id: str, message_id: str, chunks: list[str], first_seq: int) -> TextAppend:
+    """Chunks ``first_seq``.. of attempt 1 on worker w, as a coordinator writes them."""
+    starts = tuple(sum(len(c) for c in chunks[:i]) for i in range(len(chunks)))
+    last = first_seq + len(chunks) - 1
+    return TextAppend(job_id, 1, "w", message_id, "".join(chunks), last, last + 1, starts)
+
+
+def test_text_written_by_two_coordinators_is_each_chunk_once(db: pw.Database) -> None:
+    """Coordinators sharing a database each write the chunks they received, in batches of
+    their own: a write continues exactly where the stored text ends."""
+    queue_jobs(db, 1)
+    add_worker("w", 1)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    job = store.queued_jobs()[0]
+    assert store.claim(job.id, "w", 1) is not None
+    message_id = Job.get_by_id(job.id).message_id
+    chunks = [f"c{i} " for i in range(10)]
+    # one coordinator writes chunks 0-3, the other 0-5: chunks 4 and 5 are added
+    store.append_text([_append(job.id, message_id, chunks[0:4], 0)])
+    store.append_text([_append(job.id, message_id, chunks[0:6], 0)])
+    # the first one's next batch, 4-5, is there already
+    store.append_text([_append(job.id, message_id, chunks[4:6], 4)])
+    # a batch starting after a gap (8-9, while 6-7 are not stored) waits for them
+    store.append_text([_append(job.id, message_id, chunks[8:10], 8)])
+    assert Message.get_by_id(message_id).content == "".join(chunks[0:6])
+    done = store.finish(
+        job.id, 1, "w", Outcome.SUCCEEDED, None, _append(job.id, message_id, chunks[6:10], 6)
+    )
+    assert done is not None
+    assert done.content == "".join(chunks)
