@@ -38,6 +38,7 @@ class Assembly:
     done: JobDone | None = None
     gap_since: float | None = None  # since when a chunk has been missing
     replay_after: float = 0.0  # no new replay request before this
+    heard_at: float = field(default_factory=time.monotonic)  # its worker's last event
 
     def missing(self) -> bool:
         """A chunk is missing: later ones (or the final *done*) came before it."""
@@ -86,7 +87,13 @@ class Assembly:
 class JobStreams:
     """Every running job's stream. A chunk that stays missing for ``gap_s`` (it was
     lost, typically received by a coordinator process killed before it wrote it) is
-    asked for again: a replay request to the worker, from the first missing chunk."""
+    asked for again: a replay request to the worker, from the first missing chunk.
+
+    A stream that has heard nothing for ``idle_s``, with all its text written, is let
+    go: its job ended where this process did not see it end (stopped or timed out by
+    another coordinator sharing the database; this one's own cancels and deadlines
+    forget it at once). Should its worker speak again, the stream resumes from the
+    database, as after a restart."""
 
     def __init__(
         self,
@@ -97,6 +104,7 @@ class JobStreams:
         flush_interval_s: float,
         request_replay: Callable[[str, JobReplay], Awaitable[None]],
         gap_s: float = 1.0,
+        idle_s: float = 300.0,
     ) -> None:
         self.runner = runner
         self.jobs = jobs
@@ -105,6 +113,7 @@ class JobStreams:
         self.flush_interval_s = flush_interval_s
         self.request_replay = request_replay
         self.gap_s = gap_s
+        self.idle_s = idle_s
         self._live: dict[str, Assembly] = {}
         self._strays: set[tuple[str, int, str]] = set()
         self.on_first_token: Callable[[float], None] = lambda seconds: None
@@ -126,6 +135,7 @@ class JobStreams:
                     worker_id,
                 )
             return
+        assembly.heard_at = time.monotonic()
         match event:
             case JobAccepted():
                 await self.runner.call(self.jobs.accept, event.job_id, event.attempt, worker_id)
@@ -224,9 +234,11 @@ class JobStreams:
             await self.publish_message(view)
 
     async def _chase_gaps(self, now: float) -> None:
-        for assembly in list(self._live.values()):
+        for job_id, assembly in list(self._live.items()):
             if not assembly.missing():
                 assembly.gap_since = None
+                if not assembly.unflushed and now - assembly.heard_at > self.idle_s:
+                    del self._live[job_id]  # see the class's docstring
                 continue
             if assembly.gap_since is None:
                 assembly.gap_since = now
@@ -261,6 +273,10 @@ class JobStreams:
                 job.worker_id,
                 JobReplay(job_id=job.job_id, attempt=job.attempt, from_seq=job.content_seq + 1),
             )
+
+    def following(self) -> list[str]:
+        """The jobs whose streams this process holds."""
+        return list(self._live)
 
     def take_tail(self, job_id: str) -> TextAppend | None:
         """The text received for a job but not yet written; the stream is forgotten."""

@@ -13,7 +13,7 @@ import websockets
 from farm_protocol.payloads import JobAccepted, JobChunk, JobDone
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker
-from tests.farm import new_thread, running_farm, until_final, ws_url
+from tests.farm import new_thread, running_farm, until_final, wait_until, ws_url
 from tests.scripted_worker import scripted_worker
 
 PIECES = [f"piece {i}, " for i in range(11)] + ["the end."]
@@ -73,3 +73,61 @@ async def test_duplicated_and_reordered_chunks_make_the_exact_text(
         stored = (await browser.get(f"/api/threads/{thread_id}")).json()["messages"][-1]
         assert stored["content"] == text
         assert stored["state"] == "done"
+
+
+async def test_a_stream_silent_for_long_is_let_go_and_resumes_from_the_database(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    """A coordinator lets go of a stream it has heard nothing of for a while, with its
+    text written (another coordinator may have stopped it); if the worker speaks again
+    the stream resumes from the stored text, and the reply still ends exact."""
+    async with running_farm(tmp_path, broker, sim=SimSettings(), workers=0) as farm:
+        coordinator = farm.coordinator
+        coordinator.streams.idle_s = 0.5
+        info, key = await coordinator.runner.call(coordinator.workers.add, "scripted")
+        if not coordinator.provisioner.managed:
+            await broker.add_client(info.id, key)
+        await coordinator.provisioner.worker_added(info.id, key)
+        browser = farm.browser()
+        thread_id = await new_thread(browser)
+        async with scripted_worker(broker.settings(), info.id, key) as worker:
+            sent = await browser.post(f"/api/threads/{thread_id}/messages", json={"text": "go"})
+            assert sent.status_code == 201, sent.text
+            job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+            await worker.publish(
+                job.job_id,
+                JobAccepted(job_id=job.job_id, attempt=job.attempt, session_id=worker.session_id),
+            )
+            for seq in range(6):
+                chunk = JobChunk(job_id=job.job_id, attempt=job.attempt, seq=seq, text=PIECES[seq])
+                await worker.publish(job.job_id, chunk)
+
+            async def written(text: str) -> bool:
+                last = (await browser.get(f"/api/threads/{thread_id}")).json()["messages"][-1]
+                return bool(last["content"] == text)
+
+            await wait_until(lambda: written("".join(PIECES[:6])), what="the first text")
+            await wait_until(
+                lambda: job.job_id not in coordinator.streams.following(),
+                what="the silent stream to be let go",
+            )
+            for seq in range(6, len(PIECES)):
+                chunk = JobChunk(job_id=job.job_id, attempt=job.attempt, seq=seq, text=PIECES[seq])
+                await worker.publish(job.job_id, chunk)
+            text = "".join(PIECES)
+            done = JobDone(
+                job_id=job.job_id,
+                attempt=job.attempt,
+                chunks=len(PIECES),
+                chars=len(text),
+                sha256=hashlib.sha256(text.encode()).hexdigest(),
+            )
+            await worker.publish(job.job_id, done)
+
+            async def ended() -> bool:
+                last = (await browser.get(f"/api/threads/{thread_id}")).json()["messages"][-1]
+                return bool(last["state"] == "done")
+
+            await wait_until(ended, what="the reply to end")
+        stored = (await browser.get(f"/api/threads/{thread_id}")).json()["messages"][-1]
+        assert stored["content"] == text
