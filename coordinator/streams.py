@@ -158,7 +158,10 @@ class JobStreams:
             job = await self.runner.call(self.jobs.active_job, job_id)
             if job is None:
                 return None
-            assembly = self._live[job_id] = Assembly.resume(job)
+            # only a newer attempt replaces the stream: a message naming one the database
+            # does not know (spoofed, or confused) must not drop what was received
+            if assembly is None or job.attempt > assembly.job.attempt:
+                assembly = self._live[job_id] = Assembly.resume(job)
         held = assembly.job
         if held.worker_id != worker_id or held.attempt != attempt:
             return None

@@ -131,3 +131,51 @@ async def test_a_stream_silent_for_long_is_let_go_and_resumes_from_the_database(
             await wait_until(ended, what="the reply to end")
         stored = (await browser.get(f"/api/threads/{thread_id}")).json()["messages"][-1]
         assert stored["content"] == text
+
+
+async def test_a_message_naming_a_later_attempt_does_not_reset_the_stream(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    """A chunk for an attempt the database does not know (a spoofed or confused message
+    on the worker's topic) is dropped, and the stream received so far is kept: here it
+    holds a *done* waiting for its last chunk, which then completes the reply."""
+    async with running_farm(tmp_path, broker, sim=SimSettings(), workers=0) as farm:
+        coordinator = farm.coordinator
+        info, key = await coordinator.runner.call(coordinator.workers.add, "scripted")
+        if not coordinator.provisioner.managed:
+            await broker.add_client(info.id, key)
+        await coordinator.provisioner.worker_added(info.id, key)
+        browser = farm.browser()
+        thread_id = await new_thread(browser)
+        async with scripted_worker(broker.settings(), info.id, key) as worker:
+            sent = await browser.post(f"/api/threads/{thread_id}/messages", json={"text": "go"})
+            assert sent.status_code == 201, sent.text
+            job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+            text = "".join(PIECES)
+            last = len(PIECES) - 1
+            events = [
+                JobAccepted(job_id=job.job_id, attempt=job.attempt, session_id=worker.session_id),
+                *(
+                    JobChunk(job_id=job.job_id, attempt=job.attempt, seq=seq, text=PIECES[seq])
+                    for seq in range(last)
+                ),
+                JobDone(
+                    job_id=job.job_id,
+                    attempt=job.attempt,
+                    chunks=len(PIECES),
+                    chars=len(text),
+                    sha256=hashlib.sha256(text.encode()).hexdigest(),
+                ),
+                JobChunk(job_id=job.job_id, attempt=99, seq=0, text="EVIL "),
+                JobChunk(job_id=job.job_id, attempt=job.attempt, seq=last, text=PIECES[last]),
+            ]
+            for event in events:
+                await worker.publish(job.job_id, event)
+
+            async def ended() -> bool:
+                reply = (await browser.get(f"/api/threads/{thread_id}")).json()["messages"][-1]
+                return bool(reply["state"] == "done")
+
+            await wait_until(ended, what="the reply to end")
+        stored = (await browser.get(f"/api/threads/{thread_id}")).json()["messages"][-1]
+        assert stored["content"] == text
