@@ -24,6 +24,16 @@ def queue_jobs(db: pw.Database, count: int) -> None:
             chat.send_message(user.user_id, thread.thread_id, f"m{i}", "llama3")
 
 
+def claimed_job(db: pw.Database) -> tuple[JobStore, str, str]:
+    """A store, and one job claimed (attempt 1) by worker w: its id and its reply's."""
+    queue_jobs(db, 1)
+    add_worker("w", 1)
+    store = JobStore(db, context_messages=5, max_attempts=3)
+    job = store.queued_jobs()[0]
+    assert store.claim(job.id, "w", 1) is not None
+    return store, job.id, Job.get_by_id(job.id).message_id
+
+
 def test_racing_dispatchers_never_double_claim(db: pw.Database) -> None:
     jobs_n, dispatchers = 400, 4
     queue_jobs(db, jobs_n)
@@ -107,15 +117,10 @@ def test_context_is_system_prompt_plus_recent_successes(db: pw.Database) -> None
 
 
 def test_cancel_keeps_the_text_so_far_and_names_the_worker(db: pw.Database) -> None:
-    queue_jobs(db, 1)
-    add_worker("w", 1)
-    store = JobStore(db, context_messages=5, max_attempts=3)
-    job = store.queued_jobs()[0]
-    assert store.claim(job.id, "w", 1) is not None
-    message_id = Job.get_by_id(job.id).message_id
-    store.append_text([TextAppend(job.id, 1, "w", message_id, "Once upon", 0, 1)])
-    tail = TextAppend(job.id, 1, "w", message_id, " a time", 1, 2)
-    view, order = store.cancel(job.id, "stopped by Owl", tail)
+    store, job_id, message_id = claimed_job(db)
+    store.append_text([TextAppend(job_id, 1, "w", message_id, "Once upon", 0, 1)])
+    tail = TextAppend(job_id, 1, "w", message_id, " a time", 1, 2)
+    view, order = store.cancel(job_id, "stopped by Owl", tail)
     assert view is not None
     assert (view.state, view.content, view.error) == (
         "cancelled",
@@ -125,10 +130,10 @@ def test_cancel_keeps_the_text_so_far_and_names_the_worker(db: pw.Database) -> N
     assert order is not None
     assert (order.worker_id, order.attempt) == ("w", 1)
     # Late text from the worker does not land; cancelling again does nothing.
-    late = TextAppend(job.id, 1, "w", message_id, " there was", 2, 3)
+    late = TextAppend(job_id, 1, "w", message_id, " there was", 2, 3)
     assert store.append_text([late]) == []
-    assert store.cancel(job.id, "again") == (None, None)
-    assert Job.get_by_id(job.id).state == "cancelled"
+    assert store.cancel(job_id, "again") == (None, None)
+    assert Job.get_by_id(job_id).state == "cancelled"
 
 
 def _append(job_id: str, message_id: str, chunks: list[str], first_seq: int) -> TextAppend:
@@ -141,23 +146,18 @@ def _append(job_id: str, message_id: str, chunks: list[str], first_seq: int) -> 
 def test_text_written_by_two_coordinators_is_each_chunk_once(db: pw.Database) -> None:
     """Coordinators sharing a database each write the chunks they received, in batches of
     their own: a write continues exactly where the stored text ends."""
-    queue_jobs(db, 1)
-    add_worker("w", 1)
-    store = JobStore(db, context_messages=5, max_attempts=3)
-    job = store.queued_jobs()[0]
-    assert store.claim(job.id, "w", 1) is not None
-    message_id = Job.get_by_id(job.id).message_id
+    store, job_id, message_id = claimed_job(db)
     chunks = [f"c{i} " for i in range(10)]
     # one coordinator writes chunks 0-3, the other 0-5: chunks 4 and 5 are added
-    store.append_text([_append(job.id, message_id, chunks[0:4], 0)])
-    store.append_text([_append(job.id, message_id, chunks[0:6], 0)])
+    store.append_text([_append(job_id, message_id, chunks[0:4], 0)])
+    store.append_text([_append(job_id, message_id, chunks[0:6], 0)])
     # the first one's next batch, 4-5, is there already
-    store.append_text([_append(job.id, message_id, chunks[4:6], 4)])
+    store.append_text([_append(job_id, message_id, chunks[4:6], 4)])
     # a batch starting after a gap (8-9, while 6-7 are not stored) waits for them
-    store.append_text([_append(job.id, message_id, chunks[8:10], 8)])
+    store.append_text([_append(job_id, message_id, chunks[8:10], 8)])
     assert Message.get_by_id(message_id).content == "".join(chunks[0:6])
     done = store.finish(
-        job.id, 1, "w", Outcome.SUCCEEDED, None, _append(job.id, message_id, chunks[6:10], 6)
+        job_id, 1, "w", Outcome.SUCCEEDED, None, _append(job_id, message_id, chunks[6:10], 6)
     )
     assert done is not None
     assert done.content == "".join(chunks)
