@@ -26,10 +26,9 @@ from pydantic import SecretStr
 from coordinator.api_keys import ApiKeyStore
 from coordinator.database import migrate, open_database
 from coordinator.worker_store import WorkerStore
-from farm_protocol.broker import BrokerSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
-from tests.processes import start_service, wait_http
+from tests.processes import broker_env, start_service, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -57,15 +56,6 @@ class ProcessFarm:
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid
-
-
-def _broker_env(settings: BrokerSettings, prefix: str = "FARM_BROKER__") -> dict[str, str]:
-    password = settings.password.get_secret_value() if settings.password else ""
-    return {
-        f"{prefix}URL": settings.url,
-        f"{prefix}USERNAME": settings.username or "",
-        f"{prefix}PASSWORD": password,
-    }
 
 
 @asynccontextmanager
@@ -109,7 +99,7 @@ async def process_farm(
                         "FARM_HTTP_PORT": str(ports["coordinator"]),
                         "FARM_SERVICE_TOKEN": token,
                         "FARM_MAX_QUEUED": "1000000",
-                        **_broker_env(broker.settings()),
+                        **broker_env(broker.settings()),
                         **(coordinator or {}),
                     },
                     f"http://127.0.0.1:{ports['coordinator']}/metrics",
@@ -120,7 +110,7 @@ async def process_farm(
                         "FARM_WEB_PORT": str(ports["web"]),
                         "FARM_COORDINATOR_URL": f"http://127.0.0.1:{ports['coordinator']}",
                         "FARM_SERVICE_TOKEN": token,
-                        **_broker_env(broker.settings()),
+                        **broker_env(broker.settings()),
                     },
                     f"http://127.0.0.1:{ports['web']}/healthz",
                 ),

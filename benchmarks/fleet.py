@@ -28,7 +28,7 @@ from coordinator.database import migrate, open_database
 from coordinator.tables import Worker
 from llama_farm.ports import free_port
 from tests.brokers import broker_of
-from tests.processes import start_service
+from tests.processes import broker_env, start_service
 
 WORKERS = int(os.environ.get("FLEET_WORKERS", "1000"))
 IDLE_S = 30.0
@@ -67,15 +67,13 @@ async def measure() -> dict[str, float]:
         db.close()
         async with broker_of("mosquitto") as broker:
             settings = broker.settings()
-            password = settings.password.get_secret_value() if settings.password else ""
             token = secrets.token_urlsafe(16)
             port = free_port()
+            password = settings.password.get_secret_value() if settings.password else ""
             env = dict(
                 os.environ,
+                **broker_env(settings),
                 FARM_DATABASE_URL=database_url,
-                FARM_BROKER__URL=settings.url,
-                FARM_BROKER__USERNAME=settings.username or "",
-                FARM_BROKER__PASSWORD=password,
                 FARM_HTTP_PORT=str(port),
                 FARM_SERVICE_TOKEN=token,
             )

@@ -33,7 +33,7 @@ from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker
-from tests.processes import start_service, wait_http
+from tests.processes import broker_env, start_service, wait_http
 from webapp.service import Webapp
 from webapp.settings import WebappSettings
 
@@ -243,13 +243,10 @@ async def _coordinator_process(
     """Coordinator number ``n``, as a process: the same database, broker account and
     service token as ``like``, its own HTTP port and MQTT client id."""
     port = free_port()
-    mqtt = like.broker
     env = {
         **os.environ,
+        **broker_env(like.broker),
         "FARM_DATABASE_URL": like.database_url,
-        "FARM_BROKER__URL": mqtt.url,
-        "FARM_BROKER__USERNAME": mqtt.username or "",
-        "FARM_BROKER__PASSWORD": mqtt.password.get_secret_value() if mqtt.password else "",
         "FARM_HTTP_PORT": str(port),
         "FARM_SERVICE_TOKEN": like.service_token.get_secret_value(),
         "FARM_COORDINATOR_CLIENT_ID": f"{like.coordinator_client_id}-{n}",

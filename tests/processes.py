@@ -10,6 +10,18 @@ from pathlib import Path
 
 import httpx
 
+from farm_protocol.broker import BrokerSettings
+
+
+def broker_env(settings: BrokerSettings) -> dict[str, str]:
+    """The environment that gives a service these broker settings."""
+    password = settings.password.get_secret_value() if settings.password else ""
+    return {
+        "FARM_BROKER__URL": settings.url,
+        "FARM_BROKER__USERNAME": settings.username or "",
+        "FARM_BROKER__PASSWORD": password,
+    }
+
 
 def start_service(
     args: Sequence[str],

@@ -27,7 +27,7 @@ from llama_farm.ollama_sim.settings import SimSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
 from tests.farm import wait_until
-from tests.processes import start_service
+from tests.processes import broker_env, start_service
 
 ROOT = Path(__file__).parent.parent
 
@@ -54,10 +54,8 @@ async def _scenario(tmp_path: Path, broker: RunningBroker) -> None:
     mqtt = broker.settings()
     env = {
         **os.environ,
+        **broker_env(mqtt),
         "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.sqlite3'}",
-        "FARM_BROKER__URL": mqtt.url,
-        "FARM_BROKER__USERNAME": mqtt.username or "",
-        "FARM_BROKER__PASSWORD": mqtt.password.get_secret_value() if mqtt.password else "",
         "FARM_HTTP_PORT": str(port),
         "FARM_SERVICE_TOKEN": token,
         "FARM_ADMIN_TOKEN": admin_token,

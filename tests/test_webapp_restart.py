@@ -17,6 +17,7 @@ import pytest
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import broker_of
 from tests.farm import Farm, running_farm
+from tests.processes import broker_env
 from tests.test_browser import CHROME_ARGS, CHROMIUM, LAST_REPLY
 
 pytestmark = [
@@ -27,15 +28,12 @@ pytestmark = [
 
 def start_webapp(farm: Farm, log: Path) -> subprocess.Popen[bytes]:
     s = farm.webapp_settings
-    password = s.broker.password.get_secret_value() if s.broker.password else ""
     env = dict(
         os.environ,
+        **broker_env(s.broker),
         FARM_WEB_PORT=str(s.web_port),
         FARM_COORDINATOR_URL=s.coordinator_url,
         FARM_SERVICE_TOKEN=s.service_token.get_secret_value(),
-        FARM_BROKER__URL=s.broker.url,
-        FARM_BROKER__USERNAME=s.broker.username or "",
-        FARM_BROKER__PASSWORD=password,
     )
     with log.open("ab") as out:
         process = subprocess.Popen(
