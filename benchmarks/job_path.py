@@ -101,7 +101,7 @@ def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[fl
                 ((worker, assignment),) = dispatcher._round().assigned
             job_id, attempt = assignment.job_id, assignment.attempt
             first = TextAppend(job_id, attempt, worker, new.reply.message_id, "Hello", 0, 1)
-            rest = TextAppend(job_id, attempt, worker, new.reply.message_id, " world", 4, 5)
+            rest = TextAppend(job_id, attempt, worker, new.reply.message_id, " world", 1, 2)
             with step("accepted"):
                 store.active_job(job_id)
                 store.accept(job_id, attempt, worker)
