@@ -2,6 +2,7 @@
 of late writes from an earlier attempt. Runs on SQLite, and on PostgreSQL when
 FARM_TEST_POSTGRES_URL is set (CI sets it)."""
 
+import contextlib
 import threading
 
 import peewee as pw
@@ -161,3 +162,54 @@ def test_text_written_by_two_coordinators_is_each_chunk_once(db: pw.Database) ->
     )
     assert done is not None
     assert done.content == "".join(chunks)
+
+
+class _PausingStore(JobStore):
+    """Waits (up to 1 s) for the other writer after applying the first append of a
+    batch: two batches then hold their first rows at the same moment."""
+
+    def __init__(self, db: pw.Database, barrier: threading.Barrier) -> None:
+        super().__init__(db, context_messages=5, max_attempts=3)
+        self.barrier = barrier
+        self.applied = 0
+
+    def _apply(self, item: TextAppend, stamp: float) -> bool:
+        first = super()._apply(item, stamp)
+        self.applied += 1
+        if self.applied == 1:
+            # broken after 1 s when the other writer is waiting for our rows
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.barrier.wait(timeout=1)
+        return first
+
+
+def test_two_coordinators_batches_over_the_same_jobs_do_not_deadlock(db: pw.Database) -> None:
+    """Each coordinator's batch lists the same jobs in its own order; written in job
+    order, the second batch waits for the first instead of each holding a row the other
+    needs (PostgreSQL would abort one with a deadlock)."""
+    queue_jobs(db, 2)
+    db.execute_sql("UPDATE job SET state = 'queued'")  # type: ignore[no-untyped-call]
+    add_worker("w", 2)
+    jobs = JobStore(db, context_messages=5, max_attempts=3)
+    queued = jobs.queued_jobs()
+    for job in queued:
+        assert jobs.claim(job.id, "w", 2) is not None
+    ids = [(job.id, Job.get_by_id(job.id).message_id) for job in queued]
+    batch = [TextAppend(j, 1, "w", m, "text", 0, 1) for j, m in ids]
+    barrier = threading.Barrier(2)
+    problems: list[Exception] = []
+
+    def write(appends: list[TextAppend]) -> None:
+        with db.connection_context():
+            try:
+                _PausingStore(db, barrier).append_text(appends)
+            except pw.PeeweeException as exc:
+                problems.append(exc)
+
+    writers = [threading.Thread(target=write, args=(order,)) for order in (batch, batch[::-1])]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(30)
+    assert problems == []
+    assert [Message.get_by_id(m).content for _, m in ids] == ["text", "text"]
