@@ -8,13 +8,13 @@ import time
 import peewee as pw
 
 from benchmarks.databases import on_each_database
-from coordinator.chat_store import ChatStore
-from coordinator.database import migrate
-from coordinator.dispatch import Dispatcher
-from coordinator.job_store import JobStore
-from coordinator.tables import Job, Worker
-from coordinator.worker_store import WorkerStore
-from farm_protocol.outbox import Outbox
+from coordinator.chat.store import ChatStore
+from coordinator.db.database import migrate
+from coordinator.db.tables import Job, Worker
+from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.store import JobStore
+from coordinator.workers.store import WorkerStore
+from farm_runtime.outbox import Outbox
 
 
 def _prepare(db: pw.Database, jobs: int, workers: int) -> None:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import peewee as pw
 
-from coordinator.database import open_database
+from coordinator.db.database import open_database
 
 T = TypeVar("T")
 

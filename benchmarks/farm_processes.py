@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from coordinator.api_keys import ApiKeyStore
-from coordinator.database import migrate, open_database
-from coordinator.worker_store import WorkerStore
+from coordinator.db.database import migrate, open_database
+from coordinator.keys.api_keys import ApiKeyStore
+from coordinator.workers.store import WorkerStore
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
 from tests.processes import broker_env, start_service, wait_http
@@ -174,7 +174,7 @@ async def process_farm(
 
 async def _fleet(spec_path: str) -> None:
     """Run the fleet described in ``spec_path`` until SIGINT."""
-    from farm_protocol.lifecycle import run_until_stopped, settle_heap
+    from farm_runtime.lifecycle import run_until_stopped, settle_heap
     from fleet_worker.service import FleetWorker
     from fleet_worker.settings import WorkerSettings
 
@@ -196,7 +196,7 @@ async def _fleet(spec_path: str) -> None:
         )
         for worker_id, key in spec["workers"]
     }
-    # As every service does (farm_protocol/lifecycle.py), and once more when the workers
+    # As every service does (farm_runtime/lifecycle.py), and once more when the workers
     # are connected: one process hosting a hundred workers makes a heap no single
     # worker's process has, and its full collections stalled every stream at once.
     settle_heap()

@@ -24,8 +24,9 @@ import httpx
 
 from benchmarks.farm_processes import cpu_seconds
 from benchmarks.presence import PresenceWorker
-from coordinator.database import migrate, open_database
-from coordinator.tables import Worker
+from coordinator.db.database import migrate, open_database
+from coordinator.db.tables import Worker
+from farm_protocol.chat import SESSION_HEADER
 from llama_farm.ports import free_port
 from tests.brokers import broker_of
 from tests.processes import broker_env, start_service
@@ -84,7 +85,7 @@ async def measure() -> dict[str, float]:
                 base_url=f"http://127.0.0.1:{port}/api/v1/chat",
                 headers={
                     "Authorization": f"Bearer {token}",
-                    "X-Farm-Session": secrets.token_urlsafe(32),
+                    SESSION_HEADER: secrets.token_urlsafe(32),
                 },
                 timeout=10,
             )

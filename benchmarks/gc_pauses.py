@@ -3,7 +3,7 @@
 A full collection walks every object the collector tracks and stops the process
 meanwhile. Each service imports its code (modules, classes, functions: tens of thousands
 of objects that live as long as the process), and every full collection walked all of
-it again. ``farm_protocol.lifecycle.settle_heap`` (called by every service at start)
+it again. ``farm_runtime.lifecycle.settle_heap`` (called by every service at start)
 moves what exists then out of the collector's sight. For each service, in a fresh
 interpreter: import what it runs, then time full collections with those objects in view
 and after ``settle_heap``, side by side in one run."""
@@ -19,7 +19,7 @@ SERVICES = {
     "coordinator": ["llama_farm.cli", "coordinator.service"],
     "webapp": ["llama_farm.cli", "webapp.service"],
     "worker": ["fleet_worker.cli"],
-    "simulator": ["llama_farm.cli", "farm_protocol.http_serving", "llama_farm.ollama_sim.app"],
+    "simulator": ["llama_farm.cli", "farm_runtime.http_serving", "llama_farm.ollama_sim.app"],
 }
 ROUNDS = 7
 
@@ -27,7 +27,7 @@ PROBE = """
 import gc, importlib, json, statistics, sys, time
 for name in sys.argv[1:]:
     importlib.import_module(name)
-from farm_protocol.lifecycle import settle_heap
+from farm_runtime.lifecycle import settle_heap
 
 def full_collections():
     times = []

@@ -14,15 +14,15 @@ from typing import Any
 import peewee as pw
 
 from benchmarks.databases import on_each_database
-from coordinator.api_keys import ApiKeyStore
-from coordinator.chat_store import ChatStore
-from coordinator.database import migrate
-from coordinator.dispatch import Dispatcher
-from coordinator.job_store import JobStore, Outcome, TextAppend
-from coordinator.tables import Worker
-from coordinator.worker_store import WorkerStore
+from coordinator.chat.store import ChatStore
+from coordinator.db.database import migrate
+from coordinator.db.tables import Worker
+from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.store import JobStore, Outcome, TextAppend
+from coordinator.keys.api_keys import ApiKeyStore
+from coordinator.workers.store import WorkerStore
 from farm_protocol.chat import MessageView
-from farm_protocol.outbox import Outbox
+from farm_runtime.outbox import Outbox
 
 STEPS = ("store request", "dispatch round", "accepted", "first text", "finish")
 

@@ -9,8 +9,8 @@ import time
 
 import aiomqtt
 
-from farm_protocol.broker import make_client, serve_session
-from farm_protocol.outbox import WINDOW, Outbox
+from farm_runtime.broker import make_client, serve_session
+from farm_runtime.outbox import WINDOW, Outbox
 from tests.brokers import RunningBroker, mosquitto
 from tests.tcp_proxy import tcp_proxy
 

@@ -15,9 +15,9 @@ from pydantic import SecretStr
 
 from farm_protocol import topics
 from farm_protocol.acl import worker_client_id
-from farm_protocol.broker import BrokerSettings, make_client
 from farm_protocol.codec import encode
 from farm_protocol.payloads import Heartbeat, WorkerStatus
+from farm_runtime.broker import BrokerSettings, make_client
 
 
 class PresenceWorker:

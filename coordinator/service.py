@@ -5,34 +5,34 @@ import logging
 
 import aiomqtt
 
-from coordinator.admin_api import AdminContext
-from coordinator.admission import Admission
-from coordinator.api_clients import ApiContext
-from coordinator.api_keys import ApiKeyStore
-from coordinator.cancellation import Canceller
-from coordinator.chat_api import ChatContext
-from coordinator.chat_store import ChatStore
-from coordinator.database import migrate, open_database
-from coordinator.db_runner import DbRunner
-from coordinator.dispatch import Dispatcher
-from coordinator.http_app import create_app
-from coordinator.inbound import SUBSCRIPTIONS, Inbound
-from coordinator.janitor import Janitor, deadlines_from
-from coordinator.job_store import Health, JobStore
+from coordinator.chat.rate_limits import RateLimits, default_rules
+from coordinator.chat.store import ChatStore
+from coordinator.db.database import migrate, open_database
+from coordinator.db.runner import DbRunner
+from coordinator.http.admin_routes import AdminContext
+from coordinator.http.api_routes import ApiContext
+from coordinator.http.app import create_app
+from coordinator.http.chat_routes import ChatContext
+from coordinator.jobs.admission import Admission
+from coordinator.jobs.cancellation import Canceller
+from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.janitor import Janitor, deadlines_from
+from coordinator.jobs.store import Health, JobStore
+from coordinator.jobs.streams import JobStreams
+from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.metrics import Metrics
-from coordinator.provisioning import Provisioner
-from coordinator.rate_limits import RateLimits, default_rules
+from coordinator.mqtt.inbound import SUBSCRIPTIONS, Inbound
+from coordinator.mqtt.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
-from coordinator.streams import JobStreams
-from coordinator.worker_store import WorkerStore
+from coordinator.workers.store import WorkerStore
 from farm_protocol import topics
-from farm_protocol.broker import make_client, serve_session, stay_connected
 from farm_protocol.chat import MemberView, MessageView
 from farm_protocol.codec import encode
-from farm_protocol.http_serving import serve_app
-from farm_protocol.lifecycle import run_until_stopped
-from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import ControlMessage, MembersEvent, MessageEvent
+from farm_runtime.broker import make_client, serve_session, stay_connected
+from farm_runtime.http_serving import serve_app
+from farm_runtime.lifecycle import run_until_stopped
+from farm_runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from farm_protocol.broker import BrokerSettings
+from farm_runtime.broker import BrokerSettings
 
 
 class CoordinatorSettings(BaseSettings):
@@ -25,7 +25,7 @@ class CoordinatorSettings(BaseSettings):
     broker_admin_password: SecretStr | None = None
     reconcile_interval_s: float = 300.0  # how often broker accounts are checked
     # Worker keys are derived from this secret, so broker accounts can be re-created
-    # (see coordinator.keys). Keep it out of the database's backups. Empty: random keys.
+    # (see coordinator.keys.hashing). Keep it out of the database's backups. Empty: random keys.
     key_secret: SecretStr = Field(default=SecretStr(""))
     # Bearer token of the admin API (/api/v1/admin); empty keeps that API closed.
     admin_token: SecretStr = Field(default=SecretStr(""))

@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from farm_protocol.ids import TopicId
 
+# The chat API's headers (webapp -> coordinator, beside the service token): the browser
+# session acting, and the browser's address (new identities are rate limited by it).
+SESSION_HEADER = "X-Farm-Session"
+CLIENT_HEADER = "X-Farm-Client"
+
 MAX_PROMPT_CHARS = 100_000
 MAX_SYSTEM_PROMPT_CHARS = 20_000
 

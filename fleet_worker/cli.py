@@ -5,10 +5,10 @@ import asyncio
 import logging
 import sys
 
-from farm_protocol.broker import BrokerAuthError
 from farm_protocol.errors import TopicError
-from farm_protocol.lifecycle import run_with_signals
-from farm_protocol.logs import configure_logging
+from farm_runtime.broker import BrokerAuthError
+from farm_runtime.lifecycle import run_with_signals
+from farm_runtime.logs import configure_logging
 from fleet_worker.service import FleetWorker, WorkerConfigError
 from fleet_worker.settings import WorkerSettings
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import aiomqtt
 
 from farm_protocol.acl import worker_client_id
-from farm_protocol.broker import is_auth_failure, make_client, parse_broker_url
 from farm_protocol.errors import TopicError
 from farm_protocol.ids import check_id
 from farm_protocol.models import normalize_model
+from farm_runtime.broker import is_auth_failure, make_client, parse_broker_url
 from fleet_worker.llm import LlmError, OllamaBackend
 from fleet_worker.settings import WorkerSettings
 

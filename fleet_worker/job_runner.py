@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from farm_protocol import topics
 from farm_protocol.codec import encode
-from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import JobAccepted, JobAssignment, JobChunk, JobDone, JobFailed
-from farm_protocol.queues import get_within
+from farm_runtime.outbox import Outbox
+from farm_runtime.queues import get_within
 from fleet_worker.coalesce import DELIMITERS, Coalescer
 from fleet_worker.llm import LlmError, OllamaBackend
 from fleet_worker.settings import WorkerSettings

@@ -7,13 +7,10 @@ import logging
 import aiomqtt
 
 from farm_protocol import topics
-from farm_protocol.broker import make_client, serve_session, stay_connected
-from farm_protocol.client_calls import publish
 from farm_protocol.codec import CONTROL, adapter_for, decode, encode, preview
 from farm_protocol.errors import ProtocolError
 from farm_protocol.ids import check_id, new_session_id
 from farm_protocol.models import normalize_model
-from farm_protocol.outbox import Outbox
 from farm_protocol.payloads import (
     Drain,
     JobAssignment,
@@ -24,6 +21,9 @@ from farm_protocol.payloads import (
     WorkerState,
     WorkerStatus,
 )
+from farm_runtime.broker import make_client, serve_session, stay_connected
+from farm_runtime.client_calls import publish
+from farm_runtime.outbox import Outbox
 from fleet_worker.job_runner import JobRunner
 from fleet_worker.llm import Inventory, LlmError, OllamaBackend
 from fleet_worker.presence import heartbeat, last_will, served_models, status_payload

@@ -3,7 +3,7 @@
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from farm_protocol.broker import BrokerSettings
+from farm_runtime.broker import BrokerSettings
 
 
 class WorkerSettings(BaseSettings):

@@ -21,8 +21,8 @@ from amqtt.contexts import Action as AmqttAction
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from coordinator.database import open_database
-from coordinator.keys import verify_key
+from coordinator.db.database import open_database
+from coordinator.keys.hashing import verify_key
 from farm_protocol import acl
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import argparse
 import asyncio
 import sys
 
-from farm_protocol.lifecycle import run_with_signals
-from farm_protocol.logs import configure_logging
+from farm_runtime.lifecycle import run_with_signals
+from farm_runtime.logs import configure_logging
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -51,28 +51,28 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _workers(args: argparse.Namespace) -> int:
-    from coordinator import workers_admin
+    from coordinator.cli import workers as workers_admin
     from coordinator.settings import CoordinatorSettings
 
     return workers_admin.run(args, CoordinatorSettings())
 
 
 def _api_keys(args: argparse.Namespace) -> int:
-    from coordinator import api_keys_cli
+    from coordinator.cli import api_keys as api_keys_cli
     from coordinator.settings import CoordinatorSettings
 
     return api_keys_cli.run(args, CoordinatorSettings())
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from coordinator import broker_cli
+    from coordinator.cli import broker as broker_cli
     from coordinator.settings import CoordinatorSettings
 
     return broker_cli.run(args, CoordinatorSettings())
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from farm_protocol.http_serving import serve_app
+    from farm_runtime.http_serving import serve_app
     from llama_farm.ollama_sim.app import create_sim_app
     from llama_farm.ollama_sim.settings import SimSettings
 

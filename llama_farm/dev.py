@@ -22,11 +22,11 @@ from pydantic import SecretStr
 from coordinator.errors import NotFound
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from coordinator.worker_store import WorkerStore
+from coordinator.workers.store import WorkerStore
 from farm_protocol import acl
-from farm_protocol.broker import BrokerSettings
-from farm_protocol.http_serving import serve_app
-from farm_protocol.lifecycle import TaskCrashed, run_services, run_with_signals
+from farm_runtime.broker import BrokerSettings
+from farm_runtime.http_serving import serve_app
+from farm_runtime.lifecycle import TaskCrashed, run_services, run_with_signals
 from fleet_worker.service import FleetWorker
 from fleet_worker.settings import WorkerSettings
 from llama_farm.embedded_broker import FarmAuth, embedded_broker

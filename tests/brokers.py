@@ -17,7 +17,7 @@ from pathlib import Path
 import aiomqtt
 
 from farm_protocol import acl
-from farm_protocol.broker import BrokerSettings
+from farm_runtime.broker import BrokerSettings
 from llama_farm.embedded_broker import FarmAuth, embedded_broker
 from llama_farm.ports import free_port
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from coordinator.database import migrate, open_database
+from coordinator.db.database import migrate, open_database
 from tests.brokers import RunningBroker, broker_of
 
 POSTGRES_URL = os.environ.get("FARM_TEST_POSTGRES_URL")

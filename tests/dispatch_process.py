@@ -6,11 +6,11 @@ import json
 import sys
 import time
 
-from coordinator.database import migrate, open_database
-from coordinator.dispatch import Dispatcher
-from coordinator.job_store import JobStore
-from coordinator.worker_store import WorkerStore
-from farm_protocol.outbox import Outbox
+from coordinator.db.database import migrate, open_database
+from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.store import JobStore
+from coordinator.workers.store import WorkerStore
+from farm_runtime.outbox import Outbox
 
 
 def main(url: str, out: str, start_at: float) -> None:

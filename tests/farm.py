@@ -20,13 +20,14 @@ import httpx
 import websockets
 from pydantic import SecretStr
 
-from coordinator.broker_accounts import BrokerAccounts, Dynsec
+from coordinator.mqtt.accounts import BrokerAccounts, Dynsec
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from farm_protocol import acl
-from farm_protocol.broker import BrokerSettings
-from farm_protocol.http_serving import serve_app
-from farm_protocol.lifecycle import run_services
+from farm_protocol.chat import SESSION_HEADER
+from farm_runtime.broker import BrokerSettings
+from farm_runtime.http_serving import serve_app
+from farm_runtime.lifecycle import run_services
 from fleet_worker.service import FleetWorker
 from fleet_worker.settings import WorkerSettings
 from llama_farm.ollama_sim.app import create_sim_app
@@ -71,7 +72,7 @@ class Farm:
             base_url=self.coordinator_url + "/api/v1/chat",
             headers={
                 "Authorization": f"Bearer {self.webapp_settings.service_token.get_secret_value()}",
-                "X-Farm-Session": secrets.token_urlsafe(32),
+                SESSION_HEADER: secrets.token_urlsafe(32),
             },
             timeout=10,
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from farm_protocol.broker import BrokerSettings
+from farm_runtime.broker import BrokerSettings
 
 
 def broker_env(settings: BrokerSettings) -> dict[str, str]:

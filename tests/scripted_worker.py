@@ -14,9 +14,9 @@ from pydantic import BaseModel, SecretStr
 
 from farm_protocol import topics
 from farm_protocol.acl import worker_client_id
-from farm_protocol.broker import BrokerSettings, make_client
 from farm_protocol.codec import encode
 from farm_protocol.payloads import Heartbeat, JobAssignment, RunningJob, WorkerStatus
+from farm_runtime.broker import BrokerSettings, make_client
 
 
 class ScriptedWorker:

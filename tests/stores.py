@@ -3,7 +3,7 @@
 import json
 import time
 
-from coordinator.tables import Worker
+from coordinator.db.tables import Worker
 
 
 def add_worker(worker_id: str, capacity: int = 1, loaded: tuple[str, ...] = ()) -> None:

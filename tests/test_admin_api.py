@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.keys import verify_key
-from coordinator.tables import Worker
+from coordinator.db.tables import Worker
+from coordinator.keys.hashing import verify_key
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker
 from tests.farm import new_thread, running_farm, send_and_stream, wait_until

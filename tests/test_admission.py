@@ -3,8 +3,8 @@ interval) refuses new requests at once; a draining one takes them again."""
 
 import pytest
 
-from coordinator.admission import Admission
 from coordinator.errors import Busy
+from coordinator.jobs.admission import Admission
 
 
 class Clock:

@@ -13,15 +13,15 @@ import aiomqtt
 import pytest
 from pydantic import SecretStr
 
-from coordinator.broker_accounts import BrokerAccounts, Dynsec
-from coordinator.database import migrate, open_database
-from coordinator.db_runner import DbRunner
-from coordinator.keys import derive_key
-from coordinator.provisioning import Provisioner
+from coordinator.db.database import migrate, open_database
+from coordinator.db.runner import DbRunner
+from coordinator.keys.hashing import derive_key
+from coordinator.mqtt.accounts import BrokerAccounts, Dynsec
+from coordinator.mqtt.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
-from coordinator.worker_store import WorkerStore
+from coordinator.workers.store import WorkerStore
 from farm_protocol import acl, topics
-from farm_protocol.broker import BrokerSettings, make_client
+from farm_runtime.broker import BrokerSettings, make_client
 from tests.brokers import RunningBroker, broker_of
 from tests.farm import wait_until
 

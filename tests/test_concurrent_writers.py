@@ -19,9 +19,9 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from coordinator.chat_store import ChatStore
-from coordinator.database import migrate, open_database
-from coordinator.tables import Job, Message
+from coordinator.chat.store import ChatStore
+from coordinator.db.database import migrate, open_database
+from coordinator.db.tables import Job, Message
 from farm_protocol.chat import MessageState
 from llama_farm import cli
 

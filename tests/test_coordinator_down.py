@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from farm_protocol.broker import BrokerSettings
+from farm_runtime.broker import BrokerSettings
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker
 from tests.farm import running_farm, wait_until

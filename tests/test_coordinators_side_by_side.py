@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.api_keys import ApiKeyStore
+from coordinator.keys.api_keys import ApiKeyStore
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import broker_of
 from tests.farm import running_farm

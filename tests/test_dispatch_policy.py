@@ -6,16 +6,16 @@ import time
 import peewee as pw
 import pytest
 
-from coordinator.api_keys import ApiKeyStore
-from coordinator.chat_store import ChatStore
-from coordinator.dispatch import Dispatcher, pick_worker
+from coordinator.chat.store import ChatStore
+from coordinator.db.tables import Job, Message, Worker
 from coordinator.errors import Busy, RateLimited
-from coordinator.fairness import QueuedJob, fair_order, positions
-from coordinator.job_store import Health, JobStore, Outcome
-from coordinator.tables import Job, Message, Worker
-from coordinator.worker_store import WorkerLoad, WorkerStore
+from coordinator.jobs.dispatch import Dispatcher, pick_worker
+from coordinator.jobs.fairness import QueuedJob, fair_order, positions
+from coordinator.jobs.store import Health, JobStore, Outcome
+from coordinator.keys.api_keys import ApiKeyStore
+from coordinator.workers.store import WorkerLoad, WorkerStore
 from farm_protocol.chat import MessageView
-from farm_protocol.outbox import Outbox
+from farm_runtime.outbox import Outbox
 from tests.stores import add_worker
 
 

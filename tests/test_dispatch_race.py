@@ -15,13 +15,13 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from coordinator.chat_store import ChatStore
-from coordinator.dispatch import Dispatcher
-from coordinator.job_store import JobStore
-from coordinator.tables import Job, Message
-from coordinator.worker_store import WorkerStore
-from farm_protocol.outbox import Outbox
+from coordinator.chat.store import ChatStore
+from coordinator.db.tables import Job, Message
+from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.store import JobStore
+from coordinator.workers.store import WorkerStore
 from farm_protocol.payloads import JobAssignment
+from farm_runtime.outbox import Outbox
 from tests.stores import add_worker
 
 

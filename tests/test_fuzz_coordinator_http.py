@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from farm_protocol.chat import SESSION_HEADER
 from llama_farm.ports import free_port
 from tests.fuzzing import FUZZ, json_values, path_ids
 from tests.processes import start_service, wait_http
@@ -126,7 +127,7 @@ def test_the_coordinators_apis_answer_clearly_whatever_they_get(coordinator: str
             token: str,
             session: str,
         ) -> None:
-            headers = {"X-Farm-Session": session}
+            headers = {SESSION_HEADER: session}
             if token:
                 headers["Authorization"] = f"Bearer {token}"
             path = template.format(a=a, b=b)

@@ -19,10 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from coordinator.chat_store import ChatStore
+from coordinator.chat.store import ChatStore
+from coordinator.db.tables import Job, Message, Worker
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from coordinator.tables import Job, Message, Worker
 from farm_protocol import topics
 from farm_protocol.chat import MessageState
 from farm_protocol.codec import JOB_EVENT, decode

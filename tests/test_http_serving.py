@@ -1,10 +1,10 @@
-"""How every service serves HTTP (farm_protocol.http_serving), over a real socket."""
+"""How every service serves HTTP (farm_runtime.http_serving), over a real socket."""
 
 import asyncio
 
 from quart import Quart
 
-from farm_protocol.http_serving import serve_app
+from farm_runtime.http_serving import serve_app
 from llama_farm.ports import free_port
 from tests.farm import wait_until
 

@@ -7,9 +7,9 @@ import time
 
 import peewee as pw
 
-from coordinator.chat_store import ChatStore
-from coordinator.job_store import Deadlines, JobStore, TextAppend
-from coordinator.tables import Job, Message, Worker
+from coordinator.chat.store import ChatStore
+from coordinator.db.tables import Job, Message, Worker
+from coordinator.jobs.store import Deadlines, JobStore, TextAppend
 
 DEADLINES = Deadlines(
     accept_s=10, queue_s=120, first_token_s=60, stall_s=30, reply_s=600, worker_grace_s=10

@@ -7,9 +7,9 @@ import threading
 
 import peewee as pw
 
-from coordinator.chat_store import ChatStore
-from coordinator.job_store import JobStore, Outcome, TextAppend
-from coordinator.tables import Job, Message
+from coordinator.chat.store import ChatStore
+from coordinator.db.tables import Job, Message
+from coordinator.jobs.store import JobStore, Outcome, TextAppend
 from tests.stores import add_worker
 
 

@@ -16,10 +16,10 @@ import httpx
 import peewee as pw
 import pytest
 
-from coordinator.api_keys import ApiKeyInfo, ApiKeyStore
-from coordinator.db_runner import DbRunner
-from coordinator.key_checks import KeyChecker
-from coordinator.tables import ApiKey
+from coordinator.db.runner import DbRunner
+from coordinator.db.tables import ApiKey
+from coordinator.keys.api_keys import ApiKeyInfo, ApiKeyStore
+from coordinator.keys.checks import KeyChecker
 from tests.brokers import mosquitto
 from tests.farm import running_farm, wait_until
 

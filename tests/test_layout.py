@@ -1,5 +1,6 @@
-"""Import rules: farm_protocol is a leaf; the services never import each other; the
-worker needs neither a database driver nor a web framework."""
+"""Import rules: the wire contract (farm_protocol) is a leaf and holds only the contract;
+the shared runtime (farm_runtime) imports only the contract; the services never import
+each other; the worker needs neither a database driver nor a web framework."""
 
 import ast
 import tomllib
@@ -9,7 +10,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"coordinator", "fleet_worker", "webapp"}
-OURS = SERVICES | {"farm_protocol", "llama_farm"}
+SHARED = {"farm_protocol", "farm_runtime"}
+OURS = SERVICES | SHARED | {"llama_farm"}
+# What the contract is made of; anything else (a loop, a client, a server) is runtime.
+CONTRACT_MODULES = {
+    "__init__",
+    "acl",
+    "browser",
+    "chat",
+    "codec",
+    "errors",
+    "ids",
+    "models",
+    "payloads",
+    "topics",
+    "version",
+}
 
 
 def imports_of(package: str) -> dict[str, set[str]]:
@@ -26,14 +42,26 @@ def imports_of(package: str) -> dict[str, set[str]]:
     return found
 
 
-def test_farm_protocol_imports_no_service() -> None:
+def test_farm_protocol_imports_nothing_of_ours() -> None:
     for path, names in imports_of("farm_protocol").items():
         assert not names & (OURS - {"farm_protocol"}), path
 
 
+def test_farm_protocol_holds_only_the_contract() -> None:
+    modules = {path.stem for path in (ROOT / "farm_protocol").glob("*.py")}
+    assert modules <= CONTRACT_MODULES, modules - CONTRACT_MODULES
+    for path, names in imports_of("farm_protocol").items():
+        assert not names & {"aiomqtt", "paho", "quart", "hypercorn", "asyncio"}, path
+
+
+def test_farm_runtime_imports_only_the_contract() -> None:
+    for path, names in imports_of("farm_runtime").items():
+        assert not names & (OURS - SHARED), f"{path} imports {names & (OURS - SHARED)}"
+
+
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_services_never_import_each_other(service: str) -> None:
-    forbidden = OURS - {service, "farm_protocol"}
+    forbidden = OURS - {service} - SHARED
     for path, names in imports_of(service).items():
         assert not names & forbidden, f"{path} imports {names & forbidden}"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from farm_protocol.lifecycle import _quiet_closed_sockets
+from farm_runtime.lifecycle import _quiet_closed_sockets
 
 
 class RecordingLoop(asyncio.SelectorEventLoop):
@@ -47,7 +47,7 @@ def test_a_service_started_with_signals_has_settled_its_heap() -> None:
     script = (
         "import asyncio, gc\n"
         "import coordinator.service\n"
-        "from farm_protocol.lifecycle import run_with_signals\n"
+        "from farm_runtime.lifecycle import run_with_signals\n"
         "async def main(stop: asyncio.Event) -> None:\n"
         "    print(gc.get_freeze_count())\n"
         "run_with_signals(main)\n"

@@ -15,10 +15,10 @@ from typing import TypeVar
 import peewee as pw
 import pytest
 
-from coordinator.api_keys import ApiKeyStore
-from coordinator.chat_store import ChatStore
+from coordinator.chat.store import ChatStore
+from coordinator.db.tables import BrowserSession, Job, Message, User
 from coordinator.errors import Conflict, CoordinatorError, RateLimited
-from coordinator.tables import BrowserSession, Job, Message, User
+from coordinator.keys.api_keys import ApiKeyStore
 from farm_protocol.chat import MAX_THREAD_MEMBERS, MessageState
 
 T = TypeVar("T")

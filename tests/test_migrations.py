@@ -11,9 +11,8 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from coordinator.database import bind, migrate, open_database
-from coordinator.errors import StoreError
-from coordinator.tables import (
+from coordinator.db.database import bind, migrate, open_database
+from coordinator.db.tables import (
     ALL_TABLES,
     SCHEMA_VERSION,
     ApiKey,
@@ -23,6 +22,7 @@ from coordinator.tables import (
     SchemaInfo,
     Worker,
 )
+from coordinator.errors import StoreError
 from tests.conftest import scratch_database_url
 
 DATA = Path(__file__).parent / "data"
@@ -114,7 +114,7 @@ def test_a_database_from_a_newer_coordinator_is_refused(db_url: str) -> None:
 
 MIGRATE_WHEN_TOLD = (
     "import sys\n"
-    "from coordinator.database import bind, migrate, open_database\n"
+    "from coordinator.db.database import bind, migrate, open_database\n"
     "db = open_database(sys.argv[1])\n"
     "print('ready', flush=True)\n"
     "sys.stdin.readline()\n"

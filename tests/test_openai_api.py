@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from coordinator.api_keys import ApiKeyStore
+from coordinator.keys.api_keys import ApiKeyStore
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker
 from tests.farm import running_farm

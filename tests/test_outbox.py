@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 import aiomqtt
 
-from farm_protocol.broker import make_client, serve_session, stay_connected
-from farm_protocol.outbox import Outbox
+from farm_runtime.broker import make_client, serve_session, stay_connected
+from farm_runtime.outbox import Outbox
 from tests.brokers import RunningBroker
 from tests.farm import wait_until
 from tests.tcp_proxy import TcpProxy, tcp_proxy

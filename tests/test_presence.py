@@ -6,8 +6,8 @@ import time
 
 import peewee as pw
 
-from coordinator.tables import Worker
-from coordinator.worker_store import WorkerStore
+from coordinator.db.tables import Worker
+from coordinator.workers.store import WorkerStore
 from farm_protocol.payloads import Heartbeat, WorkerStatus
 
 

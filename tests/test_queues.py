@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from farm_protocol.queues import get_within
+from farm_runtime.queues import get_within
 
 
 async def test_a_cancel_in_the_same_moment_as_the_item_still_cancels() -> None:

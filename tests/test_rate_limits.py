@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.chat.rate_limits import RateLimits, Rule
 from coordinator.errors import RateLimited
-from coordinator.rate_limits import RateLimits, Rule
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import broker_of
 from tests.farm import new_thread, running_farm, send_and_stream

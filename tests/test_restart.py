@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from farm_protocol.http_serving import serve_app
-from farm_protocol.lifecycle import run_services
+from farm_protocol.chat import SESSION_HEADER
+from farm_runtime.http_serving import serve_app
+from farm_runtime.lifecycle import run_services
 from fleet_worker.service import FleetWorker
 from fleet_worker.settings import WorkerSettings
 from llama_farm.ollama_sim.app import create_sim_app
@@ -75,7 +76,7 @@ async def _scenario(tmp_path: Path, broker: RunningBroker) -> None:
     clients = [admin]
 
     def chat(user: str) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {token}", "X-Farm-Session": user * 20}
+        headers = {"Authorization": f"Bearer {token}", SESSION_HEADER: user * 20}
         client = httpx.AsyncClient(base_url=f"{base}/chat", headers=headers, timeout=10)
         clients.append(client)
         return client

@@ -10,9 +10,9 @@ from pathlib import Path
 import websockets
 
 from farm_protocol import topics
-from farm_protocol.broker import make_client
 from farm_protocol.codec import encode
 from farm_protocol.payloads import JobChunk, JobDone
+from farm_runtime.broker import make_client
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.brokers import RunningBroker
 from tests.farm import new_thread, running_farm, until_final, ws_url

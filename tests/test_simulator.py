@@ -7,7 +7,7 @@ import httpx
 import ollama
 import pytest
 
-from farm_protocol.http_serving import serve_app
+from farm_runtime.http_serving import serve_app
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
 from llama_farm.ports import free_port

@@ -1,13 +1,13 @@
-"""The hand-written statements' helpers (coordinator.sql) and their edges, on each
+"""The hand-written statements' helpers (coordinator.db.sql) and their edges, on each
 backend."""
 
 import peewee as pw
 import pytest
 
-from coordinator import sql
-from coordinator.chat_store import ChatStore
+from coordinator.chat.store import ChatStore
+from coordinator.db import sql
+from coordinator.db.tables import Job, Message
 from coordinator.errors import NotFound
-from coordinator.tables import Job, Message
 
 
 def test_an_in_list_needs_a_value() -> None:

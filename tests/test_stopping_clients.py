@@ -17,8 +17,8 @@ from typing import Any
 
 import aiomqtt
 
-from farm_protocol.broker import make_client, stay_connected
-from farm_protocol.client_calls import publish
+from farm_runtime.broker import make_client, stay_connected
+from farm_runtime.client_calls import publish
 from tests.brokers import broker_of
 from tests.tcp_proxy import tcp_proxy
 

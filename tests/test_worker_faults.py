@@ -18,8 +18,8 @@ import httpx
 import pytest
 import websockets
 
-from coordinator import reports
-from farm_protocol.http_serving import serve_app
+from coordinator.jobs import reports
+from farm_runtime.http_serving import serve_app
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
 from llama_farm.ports import free_port

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import peewee as pw
 
-from coordinator.database import open_database
-from coordinator.keys import verify_key
-from coordinator.tables import Worker, database_proxy
+from coordinator.db.database import open_database
+from coordinator.db.tables import Worker, database_proxy
+from coordinator.keys.hashing import verify_key
 
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,9 +12,9 @@ from quart import Quart, Response, g, request, send_from_directory, websocket
 
 from farm_protocol.chat import MessageView, ThreadSnapshot
 from farm_protocol.errors import TopicError
-from farm_protocol.http_serving import request_json
 from farm_protocol.ids import check_id
-from farm_protocol.queues import get_within
+from farm_runtime.http_serving import request_json
+from farm_runtime.queues import get_within
 from webapp.bridge import Bridge, Subscriber
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 from webapp.openai_api import create_openai_blueprint, openai_error

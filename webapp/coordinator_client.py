@@ -14,12 +14,10 @@ from typing import Any
 
 import aiohttp
 
-from farm_protocol.chat import ThreadSnapshot
+from farm_protocol.chat import CLIENT_HEADER, SESSION_HEADER, ThreadSnapshot
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "X-Farm-Session"
-CLIENT_HEADER = "X-Farm-Client"  # the browser's address: new identities are limited by it
 TIMEOUT = aiohttp.ClientTimeout(total=10.0, sock_connect=3.0)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from farm_protocol.chat import MessageState
-from farm_protocol.http_serving import request_json
-from farm_protocol.queues import get_within
+from farm_runtime.http_serving import request_json
+from farm_runtime.queues import get_within
 from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 

@@ -6,9 +6,9 @@ import secrets
 
 import aiomqtt
 
-from farm_protocol.broker import make_client, serve_session, stay_connected
-from farm_protocol.http_serving import serve_app
-from farm_protocol.lifecycle import run_until_stopped
+from farm_runtime.broker import make_client, serve_session, stay_connected
+from farm_runtime.http_serving import serve_app
+from farm_runtime.lifecycle import run_until_stopped
 from webapp.app import create_app
 from webapp.bridge import SUBSCRIPTIONS, Bridge
 from webapp.coordinator_client import CoordinatorClient

@@ -10,8 +10,8 @@ from typing import Any
 
 from quart import Quart, Response, request
 
-from farm_protocol.http_serving import request_json
 from farm_protocol.models import normalize_model
+from farm_runtime.http_serving import request_json
 from llama_farm.ollama_sim.replies import lorem_tokens, parse_directives, tokenize
 from llama_farm.ollama_sim.settings import SimSettings
 

@@ -1,0 +1,89 @@
+"""``llama-farm workers add|list|rotate|revoke``: worker administration from a shell.
+
+Uses the same store as the coordinator, directly on its database. A new key is printed
+once and never stored in clear.
+"""
+
+import argparse
+import asyncio
+import datetime
+import sys
+
+from coordinator.db.database import migrate, open_database
+from coordinator.errors import Conflict, NotFound
+from coordinator.keys.hashing import hash_key
+from coordinator.mqtt.accounts import BrokerAdminError
+from coordinator.mqtt.provisioning import Provisioner
+from coordinator.settings import CoordinatorSettings
+from coordinator.workers.store import WorkerInfo, WorkerStore
+from farm_protocol.errors import TopicError
+
+
+def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
+    db = open_database(settings.database_url)
+    migrate(db)
+    store = WorkerStore(
+        db, grace_s=settings.worker_grace_s, key_secret=settings.key_secret.get_secret_value()
+    )
+    provisioner = Provisioner(settings)
+    try:
+        with db.connection_context():
+            return _dispatch(args, store, provisioner)
+    except (NotFound, Conflict, TopicError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokerAdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+
+
+def _dispatch(args: argparse.Namespace, store: WorkerStore, provisioner: Provisioner) -> int:
+    """The same steps, in the same order, as the admin API."""
+    if args.action == "add":
+        info, key = store.add(args.name, args.worker_id)
+        _broker(asyncio.run(provisioner.worker_added(info.id, key)))
+        _print_key(info.id, key)
+    elif args.action == "rotate":
+        key, nonce = store.new_key_for(args.worker_id)
+        _broker(asyncio.run(provisioner.worker_rotated(args.worker_id, key)))
+        store.set_key(args.worker_id, key_hash=hash_key(key), nonce=nonce)
+        _print_key(args.worker_id, key)
+    elif args.action == "revoke":
+        store.revoke(args.worker_id)
+        _broker(asyncio.run(provisioner.worker_revoked(args.worker_id)))
+        print(f"worker {args.worker_id} revoked")
+    else:
+        _print_table(store.list_workers())
+    return 0
+
+
+def _broker(outcome: str) -> None:
+    if outcome == "not managed":
+        print(
+            "note: the broker's accounts are not managed here (FARM_BROKER_ADMIN_USERNAME is "
+            "unset); see docs/OPERATIONS.md",
+            file=sys.stderr,
+        )
+
+
+def _print_key(worker_id: str, key: str) -> None:
+    print(f"worker id: {worker_id}")
+    print(f"api key:   {key}")
+    print("Store the key now: it is shown only once. On the worker machine set")
+    print(f"  FARM_WORKER_ID={worker_id}")
+    print(f"  FARM_API_KEY={key}")
+
+
+def _print_table(workers: list[WorkerInfo]) -> None:
+    print(f"{'ID':<24} {'NAME':<20} {'STATE':<12} {'JOBS':>4}  {'LAST SEEN':<19}  MODELS")
+    for w in workers:
+        state = "revoked" if w.revoked_at else ("online" if w.online else w.state)
+        seen = (
+            datetime.datetime.fromtimestamp(w.last_seen).strftime("%Y-%m-%d %H:%M:%S")
+            if w.last_seen
+            else "never"
+        )
+        models = ", ".join(w.models)
+        print(f"{w.id:<24} {w.name[:20]:<20} {state:<12} {w.active_jobs:>4}  {seen:<19}  {models}")

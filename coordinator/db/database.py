@@ -1,0 +1,178 @@
+"""Opening the database from a URL, and bringing its schema up to date in place."""
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import peewee as pw
+from playhouse import migrate as schema
+
+from coordinator.db.tables import (
+    ALL_TABLES,
+    SCHEMA_VERSION,
+    ApiKey,
+    ReplyFailure,
+    SchemaInfo,
+    database_proxy,
+)
+from coordinator.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+def _v1_to_v2(db: pw.Database) -> None:
+    """Worker health and totals, API keys, and the worker a retry should avoid."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(
+        m.add_column("worker", "failures", pw.IntegerField(default=0)),
+        m.add_column("worker", "quarantined_until", pw.DoubleField(null=True)),
+        m.add_column("worker", "jobs_succeeded", pw.IntegerField(default=0)),
+        m.add_column("worker", "jobs_failed", pw.IntegerField(default=0)),
+        m.add_column("worker", "chars_generated", pw.BigIntegerField(default=0)),
+        m.add_column("job", "api_key_id", pw.CharField(max_length=32, null=True)),
+        m.add_index("job", ("api_key_id",), False),
+        m.add_column("job", "avoid_worker_id", pw.CharField(max_length=64, null=True)),
+    )
+    db.create_tables([ApiKey])
+
+
+def _v2_to_v3(db: pw.Database) -> None:
+    """The nonce a worker's key is derived from."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(m.add_column("worker", "key_nonce", pw.CharField(max_length=64, default="")))
+
+
+def _v3_to_v4(db: pw.Database) -> None:
+    """Jobs indexed by owner and state: the per-user and per-key limits are checked on every
+    request, and read through all of an owner's past jobs with the owner's index alone."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(
+        m.drop_index("job", "job_user_id"),
+        m.drop_index("job", "job_api_key_id"),
+        m.add_index("job", ("user_id", "state"), False),
+        m.add_index("job", ("api_key_id", "state"), False),
+    )
+
+
+def _v4_to_v5(db: pw.Database) -> None:
+    """The worker a job has counted against (replaced in version 6)."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(m.add_column("job", "blamed_worker_id", pw.CharField(max_length=64, null=True)))
+
+
+def _v5_to_v6(db: pw.Database) -> None:
+    """The workers each reply has failed on: a reply counts once against a worker, also
+    when its user retries it (a job's ``blamed_worker_id`` knew only one job's attempts)."""
+    db.create_tables([ReplyFailure])
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(m.drop_column("job", "blamed_worker_id"))
+
+
+# Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
+# the initial schema; tests/data holds its DDL so the upgrade path stays tested.
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+    5: _v5_to_v6,
+}
+
+
+class _WalSqliteDatabase(pw.SqliteDatabase):
+    """SQLite in WAL mode. Turning a new file to WAL takes a lock that no busy timeout waits
+    for: processes opening a new file together (coordinators, the command line) would
+    fail with "database is locked", so each connection retries it for up to 10 s."""
+
+    def _add_conn_hooks(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = wal")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        super()._add_conn_hooks(conn)  # type: ignore[misc]
+
+
+def open_database(url: str) -> pw.Database:
+    """``sqlite:///path`` (WAL) or ``postgresql://user@host:port/db``."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else parts.path
+        return _WalSqliteDatabase(
+            path or ":memory:",
+            pragmas={"synchronous": "normal", "foreign_keys": 1, "busy_timeout": 10_000},
+            check_same_thread=False,
+        )
+    if parts.scheme in ("postgres", "postgresql"):
+        return pw.PostgresqlDatabase(
+            (parts.path or "/").lstrip("/") or "postgres",
+            user=parts.username,
+            password=parts.password,
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+        )
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file or postgresql://...")
+
+
+def write_transaction(db: pw.Database) -> pw._atomic:
+    """A write transaction; on SQLite take the write lock up front (no upgrade deadlock
+    between two writers that both began by reading)."""
+    if isinstance(db, pw.SqliteDatabase):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
+
+
+def bind(db: pw.Database) -> None:
+    database_proxy.initialize(db)
+
+
+def migrate(db: pw.Database) -> int:
+    """Create a fresh schema, or upgrade an older one in place. Returns the version.
+
+    A schema already current is only read: the command line calls this beside a running
+    coordinator, and on SQLite a transaction that read first and then writes fails at once
+    ("database is locked") if anyone else wrote meanwhile. Creating or upgrading takes the
+    write lock up front instead, and on PostgreSQL a lock of its own, so that coordinators
+    started together on an empty database create it once instead of failing on each
+    other's tables."""
+    bind(db)
+    try:
+        version = _current_version(db)
+        if version == SCHEMA_VERSION:
+            return version
+        with write_transaction(db):
+            if isinstance(db, pw.PostgresqlDatabase):
+                # coordinators starting together take turns (SQLite's lock is the write lock)
+                db.execute_sql("SELECT pg_advisory_xact_lock(hashtext('llama-farm schema'))")  # type: ignore[no-untyped-call]
+            version = _current_version(db)  # another process may have done it meanwhile
+            if version is None:
+                db.create_tables(ALL_TABLES)
+                SchemaInfo.create(version=SCHEMA_VERSION)
+                log.info("created database schema version %d", SCHEMA_VERSION)
+                return SCHEMA_VERSION
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](db)
+                version += 1
+                log.info("upgraded database schema to version %d", version)
+            SchemaInfo.update(version=version).execute()
+            return version
+    except pw.PeeweeException as exc:
+        raise StoreError(f"cannot prepare the database: {exc}") from exc
+
+
+def _current_version(db: pw.Database) -> int | None:
+    """The schema's version, None for an empty database; refuses a newer schema."""
+    if not db.table_exists(SchemaInfo._meta.table_name):
+        return None
+    version = int(SchemaInfo.get().version)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema {version} is newer than this coordinator's {SCHEMA_VERSION}"
+        )
+    return version

@@ -1,0 +1,37 @@
+"""The coordinator's HTTP application: the chat API and the programmatic-clients API (both
+for the webapp), the admin API,
+``/metrics`` for Prometheus and ``/healthz``."""
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Quart, Response, request
+
+from coordinator.http.admin_routes import AdminContext, create_admin_blueprint
+from coordinator.http.api_routes import ApiContext, create_api_blueprint
+from coordinator.http.chat_routes import ChatContext, create_chat_blueprint
+from coordinator.http.responses import error
+
+
+def create_app(chat: ChatContext, admin: AdminContext, api: ApiContext) -> Quart:
+    app = Quart("coordinator")
+    app.register_blueprint(create_chat_blueprint(chat))
+    app.register_blueprint(create_admin_blueprint(admin))
+    app.register_blueprint(create_api_blueprint(api))
+
+    @app.errorhandler(404)
+    async def _no_route(_: Exception) -> Response:
+        return error(404, f"nothing at {request.path[:200]}")
+
+    @app.errorhandler(405)
+    async def _wrong_method(_: Exception) -> Response:
+        return error(405, f"{request.method} is not allowed on {request.path[:200]}")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        text = await chat.runner.call(chat.metrics.render)
+        return Response(text, content_type=CONTENT_TYPE_LATEST)
+
+    return app

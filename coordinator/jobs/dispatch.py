@@ -1,0 +1,164 @@
+"""Dispatch: match queued jobs to online workers, claim atomically, publish assignments."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from coordinator.db.runner import DbRunner
+from coordinator.jobs.admission import Admission
+from coordinator.jobs.fairness import QueuedJob, positions
+from coordinator.jobs.store import JobStore, Pick
+from coordinator.workers.store import WorkerLoad, WorkerStore
+from farm_protocol import topics
+from farm_protocol.chat import MessageView
+from farm_protocol.codec import encode
+from farm_protocol.models import normalize_model
+from farm_protocol.payloads import JobAssignment
+from farm_runtime.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+def pick_worker(
+    model: str, workers: Iterable[WorkerLoad], avoid: str | None = None
+) -> WorkerLoad | None:
+    """The best worker for ``model``: it serves the model and has a free slot; prefer one
+    with the model loaded already (no swap thrash), then the least loaded. ``avoid`` (the
+    worker a previous attempt failed on) is chosen only when no other worker can take it."""
+    wanted = normalize_model(model)
+    candidates = [w for w in workers if wanted in w.models and w.active < w.capacity]
+    return min(
+        candidates,
+        key=lambda w: (
+            w.id == avoid,
+            wanted not in w.loaded,
+            w.active / max(w.capacity, 1),
+            w.active,
+            w.id,
+        ),
+        default=None,
+    )
+
+
+@dataclass(slots=True)
+class Round:
+    """What one dispatch round did, and what it saw of the queue afterwards."""
+
+    assigned: list[tuple[str, JobAssignment]] = field(default_factory=list)
+    head_ages: dict[str, float] = field(default_factory=dict)  # oldest queued, per model
+    moved: list[MessageView] = field(default_factory=list)  # replies whose place changed
+    held: list[MessageView] = field(default_factory=list)  # replies now held by a worker
+
+
+class Dispatcher:
+    """Runs a dispatch round whenever kicked (a job queued, a worker free or online), and
+    once a second as a safety net for changes made by another coordinator process.
+
+    After each round it tells the admission control how old each model's queue head is,
+    and, at most every ``positions_every_s``, publishes the new queue position of every
+    reply (of the first ``POSITIONS_PUBLISHED``) whose place changed. (At saturation every
+    job leaving the queue moves all the others up: publishing each move cost a hundred
+    messages per dispatched job, more than the job's own.)"""
+
+    POSITIONS_PUBLISHED = 100
+
+    def __init__(
+        self,
+        runner: DbRunner,
+        jobs: JobStore,
+        workers: WorkerStore,
+        outbox: Outbox,
+        admission: Admission | None = None,
+        publish_message: Callable[[MessageView], Awaitable[None]] | None = None,
+        positions_every_s: float = 1.0,
+    ) -> None:
+        self.runner = runner
+        self.jobs = jobs
+        self.workers = workers
+        self.outbox = outbox
+        self.admission = admission
+        self.publish_message = publish_message
+        self._wake = asyncio.Event()
+        self._positions: dict[str, int] = {}
+        self.positions_every_s = positions_every_s
+        self._positions_at = -float("inf")  # time.monotonic() of the last publication
+        self.on_assigned: Callable[[float], None] = lambda waited_s: None
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def run(self, idle_s: float = 1.0) -> None:
+        while True:
+            # asyncio.timeout, not wait_for: see farm_runtime/queues.py (a stop that
+            # landed as the wake-up came would be lost, and shutdown would hang).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(idle_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.dispatch_once()
+
+    async def dispatch_once(self) -> int:
+        done = await self.runner.call(self._round)
+        for worker_id, assignment in done.assigned:
+            log.info(
+                "job %s attempt %d -> worker %s (%s)",
+                assignment.job_id,
+                assignment.attempt,
+                worker_id,
+                assignment.model,
+            )
+            await self.outbox.put(
+                topics.worker_assign(worker_id), encode(assignment), qos=topics.QOS_ASSIGN
+            )
+        if self.admission is not None:
+            self.admission.observe(done.head_ages)
+        if self.publish_message is not None:
+            for view in [*done.held, *done.moved]:
+                await self.publish_message(view)
+        return len(done.assigned)
+
+    def _round(self) -> Round:
+        """One pass over the queue, in the database thread: pick a worker for each job in
+        serving order, claim all the picks in one transaction, then look at what is left."""
+        done = Round()
+        with self.jobs.transaction():
+            queued = self.jobs.queued_jobs(lock=True)
+            if queued:
+                done.assigned = self._assign(queued)
+        stamp = time.time()
+        taken = {a.job_id for _, a in done.assigned}
+        left = [job for job in queued if job.id not in taken]
+        for job in left:
+            model = normalize_model(job.model)
+            done.head_ages[model] = max(done.head_ages.get(model, 0.0), stamp - job.created_at)
+        for job in queued:
+            if job.id in taken:
+                self.on_assigned(stamp - job.created_at)
+        if self.publish_message is None:
+            return done
+        done.held = self.jobs.holder_views(done.assigned)
+        if time.monotonic() - self._positions_at >= self.positions_every_s:
+            now_at = positions(left[: self.POSITIONS_PUBLISHED])
+            changed = {j: p for j, p in now_at.items() if self._positions.get(j) != p}
+            if changed:
+                done.moved = self.jobs.queued_views(changed)
+                self._positions, self._positions_at = now_at, time.monotonic()
+        return done
+
+    def _assign(self, queued: list[QueuedJob]) -> list[tuple[str, JobAssignment]]:
+        fleet = {w.id: w for w in self.workers.online()}
+        free = sum(max(w.capacity - w.active, 0) for w in fleet.values())
+        picks: list[Pick] = []
+        for job in queued:
+            if not free:
+                break
+            worker = pick_worker(job.model, fleet.values(), job.avoid_worker)
+            if worker is None:
+                continue
+            picks.append(Pick(job.id, worker.id, worker.capacity))
+            fleet[worker.id] = replace(worker, active=worker.active + 1)
+            free -= 1
+        return self.jobs.claim_many(picks)

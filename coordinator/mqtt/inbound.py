@@ -1,0 +1,167 @@
+"""Everything the coordinator receives from the broker, validated once, then routed."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+
+from coordinator.db.runner import DbRunner
+from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.store import JobStore
+from coordinator.jobs.streams import JobStreams
+from coordinator.workers.store import WorkerStore
+from farm_protocol import topics
+from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
+from farm_protocol.errors import ProtocolError
+from farm_protocol.payloads import ControlMessage, Heartbeat, JobCancel, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = [
+    (topics.ALL_STATUS, topics.QOS_STATUS),
+    (topics.ALL_HEARTBEATS, topics.QOS_HEARTBEAT),
+    (topics.ALL_JOB_EVENTS, topics.QOS_JOB_EVENTS),
+]
+
+_STATUS = adapter_for(WorkerStatus)
+_HEARTBEAT = adapter_for(Heartbeat)
+
+
+HEARTBEAT_BATCH_S = 0.5  # small against the grace period (FARM_WORKER_GRACE_S, 10 s)
+
+
+class Inbound:
+    """Messages from workers, in one lane per worker: a worker's messages are handled in
+    the order they came (its job events, status and heartbeats), different workers' side
+    by side. Handled one at a time for the whole farm, every message waited for the
+    database thread in turn while the others queued behind it, and the thread sat idle
+    in between: the farm's throughput was capped by that round trip, not by the work."""
+
+    LANE_SIZE = 10_000  # a lane this full makes the broker connection wait (backpressure)
+    MAX_LANES = 100_000  # beyond this (many made-up worker ids), messages are handled inline
+
+    def __init__(
+        self,
+        runner: DbRunner,
+        workers: WorkerStore,
+        jobs: JobStore,
+        streams: JobStreams,
+        dispatcher: Dispatcher,
+        send_control: Callable[[str, ControlMessage], Awaitable[None]],
+    ) -> None:
+        self.runner = runner
+        self.workers = workers
+        self.jobs = jobs
+        self.streams = streams
+        self.dispatcher = dispatcher
+        self.send_control = send_control
+        self._lanes: dict[str, asyncio.Queue[aiomqtt.Message]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._beats: dict[str, Heartbeat] = {}  # the newest of each worker, not yet written
+
+    async def record_heartbeats(self, interval_s: float = HEARTBEAT_BATCH_S) -> None:
+        """Write idle workers' heartbeats, all in one transaction, every ``interval_s`` (one
+        write per heartbeat cost a quarter of a core with 1,000 idle workers)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.flush_heartbeats()
+
+    async def flush_heartbeats(self) -> None:
+        beats, self._beats = list(self._beats.values()), {}
+        if not beats:
+            return
+        await self.runner.call(self.workers.record_heartbeats, beats)
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        """Queue ``message`` on its worker's lane (handled in order, soon)."""
+        try:
+            worker_id = topics.parse_worker_topic(message.topic.value).worker_id
+        except ProtocolError:
+            await self.process(message)  # logs and drops it
+            return
+        lane = self._lanes.get(worker_id)
+        if lane is None:
+            if len(self._lanes) >= self.MAX_LANES:
+                await self.process(message)
+                return
+            lane = self._lanes[worker_id] = asyncio.Queue(self.LANE_SIZE)
+            task = asyncio.create_task(self._drain(lane), name=f"inbound-{worker_id}")
+            self._tasks.add(task)
+        await lane.put(message)
+
+    async def _drain(self, lane: asyncio.Queue[aiomqtt.Message]) -> None:
+        while True:
+            message = await lane.get()
+            try:
+                await self.process(message)
+            except Exception:
+                log.exception("dropped a message on %s", message.topic.value)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def process(self, message: aiomqtt.Message) -> None:
+        """Handle one message now: validate it, then act on it."""
+        topic = message.topic.value
+        try:
+            where = topics.parse_worker_topic(topic)
+            if where.leaf == "jobs":
+                event = decode(JOB_EVENT, message.payload)
+                if event.job_id != where.job_id:
+                    raise ProtocolError(f"payload job {event.job_id} != topic job {where.job_id}")
+                await self.streams.on_event(where.worker_id, event)
+            elif where.leaf == "status":
+                await self._status(where.worker_id, decode(_STATUS, message.payload))
+            elif where.leaf == "heartbeat":
+                beat = decode(_HEARTBEAT, message.payload)
+                self._same_worker(where.worker_id, beat.worker_id)
+                if beat.running:  # at once: it may name jobs to stop (see _stop_orphans)
+                    if await self.runner.call(self.workers.record_heartbeat, beat):
+                        await self._stop_orphans(beat)
+                else:  # an idle worker's: written with the others, in a batch
+                    self._beats[beat.worker_id] = beat
+        except ProtocolError as exc:
+            log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
+
+    async def _status(self, worker_id: str, status: WorkerStatus) -> None:
+        self._same_worker(worker_id, status.worker_id)
+        if await self.runner.call(self.workers.record_status, status):
+            log.info(
+                "worker %s is %s (session %s, models %s, capacity %d)",
+                worker_id,
+                status.state,
+                status.session_id,
+                status.models,
+                status.capacity,
+            )
+            self.dispatcher.kick()
+        else:
+            log.info(
+                "ignored %s status of worker %s (unknown, revoked or stale session)",
+                status.state,
+                worker_id,
+            )
+
+    async def _stop_orphans(self, beat: Heartbeat) -> None:
+        """A worker cut off long enough for its jobs to fail or move on still runs them
+        when it comes back: tell it to stop, so its slots serve jobs that are its own."""
+        running = [(job.job_id, job.attempt) for job in beat.running]
+        for job_id, attempt in await self.runner.call(self.jobs.not_held, beat.worker_id, running):
+            log.info(
+                "worker %s still runs job %s attempt %d: stopping it",
+                beat.worker_id,
+                job_id,
+                attempt,
+            )
+            await self.send_control(
+                beat.worker_id,
+                JobCancel(job_id=job_id, attempt=attempt, reason="this job is no longer yours"),
+            )
+
+    @staticmethod
+    def _same_worker(topic_worker: str, payload_worker: str) -> None:
+        if topic_worker != payload_worker:
+            raise ProtocolError(f"payload worker {payload_worker} != topic worker {topic_worker}")

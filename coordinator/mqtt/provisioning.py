@@ -1,0 +1,63 @@
+"""Keeping the broker's accounts in step with the database, for the coordinator's admin
+paths (API and CLI) and its periodic reconcile. With no dynsec admin configured, every
+operation is a logged no-op: the broker's accounts are someone else's business."""
+
+import asyncio
+import logging
+
+from coordinator.db.runner import DbRunner
+from coordinator.mqtt.accounts import BrokerAccounts, BrokerAdminError, Dynsec
+from coordinator.settings import CoordinatorSettings
+from coordinator.workers.store import WorkerStore
+from farm_protocol import acl
+
+log = logging.getLogger(__name__)
+
+
+class Provisioner:
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        admin = settings.broker_admin()
+        self.accounts = BrokerAccounts(Dynsec(admin)) if admin is not None else None
+        self.interval_s = settings.reconcile_interval_s
+        own = settings.broker
+        self.own_password = (
+            own.password.get_secret_value()
+            if own.username == acl.COORDINATOR and own.password is not None
+            else None
+        )
+
+    @property
+    def managed(self) -> bool:
+        return self.accounts is not None
+
+    async def worker_added(self, worker_id: str, key: str) -> str:
+        if self.accounts is None:
+            return "not managed"
+        await self.accounts.add_worker(worker_id, key)
+        return "provisioned"
+
+    async def worker_rotated(self, worker_id: str, key: str) -> str:
+        if self.accounts is None:
+            return "not managed"
+        await self.accounts.rotate_worker(worker_id, key)
+        return "provisioned"
+
+    async def worker_revoked(self, worker_id: str) -> str:
+        if self.accounts is None:
+            return "not managed"
+        await self.accounts.revoke_worker(worker_id)
+        return "provisioned"
+
+    async def reconcile_forever(self, runner: DbRunner, workers: WorkerStore) -> None:
+        """At start, then every ``interval_s``: the database is the source of truth."""
+        if self.accounts is None:
+            log.info("broker accounts are not managed (no FARM_BROKER_ADMIN_USERNAME)")
+            await asyncio.Event().wait()
+            return
+        while True:
+            try:
+                wanted = await runner.call(workers.broker_passwords)
+                await self.accounts.reconcile(wanted, self.own_password)
+            except BrokerAdminError as exc:
+                log.warning("broker reconcile failed (will retry): %s", exc)
+            await asyncio.sleep(self.interval_s)

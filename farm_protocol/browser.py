@@ -1,0 +1,54 @@
+"""What the webapp sends a browser on a thread's websocket (``/ws/threads/{id}``), one
+JSON object per websocket message, tagged by ``type``:
+
+* ``snapshot``: the thread as it is now (a :class:`~farm_protocol.chat.ThreadSnapshot`,
+  its fields at the top level), always first;
+* ``message``: a message was added or changed (a reply's state, its stored text);
+* ``members``: who is in the thread now;
+* ``chunk``: a piece of a reply's text as it streams. ``seq`` counts a job attempt's
+  chunks from 0; a message's ``content_seq`` says which of them its ``content`` already
+  holds, so a browser appends only the chunks after it.
+
+A socket closed with :data:`RELOAD_CLOSE_CODE` fell behind: the browser reconnects and
+starts again from a snapshot.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from farm_protocol.chat import MemberView, MessageView, ThreadSnapshot
+
+RELOAD_CLOSE_CODE = 4000  # "you fell behind: reconnect and resync"
+NO_THREAD_CLOSE_CODE = 4004
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SnapshotEvent(ThreadSnapshot):
+    type: Literal["snapshot"] = "snapshot"
+
+
+class MessageChanged(_Event):
+    type: Literal["message"] = "message"
+    message: MessageView
+
+
+class MembersChanged(_Event):
+    type: Literal["members"] = "members"
+    members: list[MemberView]
+
+
+class ChunkEvent(_Event):
+    type: Literal["chunk"] = "chunk"
+    job_id: str
+    attempt: int
+    seq: int
+    text: str
+
+
+BrowserEvent = Annotated[
+    SnapshotEvent | MessageChanged | MembersChanged | ChunkEvent, Field(discriminator="type")
+]
