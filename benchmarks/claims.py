@@ -8,23 +8,24 @@ import time
 import peewee as pw
 
 from benchmarks.databases import on_each_database
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.database import migrate
 from coordinator.db.tables import Job, Worker
 from coordinator.jobs.dispatch import Dispatcher
-from coordinator.jobs.store import JobStore
-from coordinator.workers.store import WorkerStore
+from coordinator.jobs.stores import JobStores
+from coordinator.mqtt.bus import Bus
+from coordinator.workers.presence import WorkerPresence
 from farm_runtime.outbox import Outbox
 
 
 def _prepare(db: pw.Database, jobs: int, workers: int) -> None:
-    chat = ChatStore(db)
-    user = chat.session_user("b" * 40)
-    thread = chat.create_thread(user.user_id, "You are a benchmark.")
+    chat = ChatStores.open(db)
+    user = chat.identity.session_user("b" * 40)
+    thread = chat.threads.create_thread(user.user_id, "You are a benchmark.")
     with db.atomic():
         for i in range(jobs):
             Job.update(state="succeeded").where(Job.state == "queued").execute()
-            chat.send_message(user.user_id, thread.thread_id, f"question {i}", "llama3")
+            chat.requests.send_message(user.user_id, thread.thread_id, f"question {i}", "llama3")
         Job.update(state="queued").execute()
         for w in range(workers):
             Worker.create(
@@ -42,8 +43,14 @@ def measure(db: pw.Database, jobs: int, workers: int) -> float:
     migrate(db)
     with db.connection_context():
         _prepare(db, jobs, workers)
-        store = JobStore(db, context_messages=5, max_attempts=3)
-        dispatcher = Dispatcher(None, store, WorkerStore(db, grace_s=7200), Outbox())  # type: ignore[arg-type]
+        store = JobStores.open(db, context_messages=5, max_attempts=3)
+        dispatcher = Dispatcher(
+            None,  # type: ignore[arg-type]  # its rounds are called directly
+            store.queue,
+            WorkerPresence(db, grace_s=7200),
+            Bus(Outbox()),
+            publish_replies=False,
+        )
         started = time.perf_counter()
         claimed = 0
         while claimed < jobs:

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from coordinator.db.database import migrate, open_database
 from coordinator.keys.api_keys import ApiKeyStore
-from coordinator.workers.store import WorkerStore
+from coordinator.workers.registry import WorkerRegistry
 from llama_farm.ports import free_port
 from tests.brokers import RunningBroker, broker_of
 from tests.processes import broker_env, start_service, wait_http
@@ -77,7 +77,7 @@ async def process_farm(
             database_url = broker.database_url or f"sqlite:///{work / 'farm.sqlite3'}"
             db = open_database(database_url)
             migrate(db)
-            store = WorkerStore(db, grace_s=10)
+            store = WorkerRegistry(db, grace_s=10)
             keys = [store.add(f"bench worker {i}") for i in range(workers)]
             _, api_key = ApiKeyStore(db).create("bench", 1000)
             db.close()

@@ -14,14 +14,16 @@ from typing import Any
 import peewee as pw
 
 from benchmarks.databases import on_each_database
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.database import migrate
 from coordinator.db.tables import Worker
 from coordinator.jobs.dispatch import Dispatcher
-from coordinator.jobs.store import JobStore, Outcome, TextAppend
+from coordinator.jobs.records import TextAppend
+from coordinator.jobs.states import JobState
+from coordinator.jobs.stores import JobStores
 from coordinator.keys.api_keys import ApiKeyStore
-from coordinator.workers.store import WorkerStore
-from farm_protocol.chat import MessageView
+from coordinator.mqtt.bus import Bus
+from coordinator.workers.presence import WorkerPresence
 from farm_runtime.outbox import Outbox
 
 STEPS = ("store request", "dispatch round", "accepted", "first text", "finish")
@@ -54,10 +56,6 @@ def counting(db: pw.Database) -> Iterator[list[int]]:
         del db.execute_sql, db.begin, db.commit
 
 
-async def _noop(view: MessageView) -> None:
-    return None
-
-
 def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[float, float]]:
     """{step: (statements per job, microseconds per job)}."""
     migrate(db)
@@ -73,14 +71,13 @@ def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[fl
                 last_seen=time.time() + 3600,
                 models=json.dumps(["llama3:latest"]),
             )
-        chat = ChatStore(db)
-        store = JobStore(db, context_messages=20, max_attempts=3)
+        chat = ChatStores.open(db)
+        store = JobStores.open(db, context_messages=20, max_attempts=3)
         dispatcher = Dispatcher(
             None,  # type: ignore[arg-type]  # rounds are called directly
-            store,
-            WorkerStore(db, grace_s=7200),
-            Outbox(),
-            publish_message=_noop,
+            store.queue,
+            WorkerPresence(db, grace_s=7200),
+            Bus(Outbox()),
         )
         totals = {name: [0, 0.0] for name in STEPS}
 
@@ -94,7 +91,7 @@ def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[fl
 
         for i in range(jobs):
             with step("store request"):
-                new = chat.start_api_conversation(
+                new = chat.requests.start_api_conversation(
                     key, "llama3", [("user", f"question {i}")], max_queued=1000
                 )
             with step("dispatch round"):
@@ -103,12 +100,12 @@ def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[fl
             first = TextAppend(job_id, attempt, worker, new.reply.message_id, "Hello", 0, 1)
             rest = TextAppend(job_id, attempt, worker, new.reply.message_id, " world", 1, 2)
             with step("accepted"):
-                store.active_job(job_id)
-                store.accept(job_id, attempt, worker)
+                store.writes.active_job(job_id)
+                store.writes.accept(job_id, attempt, worker)
             with step("first text"):
-                store.append_text([first])
+                store.writes.append_text([first])
             with step("finish"):
-                store.finish(job_id, attempt, worker, Outcome.SUCCEEDED, None, rest)
+                store.endings.finish(job_id, attempt, worker, JobState.SUCCEEDED, None, rest)
     return {name: (n / jobs, seconds / jobs * 1e6) for name, (n, seconds) in totals.items()}
 
 

@@ -7,21 +7,24 @@ coordinator processes. Latencies are observed in this process as they happen.
 
 from collections.abc import Iterator
 
+import peewee as pw
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from coordinator.jobs import reports
+from coordinator.jobs.states import FINAL
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class _FromDatabase(Collector):
-    def __init__(self, grace_s: float) -> None:
+    def __init__(self, db: pw.Database, grace_s: float) -> None:
+        self.db = db
         self.grace_s = grace_s
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = reports.queue_stats(self.grace_s)
+        stats = reports.queue_stats(self.db, self.grace_s)
         depth = GaugeMetricFamily("farm_queue_depth", "Jobs waiting for a worker", labels=["model"])
         for model, queue in stats.by_model.items():
             depth.add_metric([model], queue.queued)
@@ -38,7 +41,7 @@ class _FromDatabase(Collector):
         finished = CounterMetricFamily(
             "farm_jobs_finished", "Jobs that ended, by final state", labels=["state"]
         )
-        for state in reports.FINAL_STATES:
+        for state in FINAL:
             finished.add_metric([state], stats.jobs_by_state[state])
         yield finished
         yield GaugeMetricFamily(
@@ -55,7 +58,7 @@ class _FromDatabase(Collector):
 
 
 class Metrics:
-    def __init__(self, grace_s: float) -> None:
+    def __init__(self, db: pw.Database, grace_s: float) -> None:
         self.registry = CollectorRegistry()
         self.queue_wait = Histogram(
             "farm_queue_wait_seconds",
@@ -75,7 +78,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        self.registry.register(_FromDatabase(grace_s))
+        self.registry.register(_FromDatabase(db, grace_s))
 
     def render(self) -> bytes:
         """The exposition text; reads the database, so call it in the database thread."""

@@ -6,29 +6,26 @@ import logging
 import aiomqtt
 
 from coordinator.chat.rate_limits import RateLimits, default_rules
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.database import migrate, open_database
 from coordinator.db.runner import DbRunner
-from coordinator.http.admin_routes import AdminContext
-from coordinator.http.api_routes import ApiContext
 from coordinator.http.app import create_app
-from coordinator.http.chat_routes import ChatContext
+from coordinator.http.context import HttpContext
 from coordinator.jobs.admission import Admission
 from coordinator.jobs.cancellation import Canceller
 from coordinator.jobs.dispatch import Dispatcher
 from coordinator.jobs.janitor import Janitor, deadlines_from
-from coordinator.jobs.store import Health, JobStore
+from coordinator.jobs.records import Health
+from coordinator.jobs.stores import JobStores
 from coordinator.jobs.streams import JobStreams
 from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.metrics import Metrics
+from coordinator.mqtt.bus import Bus
 from coordinator.mqtt.inbound import SUBSCRIPTIONS, Inbound
 from coordinator.mqtt.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
-from coordinator.workers.store import WorkerStore
-from farm_protocol import topics
-from farm_protocol.chat import MemberView, MessageView
-from farm_protocol.codec import encode
-from farm_protocol.payloads import ControlMessage, MembersEvent, MessageEvent
+from coordinator.workers.presence import WorkerPresence
+from coordinator.workers.registry import WorkerRegistry
 from farm_runtime.broker import make_client, serve_session, stay_connected
 from farm_runtime.http_serving import serve_app
 from farm_runtime.lifecycle import run_until_stopped
@@ -39,122 +36,72 @@ log = logging.getLogger(__name__)
 
 class Coordinator:
     def __init__(self, settings: CoordinatorSettings) -> None:
-        self.settings = settings
-        db = open_database(settings.database_url)
+        self.settings = s = settings
+        db = open_database(s.database_url)
         migrate(db)
         self.runner = DbRunner(db)
-        self.chat = ChatStore(db)
-        self.jobs = JobStore(
+        self.chat = ChatStores.open(db)
+        self.jobs = JobStores.open(
             db,
-            context_messages=settings.context_messages,
-            max_attempts=settings.max_attempts,
-            health=Health(settings.quarantine_after, settings.quarantine_s),
+            context_messages=s.context_messages,
+            max_attempts=s.max_attempts,
+            health=Health(s.quarantine_after, s.quarantine_s),
         )
-        self.workers = WorkerStore(
-            db, grace_s=settings.worker_grace_s, key_secret=settings.key_secret.get_secret_value()
+        self.presence = WorkerPresence(db, grace_s=s.worker_grace_s)
+        self.registry = WorkerRegistry(
+            db, grace_s=s.worker_grace_s, key_secret=s.key_secret.get_secret_value()
         )
-        self.provisioner = Provisioner(settings)
+        self.provisioner = Provisioner(s)
         self.outbox = Outbox()
-        self.metrics = Metrics(settings.worker_grace_s)
-        self.admission = Admission(settings.queue_target_s, settings.queue_interval_s)
+        self.bus = Bus(self.outbox)
+        self.metrics = Metrics(db, s.worker_grace_s)
+        self.admission = Admission(s.queue_target_s, s.queue_interval_s)
+        self._build_job_path()
+        self.app = create_app(self._http_context(ApiKeyStore(db)))
+
+    def _build_job_path(self) -> None:
+        """Dispatch, the streams, the janitor, cancels, and what arrives from workers."""
+        s, jobs, wake = self.settings, self.jobs, self._wake_dispatcher
         self.dispatcher = Dispatcher(
-            self.runner,
-            self.jobs,
-            self.workers,
-            self.outbox,
-            self.admission,
-            self.publish_message,
-        )
-        self.streams = JobStreams(
-            self.runner,
-            self.jobs,
-            self.publish_message,
-            self.dispatcher.kick,
-            settings.flush_interval_s,
-            self.send_control,
-        )
-        self.janitor = Janitor(
-            self.runner,
-            self.jobs,
-            deadlines_from(settings),
-            self.outbox,
-            self.publish_message,
-            self.streams.forget,
-            self.dispatcher.kick,
+            self.runner, jobs.queue, self.presence, self.bus, self.admission
         )
         self.dispatcher.on_assigned = self.metrics.queue_wait.observe
+        self.streams = JobStreams(
+            self.runner, jobs.writes, jobs.endings, self.bus, wake, s.flush_interval_s
+        )
         self.streams.on_first_token = self.metrics.time_to_first_token.observe
-        self.canceller = Canceller(
-            self.runner,
-            self.jobs,
-            self.streams,
-            self.outbox,
-            self.publish_message,
-            self.dispatcher.kick,
+        self.janitor = Janitor(
+            self.runner, jobs.deadlines, deadlines_from(s), self.bus, self.streams.forget, wake
         )
+        self.canceller = Canceller(self.runner, jobs.endings, self.streams, self.bus, wake)
         self.inbound = Inbound(
-            self.runner, self.workers, self.jobs, self.streams, self.dispatcher, self.send_control
-        )
-        self.app = create_app(
-            ChatContext(
-                runner=self.runner,
-                chat=self.chat,
-                workers=self.workers,
-                service_token=settings.service_token.get_secret_value(),
-                default_models=settings.default_models,
-                publish_message=self.publish_message,
-                job_queued=self.dispatcher.kick,
-                admission=self.admission,
-                max_queued=settings.max_queued,
-                cancel=self.canceller.cancel,
-                metrics=self.metrics,
-                limits=RateLimits(default_rules(settings)),
-                publish_members=self.publish_members,
-                job_lifetime_s=settings.queue_timeout_s + settings.reply_timeout_s,
-            ),
-            AdminContext(
-                runner=self.runner,
-                workers=self.workers,
-                api_keys=ApiKeyStore(db),
-                outbox=self.outbox,
-                admin_token=settings.admin_token.get_secret_value(),
-                grace_s=settings.worker_grace_s,
-                admission=self.admission,
-                cancel=self.canceller.cancel,
-                provisioner=self.provisioner,
-            ),
-            ApiContext(
-                runner=self.runner,
-                chat=self.chat,
-                keys=ApiKeyStore(db),
-                workers=self.workers,
-                service_token=settings.service_token.get_secret_value(),
-                admission=self.admission,
-                max_queued=settings.max_queued,
-                metrics=self.metrics,
-                default_models=settings.default_models,
-                publish_message=self.publish_message,
-                job_queued=self.dispatcher.kick,
-            ),
+            self.runner, self.presence, jobs.writes, self.streams, self.bus, wake
         )
 
-    async def send_control(self, worker_id: str, command: ControlMessage) -> None:
-        await self.outbox.put(
-            topics.worker_control(worker_id), encode(command), qos=topics.QOS_CONTROL
-        )
+    def _wake_dispatcher(self) -> None:
+        self.dispatcher.wake()
 
-    async def publish_message(self, view: MessageView) -> None:
-        await self.outbox.put(
-            topics.thread_events(view.thread_id),
-            encode(MessageEvent(message=view)),
-            qos=topics.QOS_THREAD_EVENTS,
-        )
-
-    async def publish_members(self, thread_id: str, members: list[MemberView]) -> None:
-        await self.outbox.put(
-            topics.thread_events(thread_id),
-            encode(MembersEvent(thread_id=thread_id, members=members)),
-            qos=topics.QOS_THREAD_EVENTS,
+    def _http_context(self, api_keys: ApiKeyStore) -> HttpContext:
+        s = self.settings
+        return HttpContext(
+            runner=self.runner,
+            chat=self.chat,
+            presence=self.presence,
+            registry=self.registry,
+            api_keys=api_keys,
+            bus=self.bus,
+            wake_dispatcher=self._wake_dispatcher,
+            cancel=self.canceller.cancel,
+            admission=self.admission,
+            limits=RateLimits(default_rules(s)),
+            metrics=self.metrics,
+            provisioner=self.provisioner,
+            service_token=s.service_token.get_secret_value(),
+            admin_token=s.admin_token.get_secret_value(),
+            default_models=s.default_models,
+            max_queued=s.max_queued,
+            grace_s=s.worker_grace_s,
+            job_lifetime_s=s.queue_timeout_s + s.reply_timeout_s,
         )
 
     async def _mqtt(self) -> None:
@@ -188,7 +135,7 @@ class Coordinator:
                     "janitor": self.janitor.run(s.sweep_interval_s),
                     "heartbeats": self.inbound.record_heartbeats(),
                     "broker accounts": self.provisioner.reconcile_forever(
-                        self.runner, self.workers
+                        self.runner, self.registry
                     ),
                     "http": serve_app(self.app, s.http_host, s.http_port, stop),
                 },

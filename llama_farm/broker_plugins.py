@@ -2,7 +2,7 @@
 production, so a worker that works against one works against the other.
 
 ``FarmAuthPlugin``: a worker logs in with its id and API key, checked against the
-coordinator's database (the key's scrypt hash, not revoked), with its client id bound to
+coordinator's database (the key's hash, not revoked), with its client id bound to
 ``worker-{id}``; the service accounts log in with the passwords dev mode generated.
 ``FarmTopicPlugin``: :mod:`farm_protocol.acl`'s grants for publish, subscribe and also
 delivery (amqtt sometimes hands a retained message to a subscription it does not match).
@@ -22,7 +22,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from coordinator.db.database import open_database
-from coordinator.keys.hashing import verify_key
+from coordinator.workers.registry import WorkerRegistry
 from farm_protocol import acl
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,7 @@ class FarmAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
     def _verify(self, worker_id: str, key: str) -> bool:
         if self._db is None:
             self._db = open_database(self._get_config_option("database_url", ""))
-        cursor = self._db.execute_sql(  # type: ignore[no-untyped-call]
-            f"SELECT key_hash FROM worker WHERE id = {self._db.param} AND revoked_at IS NULL",
-            (worker_id,),
-        )
-        row = cursor.fetchone()
-        return row is not None and verify_key(key, str(row[0]))
+        return WorkerRegistry(self._db, grace_s=0).check_key(worker_id, key)
 
     async def close(self) -> None:
         if self._db is not None:

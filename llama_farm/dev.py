@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from coordinator.errors import NotFound
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from coordinator.workers.store import WorkerStore
+from coordinator.workers.registry import WorkerRegistry
 from farm_protocol import acl
 from farm_runtime.broker import BrokerSettings
 from farm_runtime.http_serving import serve_app
@@ -80,7 +80,7 @@ async def _after_port(url: str, service: Coroutine[Any, Any, None]) -> None:
     await service
 
 
-def _dev_worker_key(workers: WorkerStore) -> str:
+def _dev_worker_key(workers: WorkerRegistry) -> str:
     """A fresh key for the in-process worker each run (keys are only stored hashed)."""
     try:
         return workers.rotate(DEV_WORKER_ID)
@@ -139,7 +139,7 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
             coordinator_client_id="farm-coordinator-dev",
         )
     )
-    key = await coordinator.runner.call(_dev_worker_key, coordinator.workers)
+    key = await coordinator.runner.call(_dev_worker_key, coordinator.registry)
     worker = FleetWorker(
         WorkerSettings(
             broker_url=broker.url,

@@ -8,16 +8,24 @@ import time
 
 from coordinator.db.database import migrate, open_database
 from coordinator.jobs.dispatch import Dispatcher
-from coordinator.jobs.store import JobStore
-from coordinator.workers.store import WorkerStore
+from coordinator.jobs.stores import JobStores
+from coordinator.mqtt.bus import Bus
+from coordinator.workers.presence import WorkerPresence
 from farm_runtime.outbox import Outbox
 
 
 def main(url: str, out: str, start_at: float) -> None:
     db = open_database(url)
     migrate(db)
-    store = JobStore(db, context_messages=5, max_attempts=3)
-    dispatcher = Dispatcher(None, store, WorkerStore(db, grace_s=7200), Outbox())  # type: ignore[arg-type]
+    store = JobStores.open(db, context_messages=5, max_attempts=3)
+    presence = WorkerPresence(db, grace_s=7200)
+    dispatcher = Dispatcher(
+        None,  # type: ignore[arg-type]  # its rounds are called directly
+        store.queue,
+        presence,
+        Bus(Outbox()),
+        publish_replies=False,
+    )
     claims: list[tuple[str, str, int]] = []
     with db.connection_context():
         time.sleep(max(0.0, start_at - time.time()))  # both processes start together

@@ -175,7 +175,7 @@ async def running_farm(
     token = coordinator.settings.service_token
     fleet = []
     for i in range(workers):
-        info, key = await coordinator.runner.call(coordinator.workers.add, f"test worker {i}")
+        info, key = await coordinator.runner.call(coordinator.registry.add, f"test worker {i}")
         if not coordinator.provisioner.managed:
             await broker.add_client(info.id, key)
         await coordinator.provisioner.worker_added(info.id, key)

@@ -19,7 +19,7 @@ from coordinator.keys.hashing import derive_key
 from coordinator.mqtt.accounts import BrokerAccounts, Dynsec
 from coordinator.mqtt.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
-from coordinator.workers.store import WorkerStore
+from coordinator.workers.registry import WorkerRegistry
 from farm_protocol import acl, topics
 from farm_runtime.broker import BrokerSettings, make_client
 from tests.brokers import RunningBroker, broker_of
@@ -126,7 +126,7 @@ async def test_the_dev_broker_enforces_the_same_rules(tmp_path: Path) -> None:
         services = broker.service_passwords
         db = open_database(broker.database_url)
         migrate(db)
-        store = WorkerStore(db, grace_s=10)
+        store = WorkerRegistry(db, grace_s=10)
         with db.connection_context():
             _, alpha_key = store.add("alpha")
             store.add("beta")
@@ -240,7 +240,7 @@ async def test_the_coordinator_reprovisions_a_broker_that_lost_its_accounts(
         db = open_database(settings.database_url)
         migrate(db)
         runner = DbRunner(db)
-        store = WorkerStore(db, grace_s=10, key_secret=settings.key_secret.get_secret_value())
+        store = WorkerRegistry(db, grace_s=10, key_secret=settings.key_secret.get_secret_value())
         _, key = await runner.call(store.add, "eta")
         _, gone_key = await runner.call(store.add, "theta")
         provisioner = Provisioner(settings)

@@ -34,7 +34,7 @@ async def scripted_farm(
     """A farm whose one worker is the test's script, with a real worker's credentials."""
     async with running_farm(tmp_path, broker, sim=SimSettings(), workers=0) as farm:
         coordinator = farm.coordinator
-        info, key = await coordinator.runner.call(coordinator.workers.add, "scripted")
+        info, key = await coordinator.runner.call(coordinator.registry.add, "scripted")
         if not coordinator.provisioner.managed:
             await broker.add_client(info.id, key)
         await coordinator.provisioner.worker_added(info.id, key)

@@ -19,7 +19,7 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.database import migrate, open_database
 from coordinator.db.tables import Job, Message
 from farm_protocol.chat import MessageState
@@ -53,12 +53,12 @@ def farm_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[p
     db.close()
 
 
-def _chat(db: pw.Database) -> tuple[ChatStore, str, str, str]:
+def _chat(db: pw.Database) -> tuple[ChatStores, str, str, str]:
     """A store, a user, a thread of theirs and a reply in it that failed."""
-    store = ChatStore(db)
-    user = store.session_user("browser-1").user_id
-    thread = store.create_thread(user, "").thread_id
-    new = store.send_message(user, thread, "hello", "llama3")
+    store = ChatStores.open(db)
+    user = store.identity.session_user("browser-1").user_id
+    thread = store.threads.create_thread(user, "").thread_id
+    new = store.requests.send_message(user, thread, "hello", "llama3")
     Job.update(state="failed").where(Job.id == new.job_id).execute()
     Message.update(state=MessageState.FAILED.value).where(
         Message.id == new.reply.message_id
@@ -75,7 +75,7 @@ def _cli(*argv: str) -> Callable[[pw.Database], object]:
 
 
 def _session_user(db: pw.Database) -> object:
-    return ChatStore(db).session_user("browser-2")
+    return ChatStores.open(db).identity.session_user("browser-2")
 
 
 OPERATIONS: dict[str, Callable[[pw.Database], object]] = {
@@ -107,11 +107,11 @@ def test_a_chat_user_s_changes_wait_for_another_writer(farm_db: tuple[pw.Databas
     """Renaming, joining and retrying each read before they write."""
     db, path = farm_db
     store, user, thread, reply_id = _chat(db)
-    other_user = store.session_user("browser-3").user_id
+    other_user = store.identity.session_user("browser-3").user_id
     steps: list[Callable[[], object]] = [
-        lambda: store.rename(user),
-        lambda: store.join(thread, other_user),
-        lambda: store.retry_reply(user, thread, reply_id),
+        lambda: store.identity.rename(user),
+        lambda: store.threads.join(thread, other_user),
+        lambda: store.requests.retry_reply(user, thread, reply_id),
     ]
     for step in steps:
         with another_writer(path) as other:

@@ -48,7 +48,7 @@ async def test_two_coordinators_store_each_reply_exactly(
             coordinator_settings={"database_url": db_url, "accept_timeout_s": 2},
         ) as farm,
     ):
-        store = ApiKeyStore(farm.coordinator.chat.db)
+        store = ApiKeyStore(farm.coordinator.runner.db)
         _, key = await farm.coordinator.runner.call(store.create, "bot", REPLIES)
         async with httpx.AsyncClient(
             base_url=farm.web_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
@@ -69,7 +69,7 @@ async def test_two_coordinators_store_each_reply_exactly(
         assert answers == [_prompt(i) for i in range(REPLIES)]
 
         def stored() -> list[tuple[str, str, str]]:
-            rows = farm.coordinator.chat.db.execute_sql(  # type: ignore[no-untyped-call]
+            rows = farm.coordinator.runner.db.execute_sql(  # type: ignore[no-untyped-call]
                 "SELECT m.content, m.state, j.state FROM message m"
                 " JOIN job j ON j.message_id = m.id WHERE m.role = 'assistant'"
             ).fetchall()

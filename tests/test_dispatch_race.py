@@ -15,11 +15,12 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import Job, Message
 from coordinator.jobs.dispatch import Dispatcher
-from coordinator.jobs.store import JobStore
-from coordinator.workers.store import WorkerStore
+from coordinator.jobs.stores import JobStores
+from coordinator.mqtt.bus import Bus
+from coordinator.workers.presence import WorkerPresence
 from farm_protocol.payloads import JobAssignment
 from farm_runtime.outbox import Outbox
 from tests.stores import add_worker
@@ -27,9 +28,9 @@ from tests.stores import add_worker
 
 def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
     """``count`` queued replies (and their jobs) in one thread, inserted in bulk."""
-    chat = ChatStore(db)
-    user = chat.session_user(uuid.uuid4().hex * 2)
-    thread = chat.create_thread(user.user_id, "")
+    chat = ChatStores.open(db)
+    user = chat.identity.session_user(uuid.uuid4().hex * 2)
+    thread = chat.threads.create_thread(user.user_id, "")
     stamp = time.time()
     messages, jobs = [], []
     for i in range(count):
@@ -84,13 +85,13 @@ def add_workers(count: int, capacity: int) -> None:
 
 def race(db: pw.Database, dispatchers: int) -> list[tuple[str, JobAssignment]]:
     """Each dispatcher runs rounds until the queue is empty or the fleet is full."""
-    store = JobStore(db, context_messages=5, max_attempts=3)
-    workers = WorkerStore(db, grace_s=7200)
+    store = JobStores.open(db, context_messages=5, max_attempts=3)
+    workers = WorkerPresence(db, grace_s=7200)
     barrier = threading.Barrier(dispatchers)
     claims: list[list[tuple[str, JobAssignment]]] = [[] for _ in range(dispatchers)]
 
     def run(index: int) -> None:
-        dispatcher = Dispatcher(None, store, workers, Outbox())  # type: ignore[arg-type]
+        dispatcher = Dispatcher(None, store.queue, workers, Bus(Outbox()), publish_replies=False)  # type: ignore[arg-type]
         with db.connection_context():
             barrier.wait()
             idle = 0

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import Job, Message, Worker
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
@@ -176,12 +176,12 @@ def held_job(coordinator: Coordinator) -> tuple[str, str]:
         failures=0,
         revoked_at=None,
     ).execute()
-    chat = ChatStore(coordinator.runner.db)
-    user = chat.session_user(uuid.uuid4().hex * 2)
-    thread = chat.create_thread(user.user_id, "")
-    new = chat.send_message(user.user_id, thread.thread_id, "hi", "llama3")
-    assert coordinator.jobs.claim(new.job_id, "w1", 100_000) is not None
-    assert coordinator.jobs.accept(new.job_id, 1, "w1")
+    chat = ChatStores.open(coordinator.runner.db)
+    user = chat.identity.session_user(uuid.uuid4().hex * 2)
+    thread = chat.threads.create_thread(user.user_id, "")
+    new = chat.requests.send_message(user.user_id, thread.thread_id, "hi", "llama3")
+    assert coordinator.jobs.queue.claim(new.job_id, "w1", 100_000) is not None
+    assert coordinator.jobs.writes.accept(new.job_id, 1, "w1")
     return new.job_id, thread.thread_id
 
 

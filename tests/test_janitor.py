@@ -7,20 +7,21 @@ import time
 
 import peewee as pw
 
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import Job, Message, Worker
-from coordinator.jobs.store import Deadlines, JobStore, TextAppend
+from coordinator.jobs.records import Deadlines, TextAppend
+from coordinator.jobs.stores import JobStores
 
 DEADLINES = Deadlines(
     accept_s=10, queue_s=120, first_token_s=60, stall_s=30, reply_s=600, worker_grace_s=10
 )
 
 
-def setup_job(db: pw.Database) -> tuple[JobStore, str, str]:
-    chat = ChatStore(db)
-    user = chat.session_user("j" * 40)
-    thread = chat.create_thread(user.user_id, "")
-    reply = chat.send_message(user.user_id, thread.thread_id, "hi", "llama3")
+def setup_job(db: pw.Database) -> tuple[JobStores, str, str]:
+    chat = ChatStores.open(db)
+    user = chat.identity.session_user("j" * 40)
+    thread = chat.threads.create_thread(user.user_id, "")
+    reply = chat.requests.send_message(user.user_id, thread.thread_id, "hi", "llama3")
     Worker.create(
         id="w",
         name="w",
@@ -29,16 +30,16 @@ def setup_job(db: pw.Database) -> tuple[JobStore, str, str]:
         last_seen=time.time(),
         models=json.dumps(["llama3:latest"]),
     )
-    store = JobStore(db, context_messages=5, max_attempts=3)
-    assert store.claim(reply.job_id, "w", 1) is not None
+    store = JobStores.open(db, context_messages=5, max_attempts=3)
+    assert store.queue.claim(reply.job_id, "w", 1) is not None
     return store, reply.job_id, reply.reply.message_id
 
 
 def test_lost_worker_before_any_token_requeues(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
-    store.accept(job_id, 1, "w")
+    store.writes.accept(job_id, 1, "w")
     Worker.update(last_seen=time.time() - 60).execute()
-    result = store.sweep(DEADLINES)
+    result = store.deadlines.sweep(DEADLINES)
     assert result.requeued == 1
     assert Job.get_by_id(job_id).state == "queued"
     assert Message.get_by_id(message_id).state == "queued"
@@ -48,27 +49,27 @@ def test_a_will_alone_requeues_only_jobs_that_have_not_streamed(db: pw.Database)
     """The Last Will speeds detection up; heartbeats decide for a streaming job (a broker
     restart fires every Will while the workers live on and reconnect)."""
     store, job_id, message_id = setup_job(db)
-    store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
+    store.writes.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
     Worker.update(state="offline", last_seen=time.time()).execute()
-    assert store.sweep(DEADLINES).messages == []
+    assert store.deadlines.sweep(DEADLINES).messages == []
     assert Job.get_by_id(job_id).state == "running"
     Worker.update(state="online").execute()  # it reconnected: a new birth
-    assert store.sweep(DEADLINES).messages == []
+    assert store.deadlines.sweep(DEADLINES).messages == []
 
 
 def test_a_will_requeues_an_unstarted_job_at_once(db: pw.Database) -> None:
     store, job_id, _ = setup_job(db)
-    store.accept(job_id, 1, "w")
+    store.writes.accept(job_id, 1, "w")
     Worker.update(state="offline", last_seen=time.time()).execute()
-    assert store.sweep(DEADLINES).requeued == 1
+    assert store.deadlines.sweep(DEADLINES).requeued == 1
     assert Job.get_by_id(job_id).state == "queued"
 
 
 def test_lost_worker_after_tokens_fails_with_a_reason(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
-    store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
+    store.writes.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
     Worker.update(state="offline", last_seen=time.time() - 60).execute()
-    store.sweep(DEADLINES)
+    store.deadlines.sweep(DEADLINES)
     message = Message.get_by_id(message_id)
     assert (message.state, message.content) == ("failed", "partial")
     assert "stopped responding" in (message.error or "")
@@ -77,16 +78,16 @@ def test_lost_worker_after_tokens_fails_with_a_reason(db: pw.Database) -> None:
 def test_unaccepted_job_returns_to_the_queue_and_worker_is_told(db: pw.Database) -> None:
     store, job_id, _ = setup_job(db)
     Worker.update(last_seen=time.time() + 100).execute()  # alive, just not answering
-    result = store.sweep(DEADLINES, now=time.time() + 11)
+    result = store.deadlines.sweep(DEADLINES, now=time.time() + 11)
     assert Job.get_by_id(job_id).state == "queued"
     assert [(c.worker_id, c.job_id) for c in result.cancels] == [("w", job_id)]
 
 
 def test_stall_times_out_and_sets_the_message(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
-    store.append_text([TextAppend(job_id, 1, "w", message_id, "some", 0, 1)])
+    store.writes.append_text([TextAppend(job_id, 1, "w", message_id, "some", 0, 1)])
     Worker.update(last_seen=time.time() + 100).execute()  # still heartbeating
-    result = store.sweep(DEADLINES, now=time.time() + 31)
+    result = store.deadlines.sweep(DEADLINES, now=time.time() + 31)
     assert Job.get_by_id(job_id).state == "timed_out"
     message = Message.get_by_id(message_id)
     assert (message.state, message.content) == ("timed_out", "some")
@@ -95,12 +96,12 @@ def test_stall_times_out_and_sets_the_message(db: pw.Database) -> None:
 
 
 def test_queue_deadline_times_out_unserved_jobs(db: pw.Database) -> None:
-    chat = ChatStore(db)
-    user = chat.session_user("q" * 40)
-    thread = chat.create_thread(user.user_id, "")
-    reply = chat.send_message(user.user_id, thread.thread_id, "anyone?", "llama3")
-    store = JobStore(db, context_messages=5, max_attempts=3)
-    store.sweep(DEADLINES, now=time.time() + 121)
+    chat = ChatStores.open(db)
+    user = chat.identity.session_user("q" * 40)
+    thread = chat.threads.create_thread(user.user_id, "")
+    reply = chat.requests.send_message(user.user_id, thread.thread_id, "anyone?", "llama3")
+    store = JobStores.open(db, context_messages=5, max_attempts=3)
+    store.deadlines.sweep(DEADLINES, now=time.time() + 121)
     message = Message.get_by_id(reply.reply.message_id)
     assert message.state == "timed_out"
     assert "no worker could take" in (message.error or "")
@@ -109,20 +110,20 @@ def test_queue_deadline_times_out_unserved_jobs(db: pw.Database) -> None:
 def test_retries_stop_after_max_attempts(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
     for attempt in (1, 2, 3):
-        view = store.fail_or_retry(job_id, attempt, "w", "refused", retryable=True)
+        view = store.endings.fail_or_retry(job_id, attempt, "w", "refused", retryable=True)
         assert view is not None
         if attempt < 3:
             assert view.state == "queued"
-            assert store.claim(job_id, "w", 1) is not None
+            assert store.queue.claim(job_id, "w", 1) is not None
     assert Message.get_by_id(message_id).state == "failed"
 
 
 def test_lost_worker_after_tokens_can_be_configured_to_start_again(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
-    store.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
+    store.writes.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
     Worker.update(state="offline", last_seen=time.time() - 60).execute()
     again = dataclasses.replace(DEADLINES, requeue_lost_streaming=True)
-    result = store.sweep(again)
+    result = store.deadlines.sweep(again)
     assert result.requeued == 1
     job = Job.get_by_id(job_id)
     assert (job.state, job.chunks, job.avoid_worker_id) == ("queued", 0, "w")

@@ -1,46 +1,108 @@
-"""API keys are checked (scrypt) off the coordinator's database thread: a slow check
-holds up nobody else's database work, and concurrent requests with one key share it. The
-same for the keys the admin API issues: their hashes are made off that thread too."""
+"""Keys are stored as their SHA-256 and checked on every request: a wrong or revoked key
+is refused at once. Rows from before, stored with scrypt, still verify, and are stored
+with the fast hash once their key has checked out; their slow check runs off the
+coordinator's database thread, so it holds up nobody else's database work."""
 
 import asyncio
 import hashlib
 import secrets
-import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import peewee as pw
-import pytest
 
 from coordinator.db.runner import DbRunner
-from coordinator.db.tables import ApiKey
-from coordinator.keys.api_keys import ApiKeyInfo, ApiKeyStore
-from coordinator.keys.checks import KeyChecker
+from coordinator.db.tables import ApiKey, Worker
+from coordinator.keys.api_keys import ApiKeyStore, check_api_key
+from coordinator.keys.hashing import hash_key, needs_upgrade, verify_key
+from coordinator.workers.registry import WorkerRegistry
 from tests.brokers import mosquitto
-from tests.farm import running_farm, wait_until
+from tests.farm import running_farm
 
 
-def make_slow(db: pw.Database, key_id: str, key: str) -> None:
-    """Store the key's hash at 16 times the usual cost (scrypt p=16): its check then
-    takes long enough to see what else happens meanwhile."""
-    n, r, p = 2**14, 8, 16
-    salt = secrets.token_bytes(16)
+def scrypt_hash(key: str, p: int = 1) -> str:
+    """A key's hash as rows written before the fast hash hold it (p=16: 16 times slower)."""
+    n, r, salt = 2**14, 8, secrets.token_bytes(16)
     digest = hashlib.scrypt(key.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
-    with db.connection_context():
-        ApiKey.update(key_hash=f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}").where(
-            ApiKey.id == key_id
-        ).execute()
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
 
 
-async def test_a_slow_key_check_holds_up_no_one_elses_database_work(tmp_path: Path) -> None:
+def test_a_key_is_stored_as_its_sha256_and_checked_exactly() -> None:
+    key = "lf_" + secrets.token_urlsafe(24)
+    stored = hash_key(key)
+    assert stored == "sha256$" + hashlib.sha256(key.encode()).hexdigest()
+    assert key not in stored
+    assert verify_key(key, stored)
+    assert not verify_key(key[:-1] + ("A" if key[-1] != "A" else "B"), stored)
+    assert not verify_key(key, "plain text")
+    assert not verify_key(key, "scrypt$not$a$valid$hash")
+    assert not needs_upgrade(stored)
+    assert needs_upgrade(scrypt_hash(key))
+
+
+async def test_api_keys_are_checked_on_every_request(db: pw.Database) -> None:
+    store, runner = ApiKeyStore(db), DbRunner(db)
+    try:
+        info, key = await runner.call(store.create, "a client")
+        assert ApiKey.get_by_id(info.id).key_hash == hash_key(key)
+        found = await check_api_key(runner, store, key)
+        assert found is not None
+        assert found.id == info.id
+        assert found.last_used_at is not None
+        wrong = key[:-1] + ("A" if key[-1] != "A" else "B")  # the real key id, another secret
+        assert await check_api_key(runner, store, wrong) is None
+        assert await check_api_key(runner, store, "lfa_nosuchkey_secret") is None
+        assert await check_api_key(runner, store, "not a key") is None
+        await runner.call(store.revoke, info.id)
+        assert await check_api_key(runner, store, key) is None  # its very next request
+    finally:
+        runner.close()
+
+
+async def test_an_old_scrypt_api_key_still_works_and_is_upgraded(db: pw.Database) -> None:
+    store, runner = ApiKeyStore(db), DbRunner(db)
+    try:
+        info, key = await runner.call(store.create, "from before")
+        ApiKey.update(key_hash=scrypt_hash(key)).where(ApiKey.id == info.id).execute()
+        wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+        assert await check_api_key(runner, store, wrong) is None
+        assert needs_upgrade(ApiKey.get_by_id(info.id).key_hash)  # a wrong key changes nothing
+        found = await check_api_key(runner, store, key)
+        assert found is not None
+        assert found.id == info.id
+        assert ApiKey.get_by_id(info.id).key_hash == hash_key(key)
+        assert await check_api_key(runner, store, key) is not None
+    finally:
+        runner.close()
+
+
+def test_an_old_scrypt_worker_key_still_verifies_and_is_upgraded(db: pw.Database) -> None:
+    registry = WorkerRegistry(db, grace_s=10)
+    info, key = registry.add("old laptop")
+    assert Worker.get_by_id(info.id).key_hash == hash_key(key)
+    Worker.update(key_hash=scrypt_hash(key)).where(Worker.id == info.id).execute()
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+    assert not registry.check_key(info.id, wrong)  # the dev broker's login check
+    assert needs_upgrade(Worker.get_by_id(info.id).key_hash)
+    assert registry.check_key(info.id, key)
+    assert Worker.get_by_id(info.id).key_hash == hash_key(key)
+    assert not registry.upgrade_key(info.id, key)  # already done
+    assert registry.check_key(info.id, key)
+    registry.revoke(info.id)
+    assert not registry.check_key(info.id, key)
+
+
+async def test_a_slow_old_key_check_holds_up_no_one_elses_database_work(tmp_path: Path) -> None:
     async with mosquitto() as broker, running_farm(tmp_path, broker, webapp=False) as farm:
-        db = farm.coordinator.chat.db
+        db = farm.coordinator.runner.db
         info, key = await farm.coordinator.runner.call(ApiKeyStore(db).create, "slow")
-        await farm.coordinator.runner.call(make_slow, db, info.id, key)
+
+        def make_slow() -> None:
+            slow = scrypt_hash(key, p=16)
+            ApiKey.update(key_hash=slow).where(ApiKey.id == info.id).execute()
+
+        await farm.coordinator.runner.call(make_slow)
         token = farm.webapp_settings.service_token.get_secret_value()
         async with httpx.AsyncClient(
             base_url=farm.coordinator_url + "/api/v1/programmatic",
@@ -54,6 +116,7 @@ async def test_a_slow_key_check_holds_up_no_one_elses_database_work(tmp_path: Pa
                 finished.append(name)
                 return response.status_code
 
+            started = time.monotonic()
             checking = asyncio.create_task(
                 call("key check", "POST", "/keys/check", {"api_key": key})
             )
@@ -61,114 +124,9 @@ async def test_a_slow_key_check_holds_up_no_one_elses_database_work(tmp_path: Pa
             # /models reads the fleet on the database thread.
             assert await call("models", "GET", "/models") == 200
             assert await checking == 200
-            assert finished == ["models", "key check"]
-
-
-ADMIN_TOKEN = "admin-" + "k" * 30
-
-
-@pytest.mark.parametrize(
-    ("path", "body", "expected"),
-    [
-        ("/workers", {"name": "new worker"}, 201),
-        ("/workers/spare/rotate", None, 200),
-        ("/api-keys", {"name": "new client"}, 201),
-    ],
-    ids=["add a worker", "rotate a worker's key", "create an API key"],
-)
-async def test_issuing_a_key_holds_up_no_one_elses_database_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, body: object, expected: int
-) -> None:
-    settings = {"admin_token": ADMIN_TOKEN}
-    async with (
-        mosquitto() as broker,
-        running_farm(tmp_path, broker, webapp=False, coordinator_settings=settings) as farm,
-    ):
-        admin = farm.admin(ADMIN_TOKEN)
-        spare = await admin.post("/workers", json={"name": "spare"})  # not connected
-        assert spare.status_code == 201
-        hashing, hashed = threading.Event(), threading.Event()
-        scrypt = hashlib.scrypt
-
-        def slow_scrypt(*args: Any, **kwargs: Any) -> bytes:
-            """scrypt, a second slower, saying when it starts and ends."""
-            hashing.set()
-            time.sleep(1.0)
-            try:
-                return scrypt(*args, **kwargs)
-            finally:
-                hashed.set()
-
-        monkeypatch.setattr(hashlib, "scrypt", slow_scrypt)
-        token = farm.webapp_settings.service_token.get_secret_value()
-        async with httpx.AsyncClient(
-            base_url=farm.coordinator_url, headers={"Authorization": f"Bearer {token}"}
-        ) as api:
-            issuing = asyncio.create_task(admin.post(path, json=body))
-            await wait_until(hashing.is_set)
-            # While the key is being hashed, the database thread serves others.
-            assert (await api.get("/api/v1/programmatic/models")).status_code == 200
-            assert not hashed.is_set()
-            assert (await issuing).status_code == expected
-            assert hashed.is_set()
-
-
-class CountedKeys(ApiKeyStore):
-    """The real store, counting its look-ups of a key's row."""
-
-    def __init__(self, db: pw.Database) -> None:
-        super().__init__(db)
-        self.looked_up = 0
-
-    def candidate(self, key: str) -> tuple[str, str] | None:
-        self.looked_up += 1
-        return super().candidate(key)
-
-
-@asynccontextmanager
-async def a_key(db: pw.Database) -> AsyncIterator[tuple[CountedKeys, DbRunner, ApiKeyInfo, str]]:
-    store = CountedKeys(db)
-    info, key = store.create("a client")
-    runner = DbRunner(db)
-    try:
-        yield store, runner, info, key
-    finally:
-        runner.close()
-
-
-async def test_one_check_for_concurrent_requests_and_wrong_keys_refused(
-    db: pw.Database,
-) -> None:
-    async with a_key(db) as (store, runner, info, key):
-        checker = KeyChecker(runner, store)
-        results = await asyncio.gather(*(checker.check(key) for _ in range(5)))
-        assert [r.id if r else None for r in results] == [info.id] * 5
-        assert store.looked_up == 1
-        assert await checker.check(key) is not None  # remembered: no new look-up
-        assert store.looked_up == 1
-
-        wrong = key[:-1] + ("A" if key[-1] != "A" else "B")  # real key id, wrong secret
-        assert await checker.check(wrong) is None
-        assert await checker.check("lfa_nosuchkey_secret") is None
-        await runner.call(store.revoke, info.id)
-        fresh = KeyChecker(runner, store)
-        assert await fresh.check(key) is None
-
-
-async def test_a_busy_key_is_checked_again_in_the_background(db: pw.Database) -> None:
-    async with a_key(db) as (store, runner, info, key):
-        checker = KeyChecker(runner, store, cache_s=2.0, refresh_s=0.2)
-        assert await checker.check(key) is not None
-        first_use = store.get(info.id).last_used_at
-        await asyncio.sleep(0.3)
-        # Past the refresh point: answered from memory, checked again meanwhile.
-        assert await checker.check(key) is not None
-        await wait_until(lambda: store.get(info.id).last_used_at != first_use)  # re-checked
-        assert store.looked_up == 2
-
-        await runner.call(store.revoke, info.id)
-        await asyncio.sleep(0.3)
-        assert await checker.check(key) is not None  # still remembered; its re-check starts
-        await wait_until(lambda: store.looked_up == 3)
-        await asyncio.sleep(0.05)
-        assert await checker.check(key) is None  # the re-check found it revoked
+            assert finished == ["models", "key check"], time.monotonic() - started
+            # upgraded: the next check is fast, and answers the same
+            assert await call("again", "POST", "/keys/check", {"api_key": key}) == 200
+        assert await farm.coordinator.runner.call(
+            lambda: ApiKey.get_by_id(info.id).key_hash == hash_key(key)
+        )

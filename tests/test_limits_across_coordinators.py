@@ -15,7 +15,7 @@ from typing import TypeVar
 import peewee as pw
 import pytest
 
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import BrowserSession, Job, Message, User
 from coordinator.errors import Conflict, CoordinatorError, RateLimited
 from coordinator.keys.api_keys import ApiKeyStore
@@ -56,12 +56,12 @@ def _problems(results: Sequence[object]) -> list[Exception]:
 
 
 def test_a_chat_user_has_one_reply_generating_however_many_coordinators(db: pw.Database) -> None:
-    store = ChatStore(db)
+    store = ChatStores.open(db)
     for round_ in range(ROUNDS):
-        user = store.session_user(f"browser-{round_}").user_id
-        threads = [store.create_thread(user, "").thread_id for _ in range(AT_ONCE)]
+        user = store.identity.session_user(f"browser-{round_}").user_id
+        threads = [store.threads.create_thread(user, "").thread_id for _ in range(AT_ONCE)]
         results = at_once(
-            db, [partial(store.send_message, user, t, "hello", "llama3") for t in threads]
+            db, [partial(store.requests.send_message, user, t, "hello", "llama3") for t in threads]
         )
         assert _problems(results) == []
         assert sum(not isinstance(r, Exception) for r in results) == 1, results
@@ -70,10 +70,10 @@ def test_a_chat_user_has_one_reply_generating_however_many_coordinators(db: pw.D
 
 def test_an_api_key_has_its_limit_however_many_coordinators(db: pw.Database) -> None:
     keys = ApiKeyStore(db)
-    store = ChatStore(db)
+    store = ChatStores.open(db)
     for round_ in range(ROUNDS):
         key, _ = keys.create(f"client {round_}", max_concurrent=2)
-        ask = partial(store.start_api_conversation, key, "llama3", [("user", "hi")])
+        ask = partial(store.requests.start_api_conversation, key, "llama3", [("user", "hi")])
         results = at_once(db, [ask] * AT_ONCE)
         refused = [r for r in results if isinstance(r, RateLimited)]
         assert [r for r in results if isinstance(r, Exception) and r not in refused] == []
@@ -82,42 +82,46 @@ def test_an_api_key_has_its_limit_however_many_coordinators(db: pw.Database) -> 
 
 
 def test_a_reply_retried_by_several_members_at_once_gets_one_job(db: pw.Database) -> None:
-    store = ChatStore(db)
+    store = ChatStores.open(db)
     for round_ in range(ROUNDS):
-        owner = store.session_user(f"owner-{round_}").user_id
-        thread = store.create_thread(owner, "").thread_id
-        reply = store.send_message(owner, thread, "hello", "llama3").reply.message_id
+        owner = store.identity.session_user(f"owner-{round_}").user_id
+        thread = store.threads.create_thread(owner, "").thread_id
+        reply = store.requests.send_message(owner, thread, "hello", "llama3").reply.message_id
         Job.update(state="failed").where(Job.message == reply).execute()
         Message.update(state=MessageState.FAILED.value).where(Message.id == reply).execute()
-        members = [store.session_user(f"member-{round_}-{i}").user_id for i in range(AT_ONCE)]
+        members = [
+            store.identity.session_user(f"member-{round_}-{i}").user_id for i in range(AT_ONCE)
+        ]
         for member in members:
-            store.join(thread, member)
-        results = at_once(db, [partial(store.retry_reply, m, thread, reply) for m in members])
+            store.threads.join(thread, member)
+        results = at_once(
+            db, [partial(store.requests.retry_reply, m, thread, reply) for m in members]
+        )
         assert _problems(results) == []
         assert sum(not isinstance(r, Exception) for r in results) == 1, results
         assert Job.select().where((Job.message == reply) & (Job.state == "queued")).count() == 1
 
 
 def test_a_thread_never_gets_more_members_than_its_limit(db: pw.Database) -> None:
-    store = ChatStore(db)
-    owner = store.session_user("owner").user_id
-    thread = store.create_thread(owner, "").thread_id
+    store = ChatStores.open(db)
+    owner = store.identity.session_user("owner").user_id
+    thread = store.threads.create_thread(owner, "").thread_id
     for i in range(MAX_THREAD_MEMBERS - 3):
-        store.join(thread, store.session_user(f"early-{i}").user_id)
-    late = [store.session_user(f"late-{i}").user_id for i in range(AT_ONCE)]
-    results = at_once(db, [partial(store.join, thread, u) for u in late])
+        store.threads.join(thread, store.identity.session_user(f"early-{i}").user_id)
+    late = [store.identity.session_user(f"late-{i}").user_id for i in range(AT_ONCE)]
+    results = at_once(db, [partial(store.threads.join, thread, u) for u in late])
     assert _problems(results) == []
     assert sum(isinstance(r, Conflict) for r in results) == AT_ONCE - 2, results
-    assert len(store.members(thread)) == MAX_THREAD_MEMBERS
+    assert len(store.threads.members(thread)) == MAX_THREAD_MEMBERS
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_a_new_browser_asking_several_coordinators_at_once_is_one_user(
     db: pw.Database, round_: int
 ) -> None:
-    store = ChatStore(db)
+    store = ChatStores.open(db)
     token = f"new-browser-{round_}"
-    results = at_once(db, [partial(store.session_user, token)] * AT_ONCE)
+    results = at_once(db, [partial(store.identity.session_user, token)] * AT_ONCE)
     assert [r for r in results if isinstance(r, Exception)] == []
     assert len({r.user_id for r in results if not isinstance(r, Exception)}) == 1
     assert BrowserSession.select().count() == 1

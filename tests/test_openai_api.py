@@ -20,7 +20,7 @@ async def test_the_official_client_works_against_the_farm(
 ) -> None:
     sim = SimSettings(reply="echo", ttft_ms=10, tokens_per_s=200)
     async with running_farm(tmp_path, broker, sim=sim, workers=2) as farm:
-        store = ApiKeyStore(farm.coordinator.chat.db)
+        store = ApiKeyStore(farm.coordinator.runner.db)
         _, key = await farm.coordinator.runner.call(store.create, "ci bot", 2)
         client = openai.AsyncOpenAI(api_key=key, base_url=farm.web_url + "/v1", max_retries=0)
         try:

@@ -7,7 +7,8 @@ import time
 import peewee as pw
 
 from coordinator.db.tables import Worker
-from coordinator.workers.store import WorkerStore
+from coordinator.workers.presence import WorkerPresence
+from coordinator.workers.registry import WorkerRegistry
 from farm_protocol.payloads import Heartbeat, WorkerStatus
 
 
@@ -23,8 +24,8 @@ def status(session: str, state: str) -> WorkerStatus:
 
 
 def test_a_stale_death_never_overwrites_a_newer_birth(db: pw.Database) -> None:
-    store = WorkerStore(db, grace_s=10)
-    store.add("w", "w")
+    store = WorkerPresence(db, grace_s=10)
+    WorkerRegistry(db, grace_s=10).add("w", "w")
     assert store.record_status(status("first", "online"))
     assert store.record_status(status("second", "online"))  # reconnected: a new session
     assert not store.record_status(status("first", "offline"))  # the old Will, late
@@ -41,9 +42,10 @@ def test_a_stale_death_never_overwrites_a_newer_birth(db: pw.Database) -> None:
 
 
 def test_revoked_and_unknown_workers_are_ignored(db: pw.Database) -> None:
-    store = WorkerStore(db, grace_s=10)
+    store = WorkerPresence(db, grace_s=10)
     assert not store.record_status(status("s", "online"))  # unknown
-    store.add("w", "w")
-    store.revoke("w")
+    registry = WorkerRegistry(db, grace_s=10)
+    registry.add("w", "w")
+    registry.revoke("w")
     assert not store.record_status(status("s", "online"))
     assert store.online() == []

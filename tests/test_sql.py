@@ -4,7 +4,7 @@ backend."""
 import peewee as pw
 import pytest
 
-from coordinator.chat.store import ChatStore
+from coordinator.chat.stores import ChatStores
 from coordinator.db import sql
 from coordinator.db.tables import Job, Message
 from coordinator.errors import NotFound
@@ -17,10 +17,10 @@ def test_an_in_list_needs_a_value() -> None:
 
 
 def test_a_message_from_a_user_that_does_not_exist_stores_nothing(db: pw.Database) -> None:
-    chat = ChatStore(db)
-    owner = chat.session_user("o" * 40)
-    thread = chat.create_thread(owner.user_id, "")
+    chat = ChatStores.open(db)
+    owner = chat.identity.session_user("o" * 40)
+    thread = chat.threads.create_thread(owner.user_id, "")
     with pytest.raises(NotFound, match="no user"):
-        chat.send_message("nobody", thread.thread_id, "hello", "llama3")
+        chat.requests.send_message("nobody", thread.thread_id, "hello", "llama3")
     assert Job.select().count() == 0
     assert Message.select().where(Message.thread == thread.thread_id).count() == 0

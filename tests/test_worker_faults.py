@@ -55,7 +55,7 @@ async def worker_process(
     extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     coordinator = farm.coordinator
-    info, key = await coordinator.runner.call(coordinator.workers.add, "process worker")
+    info, key = await coordinator.runner.call(coordinator.registry.add, "process worker")
     await coordinator.provisioner.worker_added(info.id, key)
     env = dict(
         os.environ,
@@ -125,7 +125,7 @@ async def until_state(
 
 
 async def job_chunks(farm: Farm, job_id: str) -> int:
-    info = await farm.coordinator.runner.call(reports.job, job_id)
+    info = await farm.coordinator.runner.call(reports.job, farm.coordinator.runner.db, job_id)
     assert info is not None
     return info.chunks
 
@@ -163,7 +163,9 @@ async def test_sigterm_drains_then_exits_0_with_a_summary(tmp_path: Path) -> Non
 
             async def both_held() -> bool:
                 jobs = [
-                    await farm.coordinator.runner.call(reports.job, r["job_id"])
+                    await farm.coordinator.runner.call(
+                        reports.job, farm.coordinator.runner.db, r["job_id"]
+                    )
                     for r in (quick, stuck)
                 ]
                 return all(j is not None and j.state == "running" for j in jobs)
@@ -226,7 +228,7 @@ async def test_the_worker_takes_no_jobs_while_ollama_is_down(tmp_path: Path) -> 
             ollama_host=f"http://127.0.0.1:{port}",
             extra_env={"FARM_INVENTORY_S": "1"},
         ):
-            workers = farm.coordinator.workers
+            workers = farm.coordinator.registry
             worker_id = (await farm.coordinator.runner.call(workers.list_workers))[0].id
 
             async def state_is(state: str) -> bool:
@@ -337,7 +339,7 @@ async def test_a_request_that_fails_at_every_attempt_does_not_quarantine_the_onl
         final = await until_state(farm, browser, reply, "failed", timeout_s=20)
         assert "the model failed" in (final["error"] or "")
         coordinator = farm.coordinator
-        job = await coordinator.runner.call(reports.job, final["job_id"])
+        job = await coordinator.runner.call(reports.job, coordinator.runner.db, final["job_id"])
         assert job is not None
         assert job.attempt == 3
         await still_serving(farm, browser, timeout_s=10)  # not quarantined for a minute

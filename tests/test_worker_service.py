@@ -22,7 +22,7 @@ from tests.farm import running_farm
 async def test_doctor_finds_what_is_wrong(tmp_path: Path) -> None:
     async with broker_of("mosquitto") as broker, running_farm(tmp_path, broker) as farm:
         coordinator = farm.coordinator
-        info, key = await coordinator.runner.call(coordinator.workers.add, "spare box")
+        info, key = await coordinator.runner.call(coordinator.registry.add, "spare box")
         await coordinator.provisioner.worker_added(info.id, key)
         good = WorkerSettings(
             _env_file=None,

@@ -15,14 +15,14 @@ from coordinator.keys.hashing import hash_key
 from coordinator.mqtt.accounts import BrokerAdminError
 from coordinator.mqtt.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
-from coordinator.workers.store import WorkerInfo, WorkerStore
+from coordinator.workers.registry import WorkerInfo, WorkerRegistry
 from farm_protocol.errors import TopicError
 
 
 def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
     db = open_database(settings.database_url)
     migrate(db)
-    store = WorkerStore(
+    store = WorkerRegistry(
         db, grace_s=settings.worker_grace_s, key_secret=settings.key_secret.get_secret_value()
     )
     provisioner = Provisioner(settings)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
         db.close()
 
 
-def _dispatch(args: argparse.Namespace, store: WorkerStore, provisioner: Provisioner) -> int:
+def _dispatch(args: argparse.Namespace, store: WorkerRegistry, provisioner: Provisioner) -> int:
     """The same steps, in the same order, as the admin API."""
     if args.action == "add":
         info, key = store.add(args.name, args.worker_id)

@@ -1,48 +1,31 @@
-"""Hand-written statements for the job path (a request stored, claimed, accepted,
-streamed, finished), and running them.
+"""Running hand-written statements, and the locks a check-then-write takes.
 
 Peewee's query builder compiles every statement in Python, each time: on the job path,
 about 45 statements a job, that was two thirds of the database thread's time, more than
-the database's own work (benchmarks/job_path.py). These statements are written out once,
-in the SQL that SQLite and PostgreSQL share, with ``%s`` placeholders (turned into the
-driver's own); the rest of the coordinator keeps the query builder. The column names are
-those of ``coordinator.db.tables`` (a foreign key ``thread`` is the column ``thread_id``)."""
+the database's own work (benchmarks/job_path.py). The statements on that path are
+therefore written out once, in the SQL that SQLite and PostgreSQL share, with ``%s``
+placeholders (turned into the driver's own), in one ``statements`` module per package
+(``coordinator.jobs.statements``, ``coordinator.chat.statements``,
+``coordinator.workers.statements``). The rest of the coordinator keeps the query builder.
+The column names are those of ``coordinator.db.tables`` (a foreign key ``thread`` is the
+column ``thread_id``)."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import peewee as pw
-
-from farm_protocol.chat import MessageView
-
-# The columns a MessageView is built from, in order (see message_views).
-MESSAGE_COLUMNS = (
-    "id, thread_id, role, author, content, state, model, job_id, content_seq, error, created_at"
-)
-_MESSAGE_FIELDS = (
-    "message_id",
-    "thread_id",
-    "role",
-    "author",
-    "content",
-    "state",
-    "model",
-    "job_id",
-    "content_seq",
-    "error",
-    "created_at",
-)
-# Every column of a message row, for inserting one.
-_MESSAGE_INSERT = (
-    "INSERT INTO message (id, thread_id, user_id, role, author, content, content_seq, state,"
-    " model, job_id, error, created_at, updated_at) VALUES "
-)
-_MESSAGE_VALUES = "(%s, %s, %s, %s, %s, %s, -1, %s, %s, %s, NULL, %s, %s)"
 
 
 def execute(db: pw.Database, template: str, params: Sequence[Any] = ()) -> Any:
     """Run one hand-written statement; returns the driver's cursor."""
     return db.execute_sql(template.replace("%s", db.param), tuple(params))  # type: ignore[no-untyped-call]
+
+
+def execute_in(
+    db: pw.Database, template: str, values: Sequence[Any], params: Sequence[Any] = ()
+) -> Any:
+    """Run a statement whose ``{ids}`` is an IN list of ``values`` (then ``params``)."""
+    return execute(db, template.format(ids=in_list(len(values))), [*values, *params])
 
 
 def in_list(count: int) -> str:
@@ -51,47 +34,6 @@ def in_list(count: int) -> str:
     if count < 1:
         raise ValueError("an IN list needs at least one value")
     return "(" + ", ".join(["%s"] * count) + ")"
-
-
-def message_views(rows: Iterable[Sequence[Any]]) -> list[MessageView]:
-    """Views of rows selected as MESSAGE_COLUMNS."""
-    return [MessageView.model_validate(dict(zip(_MESSAGE_FIELDS, r, strict=True))) for r in rows]
-
-
-def inserted_view(row: dict[str, Any]) -> MessageView:
-    """The view of a message just inserted by :func:`insert_messages`."""
-    return MessageView(
-        message_id=row["id"],
-        thread_id=row["thread_id"],
-        role=row["role"],
-        author=row["author"],
-        content=row["content"],
-        state=row["state"],
-        model=row["model"],
-        job_id=row["job_id"],
-        created_at=row["created_at"],
-    )
-
-
-def insert_messages(db: pw.Database, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert messages in one statement. Each row: id, thread_id, user_id, role, author,
-    content, state, model, job_id, created_at (content_seq starts at -1, no error)."""
-    params: list[Any] = []
-    for r in rows:
-        params += [
-            r["id"],
-            r["thread_id"],
-            r["user_id"],
-            r["role"],
-            r["author"],
-            r["content"],
-            r["state"],
-            r["model"],
-            r["job_id"],
-            r["created_at"],
-            r["created_at"],
-        ]
-    execute(db, _MESSAGE_INSERT + ", ".join([_MESSAGE_VALUES] * len(rows)), params)
 
 
 def row_lock(db: pw.Database) -> str:
@@ -110,3 +52,7 @@ def name_lock(db: pw.Database, name: str) -> None:
     whose rows do not exist yet; on SQLite the write transaction already does."""
     if not isinstance(db, pw.SqliteDatabase):
         execute(db, "SELECT pg_advisory_xact_lock(hashtext(%s))", (name,)).fetchall()
+
+
+def is_sqlite(db: pw.Database) -> bool:
+    return isinstance(db, pw.SqliteDatabase)

@@ -5,6 +5,7 @@ Changing it means bumping ``SCHEMA_VERSION`` and adding the upgrade to
 created by every earlier version and checks it ends up identical to a fresh one."""
 
 import time
+import uuid
 
 import peewee as pw
 
@@ -15,6 +16,11 @@ SCHEMA_VERSION = 6
 
 def now() -> float:
     return time.time()
+
+
+def new_id() -> str:
+    """A new row id (users, threads, messages, jobs)."""
+    return uuid.uuid4().hex
 
 
 class _Base(pw.Model):

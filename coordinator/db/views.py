@@ -1,23 +1,65 @@
-"""Conversions from table rows to the wire contract's views."""
+"""The one conversion from stored rows to the wire contract's views.
+
+Every query that returns messages selects :data:`MESSAGE_COLUMNS` (hand-written
+statements) or :func:`message_fields` (the query builder), in that order, and hands the
+rows here."""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import peewee as pw
 
 from coordinator.db.tables import Message, Thread
-from farm_protocol.chat import MessageState, MessageView, ThreadView
+from farm_protocol.chat import MessageView, ThreadView
+
+# The columns a MessageView is built from, in order.
+MESSAGE_COLUMNS = (
+    "id, thread_id, role, author, content, state, model, job_id, content_seq, error, created_at"
+)
+_VIEW_FIELDS = (
+    "message_id",
+    "thread_id",
+    "role",
+    "author",
+    "content",
+    "state",
+    "model",
+    "job_id",
+    "content_seq",
+    "error",
+    "created_at",
+)
 
 
-def message_view(row: Message) -> MessageView:
-    return MessageView(
-        message_id=row.id,
-        thread_id=row.thread_id,
-        role=row.role,
-        author=row.author,
-        content=row.content,
-        state=MessageState(row.state),
-        model=row.model,
-        job_id=row.job_id,
-        content_seq=row.content_seq,
-        error=row.error,
-        created_at=row.created_at,
-    )
+def message_fields() -> list[pw.Field]:
+    """The query builder's :data:`MESSAGE_COLUMNS` (select them with ``.tuples()``)."""
+    return [
+        Message.id,
+        Message.thread,
+        Message.role,
+        Message.author,
+        Message.content,
+        Message.state,
+        Message.model,
+        Message.job_id,
+        Message.content_seq,
+        Message.error,
+        Message.created_at,
+    ]
+
+
+def message_view(row: Sequence[Any]) -> MessageView:
+    """The view of a row selected as :data:`MESSAGE_COLUMNS`."""
+    return MessageView.model_validate(dict(zip(_VIEW_FIELDS, row, strict=True)))
+
+
+def message_views(rows: Iterable[Sequence[Any]]) -> list[MessageView]:
+    return [message_view(r) for r in rows]
+
+
+def views_of(query: "pw.ModelSelect[Any]") -> list[MessageView]:
+    """Views of a query builder's select of :func:`message_fields`."""
+    return message_views(cast(list[tuple[Any, ...]], list(query.tuples())))
 
 
 def thread_view(row: Thread) -> ThreadView:

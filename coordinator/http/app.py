@@ -1,21 +1,21 @@
 """The coordinator's HTTP application: the chat API and the programmatic-clients API (both
-for the webapp), the admin API,
-``/metrics`` for Prometheus and ``/healthz``."""
+for the webapp), the admin API, ``/metrics`` for Prometheus and ``/healthz``."""
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart, Response, request
 
-from coordinator.http.admin_routes import AdminContext, create_admin_blueprint
-from coordinator.http.api_routes import ApiContext, create_api_blueprint
-from coordinator.http.chat_routes import ChatContext, create_chat_blueprint
+from coordinator.http.admin_routes import admin_blueprint
+from coordinator.http.api_routes import api_blueprint
+from coordinator.http.chat_routes import chat_blueprint
+from coordinator.http.context import HttpContext
 from coordinator.http.responses import error
 
 
-def create_app(chat: ChatContext, admin: AdminContext, api: ApiContext) -> Quart:
+def create_app(ctx: HttpContext) -> Quart:
     app = Quart("coordinator")
-    app.register_blueprint(create_chat_blueprint(chat))
-    app.register_blueprint(create_admin_blueprint(admin))
-    app.register_blueprint(create_api_blueprint(api))
+    app.register_blueprint(chat_blueprint(ctx))
+    app.register_blueprint(admin_blueprint(ctx))
+    app.register_blueprint(api_blueprint(ctx))
 
     @app.errorhandler(404)
     async def _no_route(_: Exception) -> Response:
@@ -31,7 +31,7 @@ def create_app(chat: ChatContext, admin: AdminContext, api: ApiContext) -> Quart
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        text = await chat.runner.call(chat.metrics.render)
+        text = await ctx.runner.call(ctx.metrics.render)
         return Response(text, content_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -6,16 +6,13 @@ stops there too, and its slot goes to the next job.
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from coordinator.db.runner import DbRunner
-from coordinator.jobs.store import JobStore
+from coordinator.jobs.endings import Endings
 from coordinator.jobs.streams import JobStreams
-from farm_protocol import topics
+from coordinator.mqtt.bus import Bus
 from farm_protocol.chat import MessageView
-from farm_protocol.codec import encode
-from farm_protocol.payloads import JobCancel
-from farm_runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -24,30 +21,25 @@ class Canceller:
     def __init__(
         self,
         runner: DbRunner,
-        jobs: JobStore,
+        endings: Endings,
         streams: JobStreams,
-        outbox: Outbox,
-        publish_message: Callable[[MessageView], Awaitable[None]],
-        kick: Callable[[], None],
+        bus: Bus,
+        wake_dispatcher: Callable[[], None],
     ) -> None:
         self.runner = runner
-        self.jobs = jobs
+        self.endings = endings
         self.streams = streams
-        self.outbox = outbox
-        self.publish_message = publish_message
-        self.kick = kick
+        self.bus = bus
+        self.wake_dispatcher = wake_dispatcher
 
     async def cancel(self, job_id: str, reason: str) -> MessageView | None:
         """Cancel ``job_id``; its final message, or None if it had already ended."""
         tail = self.streams.take_tail(job_id)
-        view, order = await self.runner.call(self.jobs.cancel, job_id, reason, tail)
+        view, order = await self.runner.call(self.endings.cancel, job_id, reason, tail)
         if order is not None:
-            payload = JobCancel(job_id=order.job_id, attempt=order.attempt, reason=reason)
-            await self.outbox.put(
-                topics.worker_control(order.worker_id), encode(payload), qos=topics.QOS_CONTROL
-            )
+            await self.bus.cancel(order.worker_id, order.job_id, order.attempt, reason)
         if view is not None:
             log.info("job %s cancelled: %s", job_id, reason)
-            await self.publish_message(view)
-            self.kick()
+            await self.bus.message(view)
+            self.wake_dispatcher()
         return view

@@ -4,20 +4,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from coordinator.db.runner import DbRunner
 from coordinator.jobs.admission import Admission
 from coordinator.jobs.fairness import QueuedJob, positions
-from coordinator.jobs.store import JobStore, Pick
-from coordinator.workers.store import WorkerLoad, WorkerStore
-from farm_protocol import topics
+from coordinator.jobs.queue import JobQueue
+from coordinator.jobs.records import Pick
+from coordinator.mqtt.bus import Bus
+from coordinator.workers.presence import WorkerLoad, WorkerPresence
 from farm_protocol.chat import MessageView
-from farm_protocol.codec import encode
 from farm_protocol.models import normalize_model
 from farm_protocol.payloads import JobAssignment
-from farm_runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class Round:
 
 
 class Dispatcher:
-    """Runs a dispatch round whenever kicked (a job queued, a worker free or online), and
+    """Runs a dispatch round whenever woken (a job queued, a worker free or online), and
     once a second as a safety net for changes made by another coordinator process.
 
     After each round it tells the admission control how old each model's queue head is,
@@ -68,26 +67,30 @@ class Dispatcher:
     def __init__(
         self,
         runner: DbRunner,
-        jobs: JobStore,
-        workers: WorkerStore,
-        outbox: Outbox,
+        queue: JobQueue,
+        workers: WorkerPresence,
+        bus: Bus,
         admission: Admission | None = None,
-        publish_message: Callable[[MessageView], Awaitable[None]] | None = None,
+        *,
+        publish_replies: bool = True,
         positions_every_s: float = 1.0,
     ) -> None:
         self.runner = runner
-        self.jobs = jobs
+        self.queue = queue
         self.workers = workers
-        self.outbox = outbox
+        self.bus = bus
         self.admission = admission
-        self.publish_message = publish_message
+        # whether a round looks up the replies it moved, to publish them (the chat's
+        # browsers show the worker and the queue position)
+        self.publish_replies = publish_replies
         self._wake = asyncio.Event()
         self._positions: dict[str, int] = {}
         self.positions_every_s = positions_every_s
         self._positions_at = -float("inf")  # time.monotonic() of the last publication
         self.on_assigned: Callable[[float], None] = lambda waited_s: None
 
-    def kick(self) -> None:
+    def wake(self) -> None:
+        """Run a round soon: a job was queued or ended, or a worker came online."""
         self._wake.set()
 
     async def run(self, idle_s: float = 1.0) -> None:
@@ -110,22 +113,19 @@ class Dispatcher:
                 worker_id,
                 assignment.model,
             )
-            await self.outbox.put(
-                topics.worker_assign(worker_id), encode(assignment), qos=topics.QOS_ASSIGN
-            )
+            await self.bus.assign(worker_id, assignment)
         if self.admission is not None:
             self.admission.observe(done.head_ages)
-        if self.publish_message is not None:
-            for view in [*done.held, *done.moved]:
-                await self.publish_message(view)
+        for view in [*done.held, *done.moved]:
+            await self.bus.message(view)
         return len(done.assigned)
 
     def _round(self) -> Round:
         """One pass over the queue, in the database thread: pick a worker for each job in
         serving order, claim all the picks in one transaction, then look at what is left."""
         done = Round()
-        with self.jobs.transaction():
-            queued = self.jobs.queued_jobs(lock=True)
+        with self.queue.transaction():
+            queued = self.queue.queued_jobs(lock=True)
             if queued:
                 done.assigned = self._assign(queued)
         stamp = time.time()
@@ -137,14 +137,14 @@ class Dispatcher:
         for job in queued:
             if job.id in taken:
                 self.on_assigned(stamp - job.created_at)
-        if self.publish_message is None:
+        if not self.publish_replies:
             return done
-        done.held = self.jobs.holder_views(done.assigned)
+        done.held = self.queue.holder_views(done.assigned)
         if time.monotonic() - self._positions_at >= self.positions_every_s:
             now_at = positions(left[: self.POSITIONS_PUBLISHED])
             changed = {j: p for j, p in now_at.items() if self._positions.get(j) != p}
             if changed:
-                done.moved = self.jobs.queued_views(changed)
+                done.moved = self.queue.queued_views(changed)
                 self._positions, self._positions_at = now_at, time.monotonic()
         return done
 
@@ -161,4 +161,4 @@ class Dispatcher:
             picks.append(Pick(job.id, worker.id, worker.capacity))
             fleet[worker.id] = replace(worker, active=worker.active + 1)
             free -= 1
-        return self.jobs.claim_many(picks)
+        return self.queue.claim_many(picks)

@@ -2,16 +2,13 @@
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from coordinator.db.runner import DbRunner
-from coordinator.jobs.store import Deadlines, JobStore
+from coordinator.jobs.deadlines import DeadlineSweep
+from coordinator.jobs.records import Deadlines
+from coordinator.mqtt.bus import Bus
 from coordinator.settings import CoordinatorSettings
-from farm_protocol import topics
-from farm_protocol.chat import MessageView
-from farm_protocol.codec import encode
-from farm_protocol.payloads import JobCancel
-from farm_runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +29,18 @@ class Janitor:
     def __init__(
         self,
         runner: DbRunner,
-        jobs: JobStore,
+        sweeper: DeadlineSweep,
         deadlines: Deadlines,
-        outbox: Outbox,
-        publish_message: Callable[[MessageView], Awaitable[None]],
+        bus: Bus,
         forget: Callable[[str], None],
-        kick: Callable[[], None],
+        wake_dispatcher: Callable[[], None],
     ) -> None:
         self.runner = runner
-        self.jobs = jobs
+        self.sweeper = sweeper
         self.deadlines = deadlines
-        self.outbox = outbox
-        self.publish_message = publish_message
+        self.bus = bus
         self.forget = forget
-        self.kick = kick
+        self.wake_dispatcher = wake_dispatcher
 
     async def run(self, interval_s: float) -> None:
         while True:
@@ -53,16 +48,13 @@ class Janitor:
             await self.sweep()
 
     async def sweep(self) -> None:
-        result = await self.runner.call(self.jobs.sweep, self.deadlines)
+        result = await self.runner.call(self.sweeper.sweep, self.deadlines)
         for view in result.messages:
             if view.job_id:
                 self.forget(view.job_id)
             log.info("message %s -> %s (%s)", view.message_id, view.state, view.error)
-            await self.publish_message(view)
-        for cancel in result.cancels:
-            payload = JobCancel(job_id=cancel.job_id, attempt=cancel.attempt, reason=cancel.reason)
-            await self.outbox.put(
-                topics.worker_control(cancel.worker_id), encode(payload), qos=topics.QOS_CONTROL
-            )
+            await self.bus.message(view)
+        for c in result.cancels:
+            await self.bus.cancel(c.worker_id, c.job_id, c.attempt, c.reason)
         if result.messages:
-            self.kick()
+            self.wake_dispatcher()

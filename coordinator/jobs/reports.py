@@ -2,18 +2,21 @@
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 from pydantic import BaseModel
 
 from coordinator.db.tables import Job, Message, Worker
 from coordinator.jobs.fairness import positions
-from coordinator.jobs.store import ACTIVE, active_counts, queued_in_order, row_tuples
+from coordinator.jobs.queue import active_counts, queued_in_order
+from coordinator.jobs.states import JobState
 from farm_protocol.models import display_model, normalize_model
 
-FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled")
-JOB_STATES = ("queued", *ACTIVE, *FINAL_STATES)
+
+def _rows(db: pw.Database, query: "pw.ModelSelect[Any]") -> list[tuple[Any, ...]]:
+    """A query's rows as plain tuples, run on ``db``."""
+    return cast(list[tuple[Any, ...]], list(query.tuples().execute(db)))
 
 
 class JobInfo(BaseModel):
@@ -72,41 +75,43 @@ def _info(row: Job, places: dict[str, int]) -> JobInfo:
     )
 
 
-def list_jobs(state: str | None = None, limit: int = 100) -> list[JobInfo]:
+def list_jobs(db: pw.Database, state: str | None = None, limit: int = 100) -> list[JobInfo]:
     """The newest ``limit`` jobs, optionally in one state."""
-    if state is not None and state not in JOB_STATES:
-        raise ValueError(f"state must be one of {', '.join(JOB_STATES)}")
+    if state is not None and state not in set(JobState):
+        raise ValueError(f"state must be one of {', '.join(JobState)}")
     if not 1 <= limit <= 1000:
         raise ValueError("limit must be between 1 and 1000")
     query = Job.select().order_by(Job.created_at.desc()).limit(limit)
     if state is not None:
         query = query.where(Job.state == state)
-    places = positions(queued_in_order()) if state in (None, "queued") else {}
-    return [_info(row, places) for row in query]
+    places = positions(queued_in_order(db)) if state in (None, JobState.QUEUED) else {}
+    return [_info(row, places) for row in query.execute(db)]
 
 
-def job(job_id: str) -> JobInfo | None:
-    row = Job.get_or_none(Job.id == job_id)
-    if row is None:
+def job(db: pw.Database, job_id: str) -> JobInfo | None:
+    found = next(iter(Job.select().where(Job.id == job_id).execute(db)), None)
+    if found is None:
         return None
-    places = positions(queued_in_order()) if row.state == "queued" else {}
-    return _info(row, places)
+    places = positions(queued_in_order(db)) if found.state == JobState.QUEUED else {}
+    return _info(found, places)
 
 
-def jobs_by_state() -> dict[str, int]:
-    counts: dict[str, Any] = dict.fromkeys(JOB_STATES, 0)
-    for state, count in row_tuples(Job.select(Job.state, pw.fn.COUNT(Job.id)).group_by(Job.state)):
+def jobs_by_state(db: pw.Database) -> dict[str, int]:
+    counts: dict[str, Any] = {str(s): 0 for s in JobState}
+    query = Job.select(Job.state, pw.fn.COUNT(Job.id)).group_by(Job.state)
+    for state, count in _rows(db, query):
         counts[str(state)] = int(count)
     return counts
 
 
-def queue_stats(grace_s: float) -> QueueStats:
+def queue_stats(db: pw.Database, grace_s: float) -> QueueStats:
     stamp = time.time()
     by_model: dict[str, ModelQueue] = {}
-    rows = row_tuples(
+    rows = _rows(
+        db,
         Job.select(Job.model, pw.fn.COUNT(Job.id), pw.fn.MIN(Job.created_at))
-        .where(Job.state == "queued")
-        .group_by(Job.model)
+        .where(Job.state == JobState.QUEUED)
+        .group_by(Job.model),
     )
     for model, count, oldest in rows:
         name = normalize_model(str(model))
@@ -115,24 +120,24 @@ def queue_stats(grace_s: float) -> QueueStats:
             queued=known.queued + int(count),
             oldest_wait_s=max(known.oldest_wait_s, round(stamp - float(oldest), 3)),
         )
-    states = jobs_by_state()
+    states = jobs_by_state(db)
     live = Worker.select().where(
         Worker.revoked_at.is_null()
         & (Worker.state == "online")
         & (Worker.last_seen >= stamp - grace_s)
     )
-    online = list(live)
+    online = list(live.execute(db))
     quarantined = [w for w in online if w.quarantined_until and w.quarantined_until > stamp]
-    held = active_counts()
+    held = active_counts(db)
     free = sum(max(int(w.capacity) - held.get(w.id, 0), 0) for w in online if w not in quarantined)
     return QueueStats(
-        queued=states["queued"],
-        running=states["assigned"] + states["running"],
+        queued=states[JobState.QUEUED],
+        running=states[JobState.ASSIGNED] + states[JobState.RUNNING],
         by_model=by_model,
         jobs_by_state=states,
         workers_online=len(online),
         workers_quarantined=len(quarantined),
-        workers_registered=Worker.select().where(Worker.revoked_at.is_null()).count(),
+        workers_registered=Worker.select().where(Worker.revoked_at.is_null()).count(db),
         slots_free=free,
     )
 
@@ -158,7 +163,9 @@ class FarmView(BaseModel):
     chars_per_s_last_minute: float
 
 
-def farm_view(grace_s: float, job_lifetime_s: float, window_s: float = 60.0) -> FarmView:
+def farm_view(
+    db: pw.Database, grace_s: float, job_lifetime_s: float, window_s: float = 60.0
+) -> FarmView:
     """``job_lifetime_s`` bounds how long before it finished a job was created (the
     queue and reply deadlines), so the recent-throughput query reads a range of the
     (state, created_at) index instead of every job the farm ever ran."""
@@ -166,18 +173,19 @@ def farm_view(grace_s: float, job_lifetime_s: float, window_s: float = 60.0) -> 
     since = stamp - window_s
     recent: dict[str, int] = {}
     replies = 0
-    for worker_id, chars in row_tuples(
+    for worker_id, chars in _rows(
+        db,
         Job.select(Job.worker_id, pw.fn.LENGTH(Message.content))
         .join(Message)
         .where(
-            (Job.state == "succeeded")
+            (Job.state == JobState.SUCCEEDED)
             & (Job.created_at >= since - job_lifetime_s - 60)  # a sweep's slack
             & (Job.finished_at >= since)
-        )
+        ),
     ):
         recent[str(worker_id)] = recent.get(str(worker_id), 0) + int(chars or 0)
         replies += 1
-    held = active_counts()
+    held = active_counts(db)
     rows = Worker.select().where(
         Worker.revoked_at.is_null()
         & Worker.state.in_(("online", "draining", "unavailable"))
@@ -195,11 +203,11 @@ def farm_view(grace_s: float, job_lifetime_s: float, window_s: float = 60.0) -> 
             recent_chars_per_s=round(recent.get(w.id, 0) / window_s, 1),
             simulated=w.simulated,
         )
-        for w in rows.order_by(Worker.name)
+        for w in rows.order_by(Worker.name).execute(db)
     ]
     return FarmView(
         workers=workers,
-        queue_depth=Job.select().where(Job.state == "queued").count(),
+        queue_depth=Job.select().where(Job.state == JobState.QUEUED).count(db),
         replies_last_minute=replies,
         chars_per_s_last_minute=round(sum(recent.values()) / window_s, 1),
     )

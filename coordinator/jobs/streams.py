@@ -5,11 +5,15 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from coordinator.db.runner import DbRunner
-from coordinator.jobs.store import ActiveJob, JobStore, Outcome, TextAppend
+from coordinator.jobs.endings import Endings
+from coordinator.jobs.records import ActiveJob, TextAppend
+from coordinator.jobs.states import JobState
+from coordinator.jobs.stream_writes import StreamWrites
+from coordinator.mqtt.bus import Bus
 from farm_protocol.chat import MessageView
 from farm_protocol.payloads import (
     JobAccepted,
@@ -19,10 +23,9 @@ from farm_protocol.payloads import (
     JobFailed,
     JobReplay,
 )
+from farm_runtime.chunks import ChunkSequence
 
 log = logging.getLogger(__name__)
-
-PublishMessage = Callable[[MessageView], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -30,36 +33,39 @@ class Assembly:
     """One job attempt's stream as received so far."""
 
     job: ActiveJob
-    next_seq: int
+    order: ChunkSequence
     chars: int
     digest: "hashlib._Hash"
-    pending: dict[int, str] = field(default_factory=dict)  # out-of-order chunks
     unflushed: list[str] = field(default_factory=list)
     done: JobDone | None = None
     gap_since: float | None = None  # since when a chunk has been missing
     replay_after: float = 0.0  # no new replay request before this
     heard_at: float = field(default_factory=time.monotonic)  # its worker's last event
 
+    @property
+    def next_seq(self) -> int:
+        return self.order.next_seq
+
     def missing(self) -> bool:
         """A chunk is missing: later ones (or the final *done*) came before it."""
-        return bool(self.pending) or (self.done is not None and self.next_seq < self.done.chunks)
+        expected = self.done.chunks if self.done is not None else None
+        return self.order.gap(expected) is not None
 
     @classmethod
     def resume(cls, job: ActiveJob) -> "Assembly":
         """Continue from what the database holds (after a restart, the text so far)."""
-        return cls(job, job.content_seq + 1, len(job.content), hashlib.sha256(job.content.encode()))
+        digest = hashlib.sha256(job.content.encode())
+        return cls(job, ChunkSequence(floor=job.content_seq), len(job.content), digest)
 
     def add(self, chunk: JobChunk) -> bool:
         """Take a chunk; False if it is a duplicate."""
-        if chunk.seq < self.next_seq or chunk.seq in self.pending:
+        released = self.order.add(chunk.seq, chunk.text)
+        if released is None:
             return False
-        self.pending[chunk.seq] = chunk.text
-        while self.next_seq in self.pending:
-            text = self.pending.pop(self.next_seq)
+        for text in released:
             self.unflushed.append(text)
             self.digest.update(text.encode())
             self.chars += len(text)
-            self.next_seq += 1
         return True
 
     def take(self) -> TextAppend | None:
@@ -98,20 +104,20 @@ class JobStreams:
     def __init__(
         self,
         runner: DbRunner,
-        jobs: JobStore,
-        publish_message: PublishMessage,
-        on_job_ended: Callable[[], None],
+        writes: StreamWrites,
+        endings: Endings,
+        bus: Bus,
+        wake_dispatcher: Callable[[], None],
         flush_interval_s: float,
-        request_replay: Callable[[str, JobReplay], Awaitable[None]],
         gap_s: float = 1.0,
         idle_s: float = 300.0,
     ) -> None:
         self.runner = runner
-        self.jobs = jobs
-        self.publish_message = publish_message
-        self.on_job_ended = on_job_ended
+        self.writes = writes
+        self.endings = endings
+        self.bus = bus
+        self.wake_dispatcher = wake_dispatcher
         self.flush_interval_s = flush_interval_s
-        self.request_replay = request_replay
         self.gap_s = gap_s
         self.idle_s = idle_s
         self._live: dict[str, Assembly] = {}
@@ -138,7 +144,7 @@ class JobStreams:
         assembly.heard_at = time.monotonic()
         match event:
             case JobAccepted():
-                await self.runner.call(self.jobs.accept, event.job_id, event.attempt, worker_id)
+                await self.runner.call(self.writes.accept, event.job_id, event.attempt, worker_id)
             case JobChunk():
                 first = assembly.next_seq == 0
                 if not assembly.add(event):
@@ -155,7 +161,7 @@ class JobStreams:
     async def _assembly(self, worker_id: str, job_id: str, attempt: int) -> Assembly | None:
         assembly = self._live.get(job_id)
         if assembly is None or assembly.job.attempt < attempt:
-            job = await self.runner.call(self.jobs.active_job, job_id)
+            job = await self.runner.call(self.writes.active_job, job_id)
             if job is None:
                 return None
             # only a newer attempt replaces the stream: a message naming one the database
@@ -178,9 +184,9 @@ class JobStreams:
         )
         job = assembly.job
         outcome, error = (
-            (Outcome.SUCCEEDED, None)
+            (JobState.SUCCEEDED, None)
             if complete
-            else (Outcome.FAILED, "the reply arrived incomplete or corrupted")
+            else (JobState.FAILED, "the reply arrived incomplete or corrupted")
         )
         if not complete:
             log.warning(
@@ -192,7 +198,7 @@ class JobStreams:
                 done.chars,
             )
         view = await self.runner.call(
-            self.jobs.finish,
+            self.endings.finish,
             job.job_id,
             job.attempt,
             job.worker_id,
@@ -205,7 +211,7 @@ class JobStreams:
     async def _fail(self, assembly: Assembly, event: JobFailed) -> None:
         job = assembly.job
         view = await self.runner.call(
-            self.jobs.fail_or_retry,
+            self.endings.fail_or_retry,
             job.job_id,
             job.attempt,
             job.worker_id,
@@ -219,8 +225,8 @@ class JobStreams:
         self._live.pop(job_id, None)
         if view is not None:
             log.info("job %s ended: message %s is %s", job_id, view.message_id, view.state)
-            await self.publish_message(view)
-        self.on_job_ended()
+            await self.bus.message(view)
+        self.wake_dispatcher()
 
     async def run_flusher(self) -> None:
         """Write streamed text every ``flush_interval_s``: one transaction for all jobs."""
@@ -233,8 +239,8 @@ class JobStreams:
         batch = [a for a in (s.take() for s in self._live.values()) if a is not None]
         if not batch:
             return
-        for view in await self.runner.call(self.jobs.append_text, batch):
-            await self.publish_message(view)
+        for view in await self.runner.call(self.writes.append_text, batch):
+            await self.bus.message(view)
 
     async def _chase_gaps(self, now: float) -> None:
         for job_id, assembly in list(self._live.items()):
@@ -256,7 +262,7 @@ class JobStreams:
                 now - assembly.gap_since,
                 job.worker_id,
             )
-            await self.request_replay(
+            await self.bus.control(
                 job.worker_id,
                 JobReplay(job_id=job.job_id, attempt=job.attempt, from_seq=assembly.next_seq),
             )
@@ -265,14 +271,14 @@ class JobStreams:
         """After a start: ask every worker holding a running job to replay it from the
         first chunk not in the database (what a killed predecessor received but never
         wrote is otherwise lost: the broker counts it as delivered)."""
-        for job in await self.runner.call(self.jobs.running_jobs):
+        for job in await self.runner.call(self.writes.running_jobs):
             log.info(
                 "resuming job %s from chunk %d (worker %s)",
                 job.job_id,
                 job.content_seq + 1,
                 job.worker_id,
             )
-            await self.request_replay(
+            await self.bus.control(
                 job.worker_id,
                 JobReplay(job_id=job.job_id, attempt=job.attempt, from_seq=job.content_seq + 1),
             )

@@ -1,25 +1,35 @@
 """API keys for programmatic clients (the OpenAI-compatible API).
 
-A key reads ``lfa_<id>_<secret>``: the id finds its row, the secret is checked against a
-salted scrypt hash (the key itself is shown once and never stored). Each key owns a user
-row, so its conversations are stored like everyone's, and has a limit on how many of its
-replies may be generating at once.
+A key reads ``lfa_<id>_<secret>``: the id finds its row, and the whole key is checked
+against its stored SHA-256 (:mod:`coordinator.keys.hashing`) on every request, so a
+revoked key stops working on its next request. The key itself is shown once and never
+stored. Each key owns a user row, so its conversations are stored like everyone's, and
+has a limit on how many of its replies may be generating at once.
 """
 
+import asyncio
 import secrets
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 import peewee as pw
 
+from coordinator.db import sql
 from coordinator.db.database import write_transaction
-from coordinator.db.tables import ApiKey, Job, User
+from coordinator.db.runner import DbRunner
+from coordinator.db.tables import ApiKey, User
 from coordinator.errors import NotFound
-from coordinator.keys.hashing import hash_key
+from coordinator.jobs.states import LIVE, sql_list
+from coordinator.keys.hashing import hash_key, needs_upgrade, verify_key
 
 API_KEY_PREFIX = "lfa_"
-ACTIVE_JOB_STATES = ("queued", "assigned", "running")
+USED_EVERY_S = 60.0  # last_used_at is written at most this often (not on every request)
+_LIVE_JOBS = "SELECT COUNT(*) FROM job WHERE api_key_id = %s AND state IN " + sql_list(LIVE)
+_UPGRADE = "UPDATE api_key SET key_hash = %s WHERE id = %s AND key_hash = %s AND revoked_at IS NULL"
+# Old, slow hashes are checked at most this many at once (each scrypt takes 16 MiB).
+_LEGACY_CHECKS = threading.BoundedSemaphore(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +53,34 @@ class IssuedKey:
     key_hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class LegacyHash:
+    """A live key stored with the old, slow hash: check it off the database thread."""
+
+    key_id: str
+    stored: str
+
+
 def issue_key() -> IssuedKey:
-    """A new key. Slow by design (scrypt, tens of ms): the coordinator calls it off its
-    database thread, so that no one else's database work waits for it."""
     key_id = uuid.uuid4().hex[:16]
     key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
     return IssuedKey(key_id, key, hash_key(key))
+
+
+async def check_api_key(runner: DbRunner, keys: "ApiKeyStore", key: str) -> ApiKeyInfo | None:
+    """The live key's record, or None for a wrong, unknown or revoked key. A key still
+    stored with the old hash is checked in a thread of its own (it costs ~30 ms, which
+    would hold up all of the coordinator's database work), then stored with the new one."""
+    found = await runner.call(keys.check, key)
+    if not isinstance(found, LegacyHash):
+        return found
+    ok = await asyncio.to_thread(_verify_legacy, key, found.stored)
+    return await runner.call(keys.upgrade, found, key) if ok else None
+
+
+def _verify_legacy(key: str, stored: str) -> bool:
+    with _LEGACY_CHECKS:
+        return verify_key(key, stored)
 
 
 class ApiKeyStore:
@@ -93,31 +125,37 @@ class ApiKeyStore:
         if changed != 1:
             raise NotFound(f"no active API key {key_id}")
 
-    def candidate(self, key: str) -> tuple[str, str] | None:
-        """(key id, stored hash) of the live key ``key`` names, its secret not yet checked
-        (coordinator.keys.checks checks it with scrypt, off the database thread)."""
-        body = key.removeprefix(API_KEY_PREFIX)
-        key_id, _, secret = body.partition("_")
-        if not key.startswith(API_KEY_PREFIX) or not key_id or not secret:
-            return None
-        row = ApiKey.get_or_none((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
-        return None if row is None else (key_id, str(row.key_hash))
-
-    def mark_used(self, key_id: str) -> ApiKeyInfo | None:
-        """After its secret checked out: the key's record, None if revoked meanwhile."""
-        row = ApiKey.get_or_none((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
+    def check(self, key: str) -> ApiKeyInfo | LegacyHash | None:
+        """The live key ``key`` names if it is that key; :class:`LegacyHash` when its
+        stored hash is the old kind (see :func:`check_api_key`); else None."""
+        row = self._live_row(key)
         if row is None:
             return None
-        ApiKey.update(last_used_at=time.time()).where(ApiKey.id == key_id).execute()
+        if needs_upgrade(row.key_hash):
+            return LegacyHash(row.id, row.key_hash)
+        return self._used(row) if verify_key(key, row.key_hash) else None
+
+    def upgrade(self, legacy: LegacyHash, key: str) -> ApiKeyInfo | None:
+        """The key checked out against its old hash: store the new one in its place."""
+        sql.execute(self.db, _UPGRADE, (hash_key(key), legacy.key_id, legacy.stored))
+        row = ApiKey.get_or_none((ApiKey.id == legacy.key_id) & ApiKey.revoked_at.is_null())
+        return None if row is None else self._used(row)
+
+    def _live_row(self, key: str) -> ApiKey | None:
+        key_id, _, secret = key.removeprefix(API_KEY_PREFIX).partition("_")
+        if not key.startswith(API_KEY_PREFIX) or not key_id or not secret:
+            return None
+        return ApiKey.get_or_none((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
+
+    def _used(self, row: ApiKey) -> ApiKeyInfo:
+        stamp = time.time()
+        if row.last_used_at is None or row.last_used_at < stamp - USED_EVERY_S:
+            ApiKey.update(last_used_at=stamp).where(ApiKey.id == row.id).execute()
+            row.last_used_at = stamp
         return self._info(row)
 
-    @staticmethod
-    def _info(row: ApiKey) -> ApiKeyInfo:
-        active = (
-            Job.select()
-            .where((Job.api_key_id == row.id) & Job.state.in_(ACTIVE_JOB_STATES))
-            .count()
-        )
+    def _info(self, row: ApiKey) -> ApiKeyInfo:
+        (active,) = sql.execute(self.db, _LIVE_JOBS, (row.id,)).fetchone()
         return ApiKeyInfo(
             id=row.id,
             name=row.name,
@@ -126,5 +164,5 @@ class ApiKeyStore:
             created_at=row.created_at,
             revoked_at=row.revoked_at,
             last_used_at=row.last_used_at,
-            active_jobs=active,
+            active_jobs=int(active),
         )

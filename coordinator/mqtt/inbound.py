@@ -2,19 +2,19 @@
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import aiomqtt
 
 from coordinator.db.runner import DbRunner
-from coordinator.jobs.dispatch import Dispatcher
-from coordinator.jobs.store import JobStore
+from coordinator.jobs.stream_writes import StreamWrites
 from coordinator.jobs.streams import JobStreams
-from coordinator.workers.store import WorkerStore
+from coordinator.mqtt.bus import Bus
+from coordinator.workers.presence import WorkerPresence
 from farm_protocol import topics
 from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
 from farm_protocol.errors import ProtocolError
-from farm_protocol.payloads import ControlMessage, Heartbeat, JobCancel, WorkerStatus
+from farm_protocol.payloads import Heartbeat, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,18 @@ class Inbound:
     def __init__(
         self,
         runner: DbRunner,
-        workers: WorkerStore,
-        jobs: JobStore,
+        workers: WorkerPresence,
+        writes: StreamWrites,
         streams: JobStreams,
-        dispatcher: Dispatcher,
-        send_control: Callable[[str, ControlMessage], Awaitable[None]],
+        bus: Bus,
+        wake_dispatcher: Callable[[], None],
     ) -> None:
         self.runner = runner
         self.workers = workers
-        self.jobs = jobs
+        self.writes = writes
         self.streams = streams
-        self.dispatcher = dispatcher
-        self.send_control = send_control
+        self.bus = bus
+        self.wake_dispatcher = wake_dispatcher
         self._lanes: dict[str, asyncio.Queue[aiomqtt.Message]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._beats: dict[str, Heartbeat] = {}  # the newest of each worker, not yet written
@@ -137,7 +137,7 @@ class Inbound:
                 status.models,
                 status.capacity,
             )
-            self.dispatcher.kick()
+            self.wake_dispatcher()
         else:
             log.info(
                 "ignored %s status of worker %s (unknown, revoked or stale session)",
@@ -149,17 +149,15 @@ class Inbound:
         """A worker cut off long enough for its jobs to fail or move on still runs them
         when it comes back: tell it to stop, so its slots serve jobs that are its own."""
         running = [(job.job_id, job.attempt) for job in beat.running]
-        for job_id, attempt in await self.runner.call(self.jobs.not_held, beat.worker_id, running):
+        stray = await self.runner.call(self.writes.not_held, beat.worker_id, running)
+        for job_id, attempt in stray:
             log.info(
                 "worker %s still runs job %s attempt %d: stopping it",
                 beat.worker_id,
                 job_id,
                 attempt,
             )
-            await self.send_control(
-                beat.worker_id,
-                JobCancel(job_id=job_id, attempt=attempt, reason="this job is no longer yours"),
-            )
+            await self.bus.cancel(beat.worker_id, job_id, attempt, "this job is no longer yours")
 
     @staticmethod
     def _same_worker(topic_worker: str, payload_worker: str) -> None:

@@ -8,7 +8,7 @@ import logging
 from coordinator.db.runner import DbRunner
 from coordinator.mqtt.accounts import BrokerAccounts, BrokerAdminError, Dynsec
 from coordinator.settings import CoordinatorSettings
-from coordinator.workers.store import WorkerStore
+from coordinator.workers.registry import WorkerRegistry
 from farm_protocol import acl
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Provisioner:
         await self.accounts.revoke_worker(worker_id)
         return "provisioned"
 
-    async def reconcile_forever(self, runner: DbRunner, workers: WorkerStore) -> None:
+    async def reconcile_forever(self, runner: DbRunner, workers: WorkerRegistry) -> None:
         """At start, then every ``interval_s``: the database is the source of truth."""
         if self.accounts is None:
             log.info("broker accounts are not managed (no FARM_BROKER_ADMIN_USERNAME)")

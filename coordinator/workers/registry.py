@@ -1,6 +1,6 @@
-"""Workers: registration and keys (admin), and presence (from status and heartbeats)."""
+"""Registered workers and their keys: adding, rotating, revoking (the admin API and
+``llama-farm workers``), and what an admin sees of each."""
 
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -11,13 +11,19 @@ from coordinator.db import sql
 from coordinator.db.database import write_transaction
 from coordinator.db.tables import Worker
 from coordinator.errors import Conflict, NotFound
-from coordinator.jobs.store import active_counts
-from coordinator.keys.hashing import derive_key, hash_key, new_key, new_nonce
+from coordinator.jobs.queue import active_counts
+from coordinator.keys.hashing import (
+    derive_key,
+    hash_key,
+    needs_upgrade,
+    new_key,
+    new_nonce,
+    verify_key,
+)
+from coordinator.workers import statements as q
+from coordinator.workers.presence import is_online
 from farm_protocol.acl import is_reserved
-from farm_protocol.chat import FleetModels
 from farm_protocol.ids import check_id, slugify
-from farm_protocol.models import display_model, normalize_model
-from farm_protocol.payloads import Heartbeat, WorkerStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,29 +47,11 @@ class WorkerInfo:
     chars_generated: int
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerLoad:
-    """An online worker as dispatch sees it."""
-
-    id: str
-    models: frozenset[str]
-    loaded: frozenset[str]
-    capacity: int
-    active: int
-
-
-@functools.lru_cache(maxsize=4096)
-def _names(models_json: str) -> frozenset[str]:
-    """A worker's stored model list (the same few strings, parsed on every round)."""
-    return frozenset(json.loads(models_json))
-
-
-class WorkerStore:
+class WorkerRegistry:
     def __init__(self, db: pw.Database, *, grace_s: float, key_secret: str = "") -> None:
         self.db = db
         self.grace_s = grace_s
         self.key_secret = key_secret
-        self._offer_cache: tuple[float, list[str], FleetModels] | None = None
 
     def issue(self, worker_id: str) -> tuple[str, str]:
         """A new key for ``worker_id`` and the nonce it was derived from ("" if random).
@@ -82,8 +70,6 @@ class WorkerStore:
             else None
             for r in rows
         }
-
-    # --- administration ----------------------------------------------------------------
 
     def add(self, name: str, worker_id: str | None = None) -> tuple[WorkerInfo, str]:
         """Register a worker in one step (the command line). Returns it and its key; the
@@ -132,6 +118,25 @@ class WorkerStore:
             candidate, n = f"{base}-{n}", n + 1
         return candidate
 
+    def check_key(self, worker_id: str, key: str) -> bool:
+        """Whether ``key`` is the live worker's key (the dev broker's login check). A key
+        still stored with the old, slow hash is stored with the fast one once it checks
+        out (see :mod:`coordinator.keys.hashing`)."""
+        row = sql.execute(self.db, q.LIVE_KEY_HASH, (worker_id,)).fetchone()
+        if row is None or not verify_key(key, str(row[0])):
+            return False
+        if needs_upgrade(str(row[0])):
+            self.upgrade_key(worker_id, key)
+        return True
+
+    def upgrade_key(self, worker_id: str, key: str) -> bool:
+        """Store the fast hash of ``key`` in place of its old, slow one; False if the
+        stored hash is not of the old kind (any more)."""
+        changed = sql.execute(
+            self.db, q.UPGRADE_KEY_HASH, (hash_key(key), worker_id, "scrypt$%")
+        ).rowcount
+        return bool(changed == 1)
+
     def rotate(self, worker_id: str) -> str:
         key, nonce = self.new_key_for(worker_id)
         self.set_key(worker_id, key_hash=hash_key(key), nonce=nonce)
@@ -167,10 +172,10 @@ class WorkerStore:
         row = Worker.get_or_none(Worker.id == worker_id)
         if row is None:
             raise NotFound(f"no worker {worker_id}")
-        return self._info(row, active_counts().get(worker_id, 0), time.time())
+        return self._info(row, active_counts(self.db).get(worker_id, 0), time.time())
 
     def list_workers(self) -> list[WorkerInfo]:
-        counts = active_counts()
+        counts = active_counts(self.db)
         stamp = time.time()
         return [
             self._info(r, counts.get(r.id, 0), stamp) for r in Worker.select().order_by(Worker.id)
@@ -183,7 +188,7 @@ class WorkerStore:
             created_at=row.created_at,
             revoked_at=row.revoked_at,
             state=row.state,
-            online=self._is_online(row, stamp),
+            online=is_online(row, stamp, self.grace_s),
             last_seen=row.last_seen,
             models=json.loads(row.models),
             loaded_models=json.loads(row.loaded_models),
@@ -200,114 +205,3 @@ class WorkerStore:
             jobs_failed=row.jobs_failed,
             chars_generated=row.chars_generated,
         )
-
-    def _is_online(self, row: Worker, stamp: float) -> bool:
-        fresh = row.last_seen is not None and row.last_seen >= stamp - self.grace_s
-        return bool(row.revoked_at is None and row.state == "online" and fresh)
-
-    # --- presence ----------------------------------------------------------------------
-
-    def record_status(self, status: WorkerStatus) -> bool:
-        """Apply a worker's (retained) status. A death whose session is not the current
-        one is stale and ignored, so it never overwrites a newer birth."""
-        live = (Worker.id == status.worker_id) & Worker.revoked_at.is_null()
-        if status.state == "offline":
-            changed = (
-                Worker.update(state="offline")
-                .where(live & (Worker.session_id == status.session_id))
-                .execute()
-            )
-            return bool(changed == 1)
-        models = sorted({normalize_model(m) for m in status.models})
-        loaded = sorted({normalize_model(m) for m in status.loaded_models})
-        changed = (
-            Worker.update(
-                session_id=status.session_id,
-                state=status.state,
-                last_seen=time.time(),
-                models=json.dumps(models),
-                loaded_models=json.dumps(loaded),
-                capacity=status.capacity,
-                simulated=status.simulated,
-                version=status.version[:64],
-            )
-            .where(live)
-            .execute()
-        )
-        return bool(changed == 1)
-
-    def record_heartbeat(self, beat: Heartbeat) -> bool:
-        """A sign of life, if it comes from the worker's current session."""
-        return bool(self.record_heartbeats([beat]))
-
-    def record_heartbeats(self, beats: list[Heartbeat]) -> list[Heartbeat]:
-        """Several signs of life in one transaction; those from a current session."""
-        stamp = time.time()
-        fresh = []
-        with write_transaction(self.db):
-            for beat in beats:
-                changed = (
-                    Worker.update(last_seen=stamp)
-                    .where(
-                        (Worker.id == beat.worker_id)
-                        & Worker.revoked_at.is_null()
-                        & (Worker.session_id == beat.session_id)
-                    )
-                    .execute()
-                )
-                if changed == 1:
-                    fresh.append(beat)
-        return fresh
-
-    def online(self) -> list[WorkerLoad]:
-        """Workers that may get a job now: online, fresh, not revoked, not quarantined.
-        (Every dispatch round asks: a hand-written statement, see coordinator.db.sql.)"""
-        stamp = time.time()
-        rows = sql.execute(
-            self.db,
-            "SELECT id, models, loaded_models, capacity FROM worker WHERE state = 'online'"
-            " AND revoked_at IS NULL AND last_seen >= %s"
-            " AND (quarantined_until IS NULL OR quarantined_until <= %s)",
-            (stamp - self.grace_s, stamp),
-        )
-        counts = active_counts()
-        return [
-            WorkerLoad(worker, _names(models), _names(loaded), capacity, counts.get(worker, 0))
-            for worker, models, loaded, capacity in rows
-        ]
-
-    def fleet_models(self, preferred: list[str]) -> FleetModels:
-        stamp = time.time()
-        rows = [
-            r
-            for r in Worker.select().where(Worker.revoked_at.is_null())
-            if self._is_online(r, stamp)
-        ]
-        served: set[str] = set()
-        for row in rows:
-            served.update(json.loads(row.models))
-        order = [normalize_model(m) for m in preferred]
-        ranked = [m for m in order if m in served] + sorted(served - set(order))
-        models = [display_model(m) for m in ranked]
-        return FleetModels(
-            models=models,
-            default_model=models[0] if models else None,
-            workers_online=len(rows),
-            simulated=bool(rows) and all(r.simulated for r in rows),
-        )
-
-    def offered_model(self, requested: str | None, preferred: list[str]) -> str | None:
-        """The model a request gets: the farm's default when none is asked for, else the
-        requested one if the fleet (or the preferred list) offers it; None if it is not."""
-        stamp = time.monotonic()
-        cached = self._offer_cache
-        if cached is not None and cached[0] > stamp - 1.0 and cached[1] == preferred:
-            fleet = cached[2]
-        else:  # every message asks: the fleet is looked at most once a second
-            fleet = self.fleet_models(preferred)
-            self._offer_cache = (stamp, list(preferred), fleet)
-        if requested is None:
-            return fleet.default_model or display_model(normalize_model(preferred[0]))
-        known = {normalize_model(m) for m in [*fleet.models, *preferred]}
-        wanted = normalize_model(requested)
-        return display_model(wanted) if wanted in known else None

@@ -1,0 +1,258 @@
+"""Requests for replies: a chat message sent, a programmatic request, a failed reply
+retried. This is the only writer of new job rows. Each request is one write transaction
+that checks the sender's limits and the queue's bound, then stores the message, its
+empty reply and the reply's queued job together."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import peewee as pw
+
+from coordinator.chat import statements as q
+from coordinator.chat.threads import join_thread, lock_thread
+from coordinator.db import sql
+from coordinator.db.database import write_transaction
+from coordinator.db.tables import Message, ThreadMember, new_id, now
+from coordinator.db.views import message_fields, message_view, views_of
+from coordinator.errors import Busy, Conflict, NotFound, RateLimited
+from coordinator.keys.api_keys import ApiKeyInfo
+from farm_protocol.chat import MessageState, MessageView
+
+RETRYABLE_STATES = (
+    MessageState.FAILED.value,
+    MessageState.TIMED_OUT.value,
+    MessageState.CANCELLED.value,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewReply:
+    """What sending a message created."""
+
+    user_message: MessageView
+    reply: MessageView
+    job_id: str
+    joined: bool = False  # the sender became a member of the thread by sending
+
+
+# The columns of a message row as :meth:`RequestStore._row` holds them, in the order of
+# INSERT_MESSAGES (the last value, updated_at, is created_at again).
+_INSERTED = (
+    "id",
+    "thread_id",
+    "user_id",
+    "role",
+    "author",
+    "content",
+    "state",
+    "model",
+    "job_id",
+    "created_at",
+)
+
+
+def _inserted_view(row: dict[str, Any]) -> MessageView:
+    """The view of a message just inserted (no chunk applied, no error)."""
+    columns = ("id", "thread_id", "role", "author", "content", "state", "model", "job_id")
+    return message_view([*(row[c] for c in columns), -1, None, row["created_at"]])
+
+
+class RequestStore:
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+
+    def send_message(
+        self,
+        user_id: str,
+        thread_id: str,
+        text: str,
+        model: str,
+        *,
+        api_key: ApiKeyInfo | None = None,
+        max_queued: int | None = None,
+    ) -> NewReply:
+        """Store the user's message, an empty reply in ``queued`` and its job, atomically.
+
+        A chat user has one reply generating at a time; an API key up to its limit. With
+        ``max_queued``, a full queue refuses the message (:class:`Busy`). (Hand-written
+        statements: this runs for every message; see coordinator.chat.statements.)"""
+        with write_transaction(self.db):
+            description = lock_thread(self.db, thread_id)
+            name = self._lock_user(user_id)
+            self._admit(user_id, api_key, max_queued)
+            joined = join_thread(self.db, thread_id, user_id)
+            new = self._queue_reply(thread_id, user_id, name, text, model, api_key, now())
+            stamp = new.user_message.created_at
+            if description:
+                sql.execute(self.db, q.THREAD_ACTIVE, (stamp, thread_id))
+            else:  # the first message names the thread
+                sql.execute(self.db, q.THREAD_NAMED, (stamp, text[:200], text[:60], thread_id))
+        return NewReply(new.user_message, new.reply, new.job_id, joined)
+
+    def start_api_conversation(
+        self,
+        api_key: ApiKeyInfo,
+        model: str,
+        turns: list[tuple[str, str]],
+        *,
+        max_queued: int | None = None,
+    ) -> NewReply:
+        """A programmatic request (OpenAI-style ``messages``) as a thread of its own, owned
+        by the key's user: the earlier turns as history, the last user turn as the
+        message, and a queued reply (its job counts against the key's limit)."""
+        if not turns or turns[-1][0] != "user":
+            raise ValueError("messages must end with a user message")
+        user_id, question = api_key.user_id, turns[-1][1]
+        with write_transaction(self.db):
+            name = self._lock_user(user_id)
+            self._admit(user_id, api_key, max_queued)
+            stamp = now()
+            thread_id = new_id()
+            thread = (thread_id, question[:60], question[:200], user_id, stamp, stamp)
+            sql.execute(self.db, q.NEW_THREAD, thread)
+            sql.execute(self.db, q.ADD_MEMBER, (thread_id, user_id, stamp))
+            history = [  # the history comes before the question
+                self._row(thread_id, user_id, role, role, content, stamp - 1.0 + i * 1e-3)
+                for i, (role, content) in enumerate(turns[:-1])
+            ]
+            return self._queue_reply(
+                thread_id, user_id, name, question, model, api_key, stamp, history
+            )
+
+    @staticmethod
+    def _row(
+        thread_id: str,
+        user_id: str,
+        role: str,
+        author: str,
+        content: str,
+        created_at: float,
+        *,
+        state: MessageState = MessageState.DONE,
+        model: str | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "id": new_id(),
+            "thread_id": thread_id,
+            "user_id": user_id,
+            "role": role,
+            "author": author,
+            "content": content,
+            "state": state.value,
+            "model": model,
+            "job_id": job_id,
+            "created_at": created_at,
+        }
+
+    def _lock_user(self, user_id: str) -> str:
+        """The user's name, their row locked for this write transaction: their limits
+        are checked and their replies queued one transaction at a time."""
+        found = sql.execute(self.db, q.LOCK_USER + sql.row_lock(self.db), (user_id,)).fetchone()
+        if found is None:
+            raise NotFound(f"no user {user_id}")
+        return str(found[0])
+
+    def _queue_reply(
+        self,
+        thread_id: str,
+        user_id: str,
+        name: str,
+        text: str,
+        model: str,
+        api_key: ApiKeyInfo | None,
+        stamp: float,
+        history: list[dict[str, Any]] | None = None,
+    ) -> NewReply:
+        """Insert (after ``history``) the user's message, its empty reply and the job."""
+        job_id = new_id()
+        mine = self._row(thread_id, user_id, "user", name, text, stamp)
+        reply = self._row(
+            thread_id,
+            user_id,
+            "assistant",
+            model,
+            "",
+            stamp + 1e-6,
+            state=MessageState.QUEUED,
+            model=model,
+            job_id=job_id,
+        )
+        self._insert_messages([*(history or []), mine, reply])
+        owner_key = api_key.id if api_key else None
+        sql.execute(self.db, q.NEW_JOB, (job_id, reply["id"], user_id, model, owner_key, stamp))
+        return NewReply(_inserted_view(mine), _inserted_view(reply), job_id, False)
+
+    def _insert_messages(self, rows: list[dict[str, Any]]) -> None:
+        """Insert messages (made by :meth:`_row`) in one statement."""
+        params: list[Any] = []
+        for r in rows:
+            params += [r[c] for c in _INSERTED] + [r["created_at"]]
+        values = ", ".join([q.MESSAGE_VALUES] * len(rows))
+        sql.execute(self.db, q.INSERT_MESSAGES + values, params)
+
+    def retry_reply(
+        self, user_id: str, thread_id: str, message_id: str, *, max_queued: int | None = None
+    ) -> MessageView:
+        """Generate a reply that failed, timed out or was stopped once more, as a new job
+        (the earlier jobs stay on record). The same limits apply as to sending."""
+        with write_transaction(self.db):
+            lock_thread(self.db, thread_id)
+            reply = Message.get_or_none(
+                (Message.id == message_id)
+                & (Message.thread == thread_id)
+                & (Message.role == "assistant")
+            )
+            member = ThreadMember.select().where(
+                (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+            )
+            if reply is None or not member.exists():
+                raise NotFound(f"no reply {message_id} in thread {thread_id}")
+            if reply.state not in RETRYABLE_STATES:
+                raise Conflict(
+                    f"only a failed, timed out or stopped reply can be retried ({reply.state})"
+                )
+            self._lock_user(user_id)
+            self._admit(user_id, None, max_queued)
+            stamp = now()
+            job_id = new_id()
+            new_job = (job_id, message_id, user_id, reply.model, None, stamp)
+            sql.execute(self.db, q.NEW_JOB, new_job)
+            sql.execute(self.db, q.REPLY_REQUEUED, (job_id, stamp, message_id))
+            sql.execute(self.db, q.THREAD_ACTIVE, (stamp, thread_id))
+            (view,) = views_of(Message.select(*message_fields()).where(Message.id == message_id))
+            return view
+
+    def reply_model(self, thread_id: str, message_id: str) -> str:
+        reply = Message.get_or_none((Message.id == message_id) & (Message.thread == thread_id))
+        if reply is None or reply.model is None:
+            raise NotFound(f"no reply {message_id} in thread {thread_id}")
+        return str(reply.model)
+
+    def job_to_stop(self, user_id: str, thread_id: str, message_id: str) -> str:
+        """The job behind a reply that a member of its thread wants to stop."""
+        message = Message.get_or_none((Message.id == message_id) & (Message.thread == thread_id))
+        if message is None or message.job_id is None:
+            raise NotFound(f"no reply {message_id} in thread {thread_id}")
+        member = ThreadMember.select().where(
+            (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+        )
+        if not member.exists():
+            raise NotFound(f"no reply {message_id} in thread {thread_id}")
+        if message.state not in (MessageState.QUEUED.value, MessageState.GENERATING.value):
+            raise Conflict(f"this reply has already ended ({message.state})")
+        return str(message.job_id)
+
+    def _admit(self, user_id: str, api_key: ApiKeyInfo | None, max_queued: int | None) -> None:
+        """The per-client limits, and the bound on the queue (one statement)."""
+        owner = "api_key_id" if api_key else "user_id"
+        mine, queued = sql.execute(
+            self.db, q.OWNER_AND_QUEUE.format(owner=owner), (api_key.id if api_key else user_id,)
+        ).fetchone()
+        if api_key is None:
+            if mine:
+                raise Conflict("a reply to your previous message is still being generated")
+        elif mine >= api_key.max_concurrent:
+            raise RateLimited(f"this API key has {mine} replies in progress, its limit", 2.0)
+        if max_queued is not None and queued >= max_queued:
+            raise Busy(f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full")

@@ -1,0 +1,42 @@
+"""The chat package's hand-written statements (see coordinator/db/sql.py): those on the
+path of every message sent."""
+
+from coordinator.jobs.states import LIVE, JobState, sql_list
+
+_LIVE = sql_list(LIVE)
+
+LOCK_THREAD = "SELECT description FROM thread WHERE id = %s"  # + sql.row_lock
+LOCK_USER = 'SELECT name FROM "user" WHERE id = %s'  # + sql.row_lock
+# (this owner's live jobs, the jobs queued farm-wide); the owner column is filled in
+OWNER_AND_QUEUE = (
+    "SELECT (SELECT COUNT(*) FROM job WHERE {owner} = %s AND state IN " + _LIVE + "),"
+    f" (SELECT COUNT(*) FROM job WHERE state = '{JobState.QUEUED}')"
+)
+MEMBERS_AND_ME = (
+    "SELECT COUNT(*), COUNT(CASE WHEN user_id = %s THEN 1 END) FROM thread_member"
+    " WHERE thread_id = %s"
+)
+ADD_MEMBER = "INSERT INTO thread_member (thread_id, user_id, joined_at) VALUES (%s, %s, %s)"
+NEW_THREAD = (
+    "INSERT INTO thread (id, title, description, created_by_id, created_at, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+)
+THREAD_ACTIVE = "UPDATE thread SET updated_at = %s WHERE id = %s"
+THREAD_NAMED = "UPDATE thread SET updated_at = %s, description = %s, title = %s WHERE id = %s"
+# Every column of a message row, for inserting some (content_seq -1, no error yet).
+INSERT_MESSAGES = (
+    "INSERT INTO message (id, thread_id, user_id, role, author, content, content_seq, state,"
+    " model, job_id, error, created_at, updated_at) VALUES "
+)
+MESSAGE_VALUES = "(%s, %s, %s, %s, %s, %s, -1, %s, %s, %s, NULL, %s, %s)"
+NEW_JOB = (
+    "INSERT INTO job (id, message_id, user_id, model, state, attempt, chunks, api_key_id,"
+    f" created_at) VALUES (%s, %s, %s, %s, '{JobState.QUEUED}', 0, 0, %s, %s)"
+)
+REPLY_REQUEUED = (
+    "UPDATE message SET job_id = %s, state = 'queued', content = '', content_seq = -1,"
+    " error = NULL, updated_at = %s WHERE id = %s"
+)
+HOLDERS = "SELECT id, worker_id, attempt FROM job WHERE id IN {ids} AND state IN " + sql_list(
+    (JobState.ASSIGNED, JobState.RUNNING)
+)

@@ -1,0 +1,20 @@
+"""The chat package's stores, built together on one database."""
+
+from dataclasses import dataclass
+
+import peewee as pw
+
+from coordinator.chat.identity import IdentityStore
+from coordinator.chat.requests import RequestStore
+from coordinator.chat.threads import ThreadStore
+
+
+@dataclass(frozen=True, slots=True)
+class ChatStores:
+    identity: IdentityStore
+    threads: ThreadStore
+    requests: RequestStore
+
+    @classmethod
+    def open(cls, db: pw.Database) -> "ChatStores":
+        return cls(IdentityStore(db), ThreadStore(db), RequestStore(db))

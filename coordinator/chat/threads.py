@@ -1,0 +1,174 @@
+"""Threads, their members, and reading their messages a page at a time (anyone with
+a thread's link may read it: the original's sharing)."""
+
+import peewee as pw
+
+from coordinator.chat import statements as q
+from coordinator.db import sql
+from coordinator.db.database import write_transaction
+from coordinator.db.tables import Message, Thread, ThreadMember, User, new_id, now
+from coordinator.db.views import message_fields, thread_view, views_of
+from coordinator.errors import Conflict, NotFound
+from coordinator.jobs.fairness import positions
+from coordinator.jobs.queue import queued_in_order
+from farm_protocol.chat import (
+    MAX_THREAD_MEMBERS,
+    PAGE_SIZE,
+    MemberView,
+    MessagePage,
+    MessageState,
+    MessageView,
+    ThreadSnapshot,
+    ThreadView,
+)
+
+
+def lock_thread(db: pw.Database, thread_id: str) -> str:
+    """The thread's description, its row locked for this write transaction: its
+    members and replies are checked and changed one transaction at a time, in every
+    coordinator (``sql.row_lock``). A thread is locked before a user."""
+    found = sql.execute(db, q.LOCK_THREAD + sql.row_lock(db), (thread_id,)).fetchone()
+    if found is None:
+        raise NotFound(f"no thread {thread_id}")
+    return str(found[0] or "")
+
+
+def join_thread(db: pw.Database, thread_id: str, user_id: str) -> bool:
+    """Add the member unless already there (inside a write transaction that locked the
+    thread); True when added."""
+    members, mine = sql.execute(db, q.MEMBERS_AND_ME, (user_id, thread_id)).fetchone()
+    if mine:
+        return False
+    if members >= MAX_THREAD_MEMBERS:
+        raise Conflict(f"this thread already has {MAX_THREAD_MEMBERS} members")
+    sql.execute(db, q.ADD_MEMBER, (thread_id, user_id, now()))
+    return True
+
+
+class ThreadStore:
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+
+    def create_thread(self, user_id: str, system_prompt: str) -> ThreadView:
+        with write_transaction(self.db):
+            thread = Thread.create(id=new_id(), created_by=user_id)
+            ThreadMember.create(thread=thread, user=user_id)
+            if system_prompt.strip():
+                Message.create(
+                    id=new_id(),
+                    thread=thread,
+                    user=user_id,
+                    role="system",
+                    author="system",
+                    content=system_prompt.strip(),
+                    state=MessageState.DONE.value,
+                )
+        return thread_view(thread)
+
+    def list_threads(self, user_id: str, limit: int = 100) -> list[ThreadView]:
+        rows = (
+            Thread.select()
+            .join(ThreadMember)
+            .where(ThreadMember.user == user_id)
+            .order_by(Thread.updated_at.desc())
+            .limit(limit)
+        )
+        return [thread_view(row) for row in rows]
+
+    def snapshot(
+        self, thread_id: str, viewer: str | None = None, limit: int = PAGE_SIZE
+    ) -> ThreadSnapshot:
+        """The thread, its members and its latest ``limit`` messages, as ``viewer`` (a
+        user id, or None for someone who has never written) sees it."""
+        thread = Thread.get_or_none(Thread.id == thread_id)
+        if thread is None:
+            raise NotFound(f"no thread {thread_id}")
+        page = self._page(thread_id, None, limit)
+        members = self.members(thread_id)
+        return ThreadSnapshot(
+            thread=thread_view(thread),
+            messages=self._live_views(page.messages),
+            members=members,
+            has_more=page.has_more,
+            member=any(m.user_id == viewer for m in members),
+        )
+
+    def older_messages(self, thread_id: str, before: str, limit: int = PAGE_SIZE) -> MessagePage:
+        """The ``limit`` messages before message ``before``, oldest first."""
+        if not Thread.select().where(Thread.id == thread_id).exists():
+            raise NotFound(f"no thread {thread_id}")
+        page = self._page(thread_id, before, limit)
+        return MessagePage(messages=self._live_views(page.messages), has_more=page.has_more)
+
+    def _page(self, thread_id: str, before: str | None, limit: int) -> MessagePage:
+        query = Message.select(*message_fields()).where(Message.thread == thread_id)
+        if before is not None:
+            anchor = Message.get_or_none((Message.id == before) & (Message.thread == thread_id))
+            if anchor is None:
+                raise NotFound(f"no message {before} in thread {thread_id}")
+            query = query.where(
+                (Message.created_at < anchor.created_at)
+                | ((Message.created_at == anchor.created_at) & (Message.id < anchor.id))
+            )
+        newest = views_of(
+            query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1)
+        )
+        views = list(reversed(newest[:limit]))
+        return MessagePage(messages=views, has_more=len(newest) > limit)
+
+    def _live_views(self, views: list[MessageView]) -> list[MessageView]:
+        """Add who holds each live reply's job, and each queued reply's queue position."""
+        live = [v.job_id for v in views if v.job_id and not v.state.final]
+        if live:
+            held = {
+                str(job): {"worker_id": worker, "attempt": attempt}
+                for job, worker, attempt in sql.execute_in(self.db, q.HOLDERS, live)
+            }
+            views = [v.model_copy(update=held[v.job_id]) if v.job_id in held else v for v in views]
+        if any(v.state is MessageState.QUEUED for v in views):
+            places = positions(queued_in_order(self.db))
+            views = [
+                v.model_copy(update={"queue_position": places.get(v.job_id or "")})
+                if v.state is MessageState.QUEUED
+                else v
+                for v in views
+            ]
+        return views
+
+    def members(self, thread_id: str) -> list[MemberView]:
+        rows = (
+            User.select(User.id, User.name)
+            .join(ThreadMember)
+            .where(ThreadMember.thread == thread_id)
+            .order_by(ThreadMember.joined_at, User.id)
+        )
+        return [MemberView(user_id=row.id, name=row.name) for row in rows]
+
+    def is_member(self, thread_id: str, user_id: str) -> bool:
+        return bool(
+            ThreadMember.select()
+            .where((ThreadMember.thread == thread_id) & (ThreadMember.user == user_id))
+            .exists()
+        )
+
+    def join(self, thread_id: str, user_id: str) -> list[MemberView]:
+        """Make the user a member (at most ``MAX_THREAD_MEMBERS``); the members after."""
+        with write_transaction(self.db):
+            lock_thread(self.db, thread_id)
+            join_thread(self.db, thread_id, user_id)
+        return self.members(thread_id)
+
+    def leave(self, thread_id: str, user_id: str) -> list[MemberView]:
+        """Stop being a member (the thread leaves the user's list); the members after."""
+        if not Thread.select().where(Thread.id == thread_id).exists():
+            raise NotFound(f"no thread {thread_id}")
+        ThreadMember.delete().where(
+            (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+        ).execute()
+        return self.members(thread_id)
+
+    def message(self, message_id: str) -> MessageView:
+        found = views_of(Message.select(*message_fields()).where(Message.id == message_id))
+        if not found:
+            raise NotFound(f"no message {message_id}")
+        return found[0]

@@ -1,0 +1,145 @@
+"""The job queue as dispatch sees it: the queued jobs in serving order, and claiming them
+for workers. A claim is one conditional UPDATE (the job must still be queued) whose row
+count is checked, and it respects the worker's free slots as the database sees them."""
+
+import time
+from collections.abc import Sequence
+
+import peewee as pw
+
+from coordinator.db import sql
+from coordinator.db.database import write_transaction
+from coordinator.db.views import message_views
+from coordinator.jobs import statements as q
+from coordinator.jobs.endings import Endings
+from coordinator.jobs.fairness import QueuedJob, fair_order
+from coordinator.jobs.records import Pick, Where
+from coordinator.jobs.states import JobState
+from farm_protocol.chat import MessageView
+from farm_protocol.payloads import ChatTurn, JobAssignment
+
+
+def active_by_owner(db: pw.Database) -> dict[str, int]:
+    """How many jobs each owner (API key, else user) has held by a worker right now."""
+    return {str(owner): int(held) for owner, held in sql.execute(db, q.ACTIVE_BY_OWNER)}
+
+
+def active_counts(db: pw.Database) -> dict[str, int]:
+    """How many jobs each worker holds right now."""
+    return {str(worker): int(held) for worker, held in sql.execute(db, q.ACTIVE_BY_WORKER)}
+
+
+def queued_in_order(db: pw.Database, limit: int = 1000, *, lock: bool = False) -> list[QueuedJob]:
+    """The oldest ``limit`` queued jobs, in serving order (round-robin by owner).
+
+    With ``lock`` (inside a dispatch round's transaction, on PostgreSQL) the rows are
+    locked ``FOR UPDATE SKIP LOCKED``: a second coordinator dispatching at the same moment
+    skips them and takes the next jobs instead of racing for the same ones."""
+    locking = lock and not sql.is_sqlite(db)
+    rows = sql.execute(db, q.QUEUED_OLDEST + (q.SKIP_LOCKED if locking else ""), (limit,))
+    jobs = [QueuedJob(j, m, c, str(o), a) for j, m, c, o, a in rows]
+    return fair_order(jobs, active_by_owner(db))
+
+
+class JobQueue:
+    def __init__(
+        self,
+        db: pw.Database,
+        endings: Endings,
+        *,
+        context_messages: int,
+        api_context_messages: int = 200,
+    ) -> None:
+        self.db = db
+        self.endings = endings
+        self.context_messages = context_messages
+        # A programmatic client sends its whole conversation: it is kept, up to this.
+        self.api_context_messages = api_context_messages
+
+    def queued_jobs(self, limit: int = 1000, *, lock: bool = False) -> list[QueuedJob]:
+        return queued_in_order(self.db, limit, lock=lock)
+
+    def transaction(self) -> pw._atomic:
+        """One write transaction around a whole dispatch round."""
+        return write_transaction(self.db)
+
+    def queued_views(self, positions: dict[str, int]) -> list[MessageView]:
+        """The queued replies of these jobs, each with its queue position."""
+        views = self._replies(list(positions), q.QUEUED_REPLY)
+        return [v.model_copy(update={"queue_position": positions[str(v.job_id)]}) for v in views]
+
+    def holder_views(self, assigned: Sequence[tuple[str, JobAssignment]]) -> list[MessageView]:
+        """The replies of just-claimed jobs, naming the worker and attempt now holding
+        them (published so the webapp knows whose chunks to forward)."""
+        holders = {a.job_id: {"worker_id": worker, "attempt": a.attempt} for worker, a in assigned}
+        if not holders:
+            return []
+        views = self._replies(list(holders))
+        return [view.model_copy(update=holders[str(view.job_id)]) for view in views]
+
+    def _replies(self, job_ids: list[str], also: str = "") -> list[MessageView]:
+        return message_views(sql.execute_in(self.db, q.REPLIES_OF_JOBS + also, job_ids))
+
+    def claim(self, job_id: str, worker_id: str, capacity: int) -> JobAssignment | None:
+        """Give ``job_id`` to ``worker_id`` if it is still queued and the worker has a free
+        slot. Atomic."""
+        claimed = self.claim_many([Pick(job_id, worker_id, capacity)])
+        return claimed[0][1] if claimed else None
+
+    def claim_many(self, picks: Sequence[Pick]) -> list[tuple[str, JobAssignment]]:
+        """Claim a dispatch round's picks in one transaction. On PostgreSQL the workers'
+        rows are locked first, in id order, so two coordinators cannot overfill one
+        worker. Picks that lost a race are skipped. Returns (worker id, assignment) for
+        each claim that landed."""
+        if not picks:
+            return []
+        with write_transaction(self.db):
+            stamp = time.time()
+            landed = self._claim(picks, stamp)
+            return self._assignments(landed, stamp) if landed else []
+
+    def _claim(self, picks: Sequence[Pick], stamp: float) -> list[Pick]:
+        workers = sorted({p.worker_id for p in picks})
+        if not sql.is_sqlite(self.db):
+            sql.execute_in(self.db, q.LOCK_WORKERS, workers).fetchall()
+        held = {
+            str(worker): int(count)
+            for worker, count in sql.execute_in(self.db, q.HELD_BY_WORKERS, workers)
+        }
+        landed: list[Pick] = []
+        for pick in picks:
+            if held.get(pick.worker_id, 0) >= pick.capacity:
+                continue
+            claim = (pick.worker_id, stamp, pick.job_id)
+            if sql.execute(self.db, q.CLAIM, claim).rowcount == 1:
+                held[pick.worker_id] = held.get(pick.worker_id, 0) + 1
+                landed.append(pick)
+        return landed
+
+    def _assignments(self, landed: list[Pick], stamp: float) -> list[tuple[str, JobAssignment]]:
+        rows = {
+            row[0]: row for row in sql.execute_in(self.db, q.CLAIMED, [p.job_id for p in landed])
+        }
+        assigned: list[tuple[str, JobAssignment]] = []
+        for pick in landed:
+            job_id, attempt, model, api_key_id, thread_id, asked_at = rows[pick.job_id]
+            limit = self.api_context_messages if api_key_id else self.context_messages
+            context = self._context(thread_id, asked_at, limit)
+            if not context:  # nothing to answer (the question was deleted): fail it
+                where = Where(job_id, " AND attempt = %s", (attempt,))
+                self.endings.end(where, JobState.FAILED, "there is nothing to reply to", stamp)
+                continue
+            assignment = JobAssignment(
+                job_id=job_id, attempt=attempt, model=model, messages=context, issued_at=stamp
+            )
+            assigned.append((pick.worker_id, assignment))
+        return assigned
+
+    def _context(self, thread_id: str, before: float, limit: int) -> list[ChatTurn]:
+        """The thread's latest system prompt before the reply, then the last N messages
+        that completed (a failed or empty reply is left out), oldest first. One statement,
+        written out once: building it with the query builder per job cost most of a
+        dispatch round."""
+        rows = sql.execute(self.db, q.CONTEXT, (thread_id, before, thread_id, before, limit))
+        turns = sorted(rows.fetchall(), key=lambda r: (r[0], r[3]))
+        return [ChatTurn(role=role, content=content) for _, role, content, _ in turns]

@@ -1,0 +1,146 @@
+"""The job package's hand-written statements, each named once (placeholders: ``%s``,
+run by :func:`coordinator.db.sql.execute`). They are on the job path: peewee's query
+builder compiled each one in Python, every time, and that was most of the database
+thread's work (coordinator/db/sql.py)."""
+
+from coordinator.db.views import MESSAGE_COLUMNS
+from coordinator.jobs.states import ACTIVE, JobState, sql_list
+
+_ACTIVE = sql_list(ACTIVE)
+_QUEUED = f"'{JobState.QUEUED}'"
+_ASSIGNED = f"'{JobState.ASSIGNED}'"
+_RUNNING = f"'{JobState.RUNNING}'"
+# After ``id = %s``: the job is still this attempt's, held by this worker.
+HELD_BY = f" AND attempt = %s AND worker_id = %s AND state IN {_ACTIVE}"
+HELD = "id = %s" + HELD_BY
+
+# --- the queue and claims -------------------------------------------------------------
+
+ACTIVE_BY_OWNER = (
+    f"SELECT COALESCE(api_key_id, user_id), COUNT(*) FROM job WHERE state IN {_ACTIVE}"
+    " GROUP BY COALESCE(api_key_id, user_id)"
+)
+ACTIVE_BY_WORKER = (
+    f"SELECT worker_id, COUNT(*) FROM job WHERE state IN {_ACTIVE} GROUP BY worker_id"
+)
+QUEUED_OLDEST = (
+    "SELECT id, model, created_at, COALESCE(api_key_id, user_id), avoid_worker_id FROM job"
+    f" WHERE state = {_QUEUED} ORDER BY created_at, id LIMIT %s"
+)
+SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+LOCK_WORKERS = "SELECT id FROM worker WHERE id IN {ids} ORDER BY id FOR UPDATE"
+HELD_BY_WORKERS = (
+    "SELECT worker_id, COUNT(*) FROM job WHERE worker_id IN {ids}"
+    f" AND state IN {_ACTIVE} GROUP BY worker_id"
+)
+CLAIM = (
+    f"UPDATE job SET state = {_ASSIGNED}, worker_id = %s, attempt = attempt + 1, "
+    "assigned_at = %s, accepted_at = NULL, first_token_at = NULL, last_token_at = NULL, "
+    f"chunks = 0 WHERE id = %s AND state = {_QUEUED}"
+)
+CLAIMED = (
+    "SELECT j.id, j.attempt, j.model, j.api_key_id, m.thread_id, m.created_at"
+    " FROM job j JOIN message m ON m.id = j.message_id WHERE j.id IN {ids}"
+)
+# The thread's latest system prompt before the reply, then its last N completed turns.
+CONTEXT = (
+    "SELECT kind, role, content, created_at FROM ("
+    " SELECT 0 AS kind, role, content, created_at FROM message"
+    " WHERE thread_id = %s AND created_at < %s AND role = 'system'"
+    " ORDER BY created_at DESC LIMIT 1) AS system_prompt "
+    "UNION ALL "
+    "SELECT kind, role, content, created_at FROM ("
+    " SELECT 1 AS kind, role, content, created_at FROM message"
+    " WHERE thread_id = %s AND created_at < %s AND role IN ('user', 'assistant')"
+    " AND state = 'done' ORDER BY created_at DESC LIMIT %s) AS history"
+)
+_M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+# The replies of these jobs (found through the job: message.job_id has no index).
+REPLIES_OF_JOBS = (
+    f"SELECT {_M_COLUMNS} FROM job j JOIN message m ON m.id = j.message_id"
+    " WHERE j.id IN {ids} AND m.job_id = j.id"
+)
+QUEUED_REPLY = " AND m.state = 'queued'"
+MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM message WHERE id IN {{ids}}"
+
+# --- the event path -------------------------------------------------------------------
+
+ACTIVE_JOB = (
+    "SELECT j.id, j.attempt, j.worker_id, m.id, m.thread_id, m.content, m.content_seq,"
+    f" j.created_at FROM job j JOIN message m ON m.id = j.message_id"
+    f" WHERE j.id = %s AND j.state IN {_ACTIVE}"
+)
+RUNNING_JOBS = (
+    "SELECT j.id, j.attempt, j.worker_id, m.id, m.thread_id, m.content, m.content_seq,"
+    f" j.created_at FROM job j JOIN message m ON m.id = j.message_id WHERE j.state = {_RUNNING}"
+)
+ACCEPT = f"UPDATE job SET state = {_RUNNING}, accepted_at = %s WHERE {HELD} AND state = {_ASSIGNED}"
+HELD_AMONG = "SELECT id, attempt FROM job WHERE id IN {ids} AND worker_id = %s" + (
+    f" AND state IN {_ACTIVE}"
+)
+TEXT_LANDED = (
+    f"UPDATE job SET state = {_RUNNING}, chunks = %s, last_token_at = %s,"
+    " first_token_at = COALESCE(first_token_at, %s),"
+    f" accepted_at = COALESCE(accepted_at, %s) WHERE {HELD}"
+)
+REPLY_STARTED = (
+    "UPDATE message SET state = 'generating', updated_at = %s WHERE id = %s AND state = 'queued'"
+)
+# Appends only where the stored text ends (the chunk before the append's first).
+TEXT_CONTINUES = (
+    "UPDATE message SET content = content || %s, content_seq = %s, updated_at = %s"
+    " WHERE id = %s AND content_seq = %s"
+)
+STORED_UP_TO = "SELECT content_seq FROM message WHERE id = %s"
+
+# --- endings --------------------------------------------------------------------------
+
+END = "UPDATE job SET state = %s, finished_at = %s, error = %s WHERE id = %s"  # + a Where's
+ONLY_QUEUED = f" AND state = {_QUEUED}"
+ONLY_ASSIGNED = f" AND state = {_ASSIGNED}"
+JOB_FOR_ENDING = "SELECT state, attempt, worker_id, message_id, chunks FROM job WHERE id = %s"
+ENDED_JOB = "SELECT message_id, worker_id FROM job WHERE id = %s"
+REPLY_ENDED = "UPDATE message SET state = %s, error = %s, updated_at = %s WHERE id = %s"
+REQUEUE = (
+    f"UPDATE job SET state = {_QUEUED}, worker_id = NULL, avoid_worker_id = %s, error = %s,"
+    " chunks = 0 WHERE id = %s"
+)  # + a Where's condition
+REPLY_REQUEUED = (
+    "UPDATE message SET state = 'queued', content = '', content_seq = -1, updated_at = %s"
+    " WHERE id = %s"
+)
+NO_TEXT_YET = " AND chunks = 0"
+
+# --- the workers' health --------------------------------------------------------------
+
+CREDIT = (
+    "UPDATE worker SET failures = 0, jobs_succeeded = jobs_succeeded + 1,"
+    " chars_generated = chars_generated + %s WHERE id = %s"
+)
+FIRST_FAILURE_HERE = (
+    "INSERT INTO reply_failure (message_id, worker_id, created_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT DO NOTHING"
+)
+COUNT_FAILED = "UPDATE worker SET jobs_failed = jobs_failed + 1 WHERE id = %s"
+FAILED_IN_A_ROW = "UPDATE worker SET failures = failures + 1 WHERE id = %s AND state = 'online'"
+QUARANTINE = (
+    "UPDATE worker SET failures = 0, quarantined_until = %s WHERE id = %s AND failures >= %s"
+)
+
+# --- deadlines ------------------------------------------------------------------------
+
+LOST_WORKERS_JOBS = (
+    "SELECT j.id, j.attempt, j.worker_id FROM job j JOIN worker w ON w.id = j.worker_id"
+    f" WHERE j.state IN {_ACTIVE} AND (w.last_seen IS NULL OR w.last_seen < %s"
+    " OR (w.state = 'offline' AND j.chunks = 0) OR w.revoked_at IS NOT NULL)"
+)
+UNACCEPTED = (
+    f"SELECT id, attempt, worker_id FROM job WHERE state = {_ASSIGNED} AND assigned_at < %s"
+)
+NO_FIRST_TOKEN = (
+    "SELECT id, attempt, worker_id FROM job"
+    f" WHERE state = {_RUNNING} AND first_token_at IS NULL AND accepted_at < %s"
+)
+STALLED = f"SELECT id, attempt, worker_id FROM job WHERE state = {_RUNNING} AND last_token_at < %s"
+TOO_LONG = f"SELECT id, attempt, worker_id FROM job WHERE state IN {_ACTIVE} AND assigned_at < %s"
+QUEUED_TOO_LONG = f"SELECT id FROM job WHERE state = {_QUEUED} AND created_at < %s"
