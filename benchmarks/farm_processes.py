@@ -27,8 +27,8 @@ from coordinator.db.database import migrate, open_database
 from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.workers.registry import WorkerRegistry
 from llama_farm.ports import free_port
-from tests.brokers import RunningBroker, broker_of
-from tests.processes import broker_env, start_service, wait_http
+from tests.support.brokers import RunningBroker, broker_of
+from tests.support.processes import broker_env, start_service, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -174,6 +174,7 @@ async def process_farm(
 
 async def _fleet(spec_path: str) -> None:
     """Run the fleet described in ``spec_path`` until SIGINT."""
+    from farm_runtime.broker import BrokerSettings
     from farm_runtime.lifecycle import run_until_stopped, settle_heap
     from fleet_worker.service import FleetWorker
     from fleet_worker.settings import WorkerSettings
@@ -186,7 +187,7 @@ async def _fleet(spec_path: str) -> None:
     fleet = {
         worker_id: FleetWorker(
             WorkerSettings(
-                broker_url=spec["broker"],
+                broker=BrokerSettings(url=spec["broker"]),
                 worker_id=worker_id,
                 api_key=SecretStr(key),
                 ollama_host=spec["ollama"],

@@ -28,8 +28,8 @@ from coordinator.db.database import migrate, open_database
 from coordinator.db.tables import Worker
 from farm_protocol.chat import SESSION_HEADER
 from llama_farm.ports import free_port
-from tests.brokers import broker_of
-from tests.processes import broker_env, start_service
+from tests.support.brokers import broker_of
+from tests.support.processes import broker_env, start_service
 
 WORKERS = int(os.environ.get("FLEET_WORKERS", "1000"))
 IDLE_S = 30.0

@@ -11,8 +11,8 @@ import aiomqtt
 
 from farm_runtime.broker import make_client, serve_session
 from farm_runtime.outbox import WINDOW, Outbox
-from tests.brokers import RunningBroker, mosquitto
-from tests.tcp_proxy import tcp_proxy
+from tests.support.brokers import RunningBroker, mosquitto
+from tests.support.tcp_proxy import tcp_proxy
 
 TOPIC = "farm/bench/outbox"
 # A chunk as a worker publishes it: the JobChunk JSON of a few words.

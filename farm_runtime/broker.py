@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from farm_runtime.client_calls import TIMEOUT_S, subscribe
 from farm_runtime.outbox import WINDOW, Outbox
@@ -36,7 +36,9 @@ class BrokerSettings(BaseModel):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
-    keepalive: int = 15
+    # MQTT keepalive: a dead connection (a network cut) is noticed after 1.5x this, by the
+    # client and by the broker (which then publishes the client's Last Will).
+    keepalive: int = Field(default=15, ge=1, le=600)
     ca_file: str | None = None  # for mqtts:// with a private CA
 
 

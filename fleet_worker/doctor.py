@@ -72,13 +72,13 @@ def _settings(settings: WorkerSettings) -> list[Finding]:
 
 async def _broker(settings: WorkerSettings) -> Finding:
     try:
-        address = parse_broker_url(settings.broker_url)
+        address = parse_broker_url(settings.broker.url)
     except ValueError as exc:
-        return Finding(False, f"broker URL {settings.broker_url!r}", str(exc))
+        return Finding(False, f"broker URL {settings.broker.url!r}", str(exc))
     where = f"{address.host}:{address.port}"
     try:
         context = (
-            ssl.create_default_context(cafile=settings.broker_ca_file) if address.tls else None
+            ssl.create_default_context(cafile=settings.broker.ca_file) if address.tls else None
         )
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(address.host, address.port, ssl=context), timeout=5
@@ -90,14 +90,14 @@ async def _broker(settings: WorkerSettings) -> Finding:
         return Finding(
             False,
             f"broker {where} unreachable ({reason})",
-            "check FARM_BROKER_URL and this machine's outbound network (the worker dials out; "
+            "check FARM_BROKER__URL and this machine's outbound network (the worker dials out; "
             "no inbound port is needed)",
         )
     return Finding(True, f"broker {where} reachable" + (" over TLS" if address.tls else ""))
 
 
 async def _login(settings: WorkerSettings) -> Finding:
-    client = make_client(settings.broker(), identifier=worker_client_id(settings.worker_id))
+    client = make_client(settings.broker_login(), identifier=worker_client_id(settings.worker_id))
     try:
         async with client:
             pass

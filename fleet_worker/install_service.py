@@ -44,7 +44,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
 def env_lines(settings: WorkerSettings) -> list[str]:
     """The settings a worker needs, as an env file."""
     lines = [
-        f"FARM_BROKER_URL={settings.broker_url}",
+        f"FARM_BROKER__URL={settings.broker.url}",
         f"FARM_WORKER_ID={settings.worker_id}",
         f"FARM_API_KEY={settings.api_key.get_secret_value()}",
         f"FARM_OLLAMA_HOST={settings.ollama_host}",
@@ -52,8 +52,8 @@ def env_lines(settings: WorkerSettings) -> list[str]:
     ]
     if settings.models:
         lines.append(f"FARM_MODELS={json.dumps(settings.models)}")
-    if settings.broker_ca_file:
-        lines.append(f"FARM_BROKER_CA_FILE={settings.broker_ca_file}")
+    if settings.broker.ca_file:
+        lines.append(f"FARM_BROKER__CA_FILE={settings.broker.ca_file}")
     return lines
 
 

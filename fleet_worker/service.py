@@ -104,7 +104,7 @@ class FleetWorker:
     def _connect(self) -> aiomqtt.Client:
         self.session_id = new_session_id()
         return make_client(
-            self.settings.broker(),
+            self.settings.broker_login(),
             identifier=f"worker-{self.worker_id}",
             will=last_will(self.worker_id, self.session_id),
         )

@@ -1,9 +1,19 @@
 """Worker settings: environment (prefix ``FARM_``), ``.env``, or a config file."""
 
-from pydantic import AliasChoices, Field, SecretStr
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm_runtime.broker import BrokerSettings
+from farm_runtime.settings import moved
+
+# Settings once spelled otherwise: the old field -> (group, field) of the new one.
+_RENAMED = {
+    "broker_url": ("broker", "url"),
+    "broker_ca_file": ("broker", "ca_file"),
+    "broker_keepalive_s": ("broker", "keepalive"),
+}
 
 
 class WorkerSettings(BaseSettings):
@@ -11,11 +21,13 @@ class WorkerSettings(BaseSettings):
         env_prefix="FARM_", env_file=".env", env_nested_delimiter="__", extra="ignore"
     )
 
-    broker_url: str = "mqtt://127.0.0.1:1883"
-    broker_ca_file: str | None = None
-    # MQTT keepalive: a dead connection (a network cut) is noticed after 1.5x this, by
-    # the worker and by the broker (which then publishes the worker's Last Will).
-    broker_keepalive_s: int = Field(default=15, ge=1, le=600)
+    # FARM_BROKER__URL, FARM_BROKER__CA_FILE (a private CA for mqtts://) and
+    # FARM_BROKER__KEEPALIVE; the login is the worker's id and key (below).
+    broker: BrokerSettings = BrokerSettings()
+    # The old spellings, still read (with a warning naming the new one).
+    broker_url: str | None = Field(default=None, exclude=True)
+    broker_ca_file: str | None = Field(default=None, exclude=True)
+    broker_keepalive_s: int | None = Field(default=None, exclude=True)
     worker_id: str = ""
     api_key: SecretStr = SecretStr("")
     ollama_host: str = Field(
@@ -38,11 +50,16 @@ class WorkerSettings(BaseSettings):
     first_token_timeout_s: float = 300.0  # includes loading a model into memory
     token_timeout_s: float = 60.0
 
-    def broker(self) -> BrokerSettings:
-        return BrokerSettings(
-            url=self.broker_url,
-            username=self.worker_id or None,
-            password=self.api_key if self.api_key.get_secret_value() else None,
-            ca_file=self.broker_ca_file,
-            keepalive=self.broker_keepalive_s,
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spellings(cls, data: Any) -> Any:
+        return moved(data, _RENAMED) if isinstance(data, dict) else data
+
+    def broker_login(self) -> BrokerSettings:
+        """The broker settings with this worker's login."""
+        return self.broker.model_copy(
+            update={
+                "username": self.worker_id or None,
+                "password": self.api_key if self.api_key.get_secret_value() else None,
+            }
         )

@@ -142,7 +142,7 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
     key = await coordinator.runner.call(_dev_worker_key, coordinator.registry)
     worker = FleetWorker(
         WorkerSettings(
-            broker_url=broker.url,
+            broker=BrokerSettings(url=broker.url),
             worker_id=DEV_WORKER_ID,
             api_key=SecretStr(key),
             ollama_host=ollama_host,

@@ -10,7 +10,7 @@ import peewee as pw
 import pytest
 
 from coordinator.db.database import migrate, open_database
-from tests.brokers import RunningBroker, broker_of
+from tests.support.brokers import RunningBroker, broker_of
 
 POSTGRES_URL = os.environ.get("FARM_TEST_POSTGRES_URL")
 
@@ -54,3 +54,20 @@ def db(db_url: str) -> Iterator[pw.Database]:
     migrate(database)
     yield database
     database.close()
+
+
+TIERS = {
+    "unit": "pure logic, in memory: seconds",
+    "store": "real SQLite and PostgreSQL files and servers, no broker",
+    "farm": "a real broker, and services in-process or as processes",
+    "browser": "a real headless Chromium against a running farm",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, the folder it lives in (tests/unit, ...), so
+    that ``pytest -m unit`` runs the fast ones alone."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))

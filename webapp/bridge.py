@@ -6,15 +6,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiomqtt
 
 from farm_protocol import topics
+from farm_protocol.browser import BrowserEvent, ChunkEvent, MembersChanged, MessageChanged
 from farm_protocol.codec import JOB_EVENT, THREAD_EVENT, decode, preview
 from farm_protocol.errors import ProtocolError
 from farm_protocol.payloads import JobChunk, JobDone, JobFailed, MembersEvent, MessageEvent
 from farm_protocol.version import TOPIC_ROOT
+from farm_runtime.chunks import ChunkSequence
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,6 @@ SUBSCRIPTIONS = [
 ]
 _KEEP_ENDED_S = 120.0
 _MAX_CHARS_PER_JOB = 2_000_000
-
-Event = dict[str, Any]
-
 
 _MAX_UNVERIFIED = 500  # chunks held per job until the coordinator names its worker
 
@@ -43,7 +41,8 @@ class JobStream:
 
     thread_id: str | None = None
     attempt: int = 0
-    chunks: dict[int, str] = field(default_factory=dict)
+    seen: ChunkSequence = field(default_factory=ChunkSequence)  # of this attempt
+    chunks: dict[int, str] = field(default_factory=dict)  # kept for late joiners
     chars: int = 0
     ended_at: float | None = None
     holder: tuple[str, int] | None = None
@@ -53,14 +52,14 @@ class JobStream:
 class Subscriber:
     def __init__(self, thread_id: str, size: int) -> None:
         self.thread_id = thread_id
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(size)
+        self.queue: asyncio.Queue[BrowserEvent] = asyncio.Queue(size)
         self.lagging = False
 
     def resync(self) -> None:
         """Have this browser start again from a fresh snapshot (it is closed with 4000)."""
         self.lagging = True
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: BrowserEvent) -> None:
         if self.lagging:
             return
         try:
@@ -116,13 +115,13 @@ class Bridge:
     def watch_job(self, job_id: str, thread_id: str) -> None:
         self._jobs.setdefault(job_id, JobStream()).thread_id = thread_id
 
-    def chunks_after(self, job_id: str, attempt: int, seq: int) -> list[Event]:
+    def chunks_after(self, job_id: str, attempt: int, seq: int) -> list[ChunkEvent]:
         """Chunks of ``attempt`` with a sequence number above ``seq``, in order."""
         stream = self._jobs.get(job_id)
         if stream is None or stream.attempt != attempt:
             return []
         return [
-            _chunk_event(job_id, attempt, s, stream.chunks[s])
+            ChunkEvent(job_id=job_id, attempt=attempt, seq=s, text=stream.chunks[s])
             for s in sorted(stream.chunks)
             if s > seq
         ]
@@ -151,8 +150,7 @@ class Bridge:
                 event = decode(THREAD_EVENT, message.payload)
                 if isinstance(event, MembersEvent):
                     _same_thread(event.thread_id, thread_id)
-                    members = [m.model_dump(mode="json") for m in event.members]
-                    self._fan_out(thread_id, {"type": "members", "members": members})
+                    self._fan_out(thread_id, MembersChanged(members=event.members))
                 else:
                     _same_thread(event.message.thread_id, thread_id)
                     self._on_message(event)
@@ -178,7 +176,7 @@ class Bridge:
                 stream.ended_at = stream.ended_at or time.time()
             if view.worker_id and view.attempt:
                 self.learn_holder(view.job_id, view.worker_id, view.attempt)
-        self._fan_out(view.thread_id, {"type": "message", "message": view.model_dump(mode="json")})
+        self._fan_out(view.thread_id, MessageChanged(message=view))
 
     def _on_chunk(self, sender: str, chunk: JobChunk) -> None:
         stream = self._jobs.setdefault(chunk.job_id, JobStream())
@@ -197,23 +195,20 @@ class Bridge:
         if chunk.attempt < stream.attempt:
             return  # a late chunk from an earlier attempt
         if chunk.attempt > stream.attempt:
-            stream.attempt, stream.chunks, stream.chars, stream.ended_at = (
-                chunk.attempt,
-                {},
-                0,
-                None,
-            )
-        if chunk.seq in stream.chunks:
+            stream.attempt, stream.seen, stream.chunks = chunk.attempt, ChunkSequence(), {}
+            stream.chars, stream.ended_at = 0, None
+        if stream.seen.add(chunk.seq) is None:
             return  # QoS1 redelivery
         if stream.chars + len(chunk.text) <= _MAX_CHARS_PER_JOB:
             stream.chunks[chunk.seq] = chunk.text
             stream.chars += len(chunk.text)
         if stream.thread_id is not None:
-            self._fan_out(
-                stream.thread_id, _chunk_event(chunk.job_id, chunk.attempt, chunk.seq, chunk.text)
+            event = ChunkEvent(
+                job_id=chunk.job_id, attempt=chunk.attempt, seq=chunk.seq, text=chunk.text
             )
+            self._fan_out(stream.thread_id, event)
 
-    def _fan_out(self, thread_id: str, event: Event) -> None:
+    def _fan_out(self, thread_id: str, event: BrowserEvent) -> None:
         for sub in self._threads.get(thread_id, ()):
             sub.offer(event)
 
@@ -231,7 +226,3 @@ class Bridge:
 def _same_thread(in_payload: str, in_topic: str) -> None:
     if in_payload != in_topic:
         raise ProtocolError("payload thread differs from topic thread")
-
-
-def _chunk_event(job_id: str, attempt: int, seq: int, text: str) -> Event:
-    return {"type": "chunk", "job_id": job_id, "attempt": attempt, "seq": seq, "text": text}

@@ -8,6 +8,7 @@ through the same MQTT bridge the browsers use. Errors come in OpenAI's shape, wi
 ``Retry-After`` when the farm is busy (429) or overloaded (503).
 """
 
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -15,11 +16,13 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
+from farm_protocol.browser import BrowserEvent, ChunkEvent, MessageChanged
 from farm_protocol.chat import MessageState
+from farm_runtime.chunks import ChunkSequence
 from farm_runtime.http_serving import request_json
 from farm_runtime.queues import get_within
 from webapp.bridge import Bridge
-from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
+from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable, Upstream
 
 _IDLE_TIMEOUT_S = 900.0  # longer than any reply deadline the coordinator enforces
 _ERROR_KINDS = {
@@ -64,91 +67,98 @@ class Follow:
         """("text", str) pieces in order, then one ("end", message view dict)."""
         sub = self.bridge.subscribe(self.thread_id)
         self.bridge.watch_job(self.job_id, self.thread_id)
-        attempt, seq = 0, -1
+        attempt, order = 0, ChunkSequence()
+        pending: list[BrowserEvent] = []
         try:
-            pending = self.bridge.chunks_after(self.job_id, self.bridge.attempt_of(self.job_id), -1)
+            pending += self.bridge.chunks_after(
+                self.job_id, self.bridge.attempt_of(self.job_id), -1
+            )
             while True:
                 for event in pending:
-                    if event["type"] == "chunk" and event["job_id"] == self.job_id:
-                        if (event["attempt"], event["seq"]) > (attempt, seq):
-                            attempt, seq = event["attempt"], event["seq"]
-                            yield "text", event["text"]
-                    elif event["type"] == "message":
-                        view = event["message"]
-                        if view["message_id"] == self.message_id and view["state"] not in (
-                            MessageState.QUEUED.value,
-                            MessageState.GENERATING.value,
-                        ):
-                            yield "end", view
+                    if isinstance(event, ChunkEvent) and event.job_id == self.job_id:
+                        if event.attempt > attempt:  # a new attempt starts from empty
+                            attempt, order = event.attempt, ChunkSequence()
+                        if event.attempt == attempt:
+                            for text in order.add(event.seq, event.text) or ():
+                                yield "text", text
+                    elif isinstance(event, MessageChanged):
+                        view = event.message
+                        if view.message_id == self.message_id and view.state.final:
+                            yield "end", view.model_dump(mode="json")
                             return
                 pending = [await get_within(sub.queue, _IDLE_TIMEOUT_S)]
         finally:
             self.bridge.unsubscribe(sub)
 
 
+async def _upstream_error(response: Upstream) -> Response:
+    try:
+        message = response.json().get("error", response.text)
+    except ValueError:
+        message = response.text
+    return openai_error(response.status_code, str(message), response.headers.get("Retry-After"))
+
+
+async def models(bridge: Bridge, coordinator: CoordinatorClient) -> Response:
+    """``GET /v1/models``: what the fleet serves, for a client with a valid key."""
+    try:
+        checked = await coordinator.programmatic("POST", "/keys/check", {"api_key": _key()})
+        if checked.status_code != 200:
+            return await _upstream_error(checked)
+        fleet = (await coordinator.programmatic("GET", "/models")).json()
+    except CoordinatorUnavailable:
+        return openai_error(503, "the farm is unavailable; try again shortly", "5")
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "llama-farm"}
+        for m in fleet["models"]
+    ]
+    return Response(json.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def completions(bridge: Bridge, coordinator: CoordinatorClient) -> Response:
+    """``POST /v1/chat/completions``: queued by the coordinator, then streamed (SSE) or
+    answered whole from the bridge."""
+    body = await request_json(request)
+    if not isinstance(body, dict):
+        return openai_error(400, "the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return openai_error(400, "messages must be a list of {role, content} objects")
+    turns = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in messages]
+    try:
+        queued = await coordinator.programmatic(
+            "POST",
+            "/completions",
+            {"api_key": _key(), "model": body.get("model") or "", "messages": turns},
+        )
+    except CoordinatorUnavailable:
+        return openai_error(503, "the farm is unavailable; try again shortly", "5")
+    if queued.status_code != 201:
+        return await _upstream_error(queued)
+    reply = queued.json()["reply"]
+    follow = Follow(bridge, reply["thread_id"], reply["job_id"], reply["message_id"])
+    ident, created, model = f"chatcmpl-{reply['job_id']}", int(time.time()), reply["model"]
+    if body.get("stream"):
+        return Response(
+            _sse(follow, ident, created, model),
+            content_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    async for kind, value in follow.events():
+        if kind == "end":
+            return _whole(value, ident, created, model)
+    return openai_error(502, "the reply was lost")
+
+
 def create_openai_blueprint(bridge: Bridge, coordinator: CoordinatorClient) -> Blueprint:
     bp = Blueprint("openai", __name__, url_prefix="/v1")
-
-    async def upstream_error(response: Any) -> Response:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        return openai_error(response.status_code, str(message), response.headers.get("Retry-After"))
-
-    @bp.get("/models")
-    async def models() -> Response:
-        try:
-            checked = await coordinator.programmatic("POST", "/keys/check", {"api_key": _key()})
-            if checked.status_code != 200:
-                return await upstream_error(checked)
-            fleet = (await coordinator.programmatic("GET", "/models")).json()
-        except CoordinatorUnavailable:
-            return openai_error(503, "the farm is unavailable; try again shortly", "5")
-        data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "llama-farm"}
-            for m in fleet["models"]
-        ]
-        return Response(
-            json.dumps({"object": "list", "data": data}), content_type="application/json"
+    for method, rule, view in (
+        ("GET", "/models", models),
+        ("POST", "/chat/completions", completions),
+    ):
+        bp.add_url_rule(
+            rule, view.__name__, functools.partial(view, bridge, coordinator), methods=[method]
         )
-
-    @bp.post("/chat/completions")
-    async def completions() -> Response:
-        body = await request_json(request)
-        if not isinstance(body, dict):
-            return openai_error(400, "the request body must be a JSON object")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return openai_error(400, "messages must be a list of {role, content} objects")
-        turns = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in messages]
-        try:
-            queued = await coordinator.programmatic(
-                "POST",
-                "/completions",
-                {"api_key": _key(), "model": body.get("model") or "", "messages": turns},
-            )
-        except CoordinatorUnavailable:
-            return openai_error(503, "the farm is unavailable; try again shortly", "5")
-        if queued.status_code != 201:
-            return await upstream_error(queued)
-        reply = queued.json()["reply"]
-        follow = Follow(bridge, reply["thread_id"], reply["job_id"], reply["message_id"])
-        ident, created, model = f"chatcmpl-{reply['job_id']}", int(time.time()), reply["model"]
-        if body.get("stream"):
-            return Response(
-                _sse(follow, ident, created, model),
-                content_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        text: list[str] = []
-        async for kind, value in follow.events():
-            if kind == "text":
-                text.append(value)
-            else:
-                return _whole(value, ident, created, model)
-        return openai_error(502, "the reply was lost")
-
     return bp
 
 

@@ -2,6 +2,7 @@
 path of every message sent."""
 
 from coordinator.jobs.states import LIVE, JobState, sql_list
+from farm_protocol.chat import MessageState
 
 _LIVE = sql_list(LIVE)
 
@@ -34,7 +35,8 @@ NEW_JOB = (
     f" created_at) VALUES (%s, %s, %s, %s, '{JobState.QUEUED}', 0, 0, %s, %s)"
 )
 REPLY_REQUEUED = (
-    "UPDATE message SET job_id = %s, state = 'queued', content = '', content_seq = -1,"
+    f"UPDATE message SET job_id = %s, state = '{MessageState.QUEUED}', content = '',"
+    " content_seq = -1,"
     " error = NULL, updated_at = %s WHERE id = %s"
 )
 HOLDERS = "SELECT id, worker_id, attempt FROM job WHERE id IN {ids} AND state IN " + sql_list(

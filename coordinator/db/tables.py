@@ -1,7 +1,7 @@
 """The peewee schema. Queries live in the ``*_store`` modules; this file only declares.
 
 Changing it means bumping ``SCHEMA_VERSION`` and adding the upgrade to
-:data:`coordinator.db.database.MIGRATIONS`; ``tests/test_migrations.py`` upgrades a database
+:data:`coordinator.db.database.MIGRATIONS`; ``tests/store/test_migrations.py`` upgrades a database
 created by every earlier version and checks it ends up identical to a fresh one."""
 
 import time

@@ -1,1 +1,1 @@
-"""."""
+"""The coordinator's HTTP APIs: routes as plain functions, by area."""

@@ -5,11 +5,15 @@ thread's work (coordinator/db/sql.py)."""
 
 from coordinator.db.views import MESSAGE_COLUMNS
 from coordinator.jobs.states import ACTIVE, JobState, sql_list
+from farm_protocol.chat import MessageState
 
 _ACTIVE = sql_list(ACTIVE)
 _QUEUED = f"'{JobState.QUEUED}'"
 _ASSIGNED = f"'{JobState.ASSIGNED}'"
 _RUNNING = f"'{JobState.RUNNING}'"
+_REPLY_QUEUED = f"'{MessageState.QUEUED}'"
+_REPLY_GENERATING = f"'{MessageState.GENERATING}'"
+_REPLY_DONE = f"'{MessageState.DONE}'"
 # After ``id = %s``: the job is still this attempt's, held by this worker.
 HELD_BY = f" AND attempt = %s AND worker_id = %s AND state IN {_ACTIVE}"
 HELD = "id = %s" + HELD_BY
@@ -52,7 +56,7 @@ CONTEXT = (
     "SELECT kind, role, content, created_at FROM ("
     " SELECT 1 AS kind, role, content, created_at FROM message"
     " WHERE thread_id = %s AND created_at < %s AND role IN ('user', 'assistant')"
-    " AND state = 'done' ORDER BY created_at DESC LIMIT %s) AS history"
+    f" AND state = {_REPLY_DONE} ORDER BY created_at DESC LIMIT %s) AS history"
 )
 _M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
 # The replies of these jobs (found through the job: message.job_id has no index).
@@ -60,7 +64,7 @@ REPLIES_OF_JOBS = (
     f"SELECT {_M_COLUMNS} FROM job j JOIN message m ON m.id = j.message_id"
     " WHERE j.id IN {ids} AND m.job_id = j.id"
 )
-QUEUED_REPLY = " AND m.state = 'queued'"
+QUEUED_REPLY = f" AND m.state = {_REPLY_QUEUED}"
 MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM message WHERE id IN {{ids}}"
 
 # --- the event path -------------------------------------------------------------------
@@ -84,7 +88,8 @@ TEXT_LANDED = (
     f" accepted_at = COALESCE(accepted_at, %s) WHERE {HELD}"
 )
 REPLY_STARTED = (
-    "UPDATE message SET state = 'generating', updated_at = %s WHERE id = %s AND state = 'queued'"
+    f"UPDATE message SET state = {_REPLY_GENERATING}, updated_at = %s"
+    f" WHERE id = %s AND state = {_REPLY_QUEUED}"
 )
 # Appends only where the stored text ends (the chunk before the append's first).
 TEXT_CONTINUES = (
@@ -96,7 +101,6 @@ STORED_UP_TO = "SELECT content_seq FROM message WHERE id = %s"
 # --- endings --------------------------------------------------------------------------
 
 END = "UPDATE job SET state = %s, finished_at = %s, error = %s WHERE id = %s"  # + a Where's
-ONLY_QUEUED = f" AND state = {_QUEUED}"
 ONLY_ASSIGNED = f" AND state = {_ASSIGNED}"
 JOB_FOR_ENDING = "SELECT state, attempt, worker_id, message_id, chunks FROM job WHERE id = %s"
 ENDED_JOB = "SELECT message_id, worker_id FROM job WHERE id = %s"
@@ -106,7 +110,7 @@ REQUEUE = (
     " chunks = 0 WHERE id = %s"
 )  # + a Where's condition
 REPLY_REQUEUED = (
-    "UPDATE message SET state = 'queued', content = '', content_seq = -1, updated_at = %s"
+    f"UPDATE message SET state = {_REPLY_QUEUED}, content = '', content_seq = -1, updated_at = %s"
     " WHERE id = %s"
 )
 NO_TEXT_YET = " AND chunks = 0"

@@ -1,1 +1,1 @@
-"""."""
+"""Keys: made, derived, hashed and checked (workers' and programmatic clients')."""

@@ -1,1 +1,2 @@
-"""."""
+"""Workers: registration and keys (the registry), and who is online and what they serve
+(presence)."""

@@ -1,0 +1,1 @@
+"""Debian's Chromium against a running farm: ``pytest -m browser``."""

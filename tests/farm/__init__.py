@@ -1,0 +1,1 @@
+"""A real broker, services in-process or as processes: ``pytest -m farm``."""

@@ -1,0 +1,1 @@
+"""Real SQLite and PostgreSQL, no broker: ``pytest -m store``."""

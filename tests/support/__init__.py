@@ -1,0 +1,1 @@
+"""What the tests share: brokers, farms, processes, stores and the like."""

@@ -1,0 +1,1 @@
+"""Pure logic, in memory: ``pytest -m unit``."""
