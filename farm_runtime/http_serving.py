@@ -10,6 +10,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from pydantic_core import from_json
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
 
 # An idle keep-alive connection is kept this long. It must outlast the clients' own
 # expiry, so that it is always the client that closes it: httpx (the OpenAI SDK, and the
@@ -20,6 +22,7 @@ KEEP_ALIVE_S = 75
 # Connections waiting to be accepted (hypercorn's default 100 overflowed when hundreds of
 # clients connected at once; the kernel caps it at net.core.somaxconn).
 BACKLOG = 1024
+BODY_READ_S = 10.0  # how long a response waits for the rest of an unread request body
 
 
 async def serve_app(app: Any, host: str, port: int, stop: asyncio.Event) -> None:
@@ -31,6 +34,27 @@ async def serve_app(app: Any, host: str, port: int, stop: asyncio.Event) -> None
     config.keep_alive_timeout = KEEP_ALIVE_S
     config.backlog = BACKLOG
     await serve(app, config, shutdown_trigger=stop.wait)
+
+
+def finish_reading_requests(app: Quart) -> None:
+    """Read whatever of a request's body a response left unread (a 405, a 404, a check
+    that failed before the body mattered), so the connection can carry the next request.
+
+    Unread, the body was still on the connection when the response ended: hypercorn then
+    closed the connection without saying so (no ``Connection: close``), and a client that
+    reused it lost its next request ("Server disconnected without sending a response";
+    aiohttp's pool to the coordinator and nginx's upstream keep-alive reuse connections
+    the same way). A body that cannot be read in time, or is over the size limit, closes
+    the connection, saying so. Pass a Quart app."""
+
+    @app.after_request
+    async def _finish_reading(response: Response) -> Response:
+        try:
+            async with asyncio.timeout(BODY_READ_S):
+                await request.get_data()
+        except (TimeoutError, HTTPException):  # too slow or too large: this connection ends
+            response.headers["Connection"] = "close"
+        return response
 
 
 async def request_json(request: Any) -> Any:

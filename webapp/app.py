@@ -8,6 +8,7 @@ from quart import Quart, Response, g, request, send_from_directory, websocket
 
 from farm_protocol.errors import TopicError
 from farm_protocol.ids import check_id
+from farm_runtime.http_serving import finish_reading_requests
 from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient
 from webapp.forwarding import install_forwarding
@@ -27,6 +28,7 @@ CSP = (
 def create_app(settings: WebappSettings, bridge: Bridge, coordinator: CoordinatorClient) -> Quart:
     app = Quart("webapp", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    finish_reading_requests(app)
     _install_sessions(app, settings)
     _install_pages(app)
     install_forwarding(app, settings, coordinator)

@@ -9,10 +9,12 @@ from coordinator.http.api_routes import api_blueprint
 from coordinator.http.chat_routes import chat_blueprint
 from coordinator.http.context import HttpContext
 from coordinator.http.responses import error
+from farm_runtime.http_serving import finish_reading_requests
 
 
 def create_app(ctx: HttpContext) -> Quart:
     app = Quart("coordinator")
+    finish_reading_requests(app)
     app.register_blueprint(chat_blueprint(ctx))
     app.register_blueprint(admin_blueprint(ctx))
     app.register_blueprint(api_blueprint(ctx))
