@@ -16,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import (
+    burst,
     chunking,
     claims,
     fleet,
+    flood,
     gc_pauses,
     job_path,
     latency,
@@ -37,6 +39,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "fleet": fleet.main,
     "claims": claims.main,
     "chunking": chunking.main,
+    "burst": burst.main,
+    "flood": flood.main,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 

@@ -52,10 +52,20 @@ class ProcessFarm:
     api_key: str
     broker: RunningBroker
     database_url: str
+    work: Path = Path()
+    worker_keys: list[tuple[str, str]] = field(default_factory=list)  # (worker id, key)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid
+
+    def log_size(self, name: str) -> int:
+        return (self.work / f"{name}.log").stat().st_size
+
+    def log_lines_since(self, name: str, offset: int) -> int:
+        with (self.work / f"{name}.log").open("rb") as log:
+            log.seek(offset)
+            return log.read().count(b"\n")
 
 
 @asynccontextmanager
@@ -123,6 +133,8 @@ async def process_farm(
                 api_key=api_key,
                 broker=broker,
                 database_url=database_url,
+                work=work,
+                worker_keys=[(info.id, key) for info, key in keys],
             )
             logs = []
             try:

@@ -13,6 +13,7 @@ from coordinator.http.app import create_app
 from coordinator.http.context import HttpContext
 from coordinator.jobs.admission import Admission
 from coordinator.jobs.cancellation import Canceller
+from coordinator.jobs.capacity import FleetCapacity
 from coordinator.jobs.dispatch import Dispatcher
 from coordinator.jobs.janitor import Janitor, deadlines_from
 from coordinator.jobs.records import Health
@@ -40,7 +41,7 @@ class Coordinator:
         db = open_database(s.database_url)
         migrate(db)
         self.runner = DbRunner(db)
-        self.chat = ChatStores.open(db)
+        self.chat = ChatStores.open(db, grace_s=s.worker_grace_s)
         self.jobs = JobStores.open(
             db,
             context_messages=s.context_messages,
@@ -56,6 +57,7 @@ class Coordinator:
         self.bus = Bus(self.outbox)
         self.metrics = Metrics(db, s.worker_grace_s)
         self.admission = Admission(s.queue_target_s, s.queue_interval_s)
+        self.capacity = FleetCapacity(s.queue_timeout_s, s.reply_estimate_s, s.admit_fraction)
         self._build_job_path()
         self.app = create_app(self._http_context(ApiKeyStore(db)))
 
@@ -63,7 +65,7 @@ class Coordinator:
         """Dispatch, the streams, the janitor, cancels, and what arrives from workers."""
         s, jobs, wake = self.settings, self.jobs, self._wake_dispatcher
         self.dispatcher = Dispatcher(
-            self.runner, jobs.queue, self.presence, self.bus, self.admission
+            self.runner, jobs.queue, self.presence, self.bus, self.admission, capacity=self.capacity
         )
         self.dispatcher.on_assigned = self.metrics.queue_wait.observe
         self.streams = JobStreams(
@@ -75,11 +77,14 @@ class Coordinator:
         )
         self.canceller = Canceller(self.runner, jobs.endings, self.streams, self.bus, wake)
         self.inbound = Inbound(
-            self.runner, self.presence, jobs.writes, self.streams, self.bus, wake
+            self.runner, self.presence, jobs.writes, self.streams, self.bus, self._fleet_changed
         )
 
     def _wake_dispatcher(self) -> None:
         self.dispatcher.wake()
+
+    def _fleet_changed(self) -> None:
+        self.dispatcher.fleet_changed()
 
     def _http_context(self, api_keys: ApiKeyStore) -> HttpContext:
         s = self.settings
@@ -93,6 +98,7 @@ class Coordinator:
             wake_dispatcher=self._wake_dispatcher,
             cancel=self.canceller.cancel,
             admission=self.admission,
+            capacity=self.capacity,
             limits=RateLimits(default_rules(s)),
             metrics=self.metrics,
             provisioner=self.provisioner,

@@ -43,6 +43,11 @@ class CoordinatorSettings(BaseSettings):
     # Load shedding: at most this many requests wait; and while a model's oldest queued
     # request has waited over the target for a whole interval, new ones are refused.
     max_queued: int = Field(default=1000, ge=1)
+    # Admission by expected wait (coordinator.jobs.capacity): a model's queue holds only
+    # what its workers can start within this fraction of the queue deadline, judged by how
+    # long its jobs have taken lately, or this many seconds before any has finished.
+    admit_fraction: float = Field(default=0.75, gt=0, le=1)
+    reply_estimate_s: float = Field(default=20.0, gt=0)
     queue_target_s: float = 15.0
     queue_interval_s: float = 5.0
     # Rate limits (token buckets, as the original), per minute: per user, messages (burst

@@ -106,8 +106,10 @@ class MessagePage(_View):
 class FleetModels(_View):
     """What the fleet can serve right now, for the model picker and the banner."""
 
-    models: list[str]
+    models: list[str]  # served by an online worker now
     default_model: str | None
+    # configured (offered when a worker serves them), but no online worker serves them now
+    unavailable: list[str] = Field(default_factory=list)
     workers_online: int
     simulated: bool  # every online worker answers from the Ollama simulator
 
@@ -129,3 +131,5 @@ class SendMessageResponse(_View):
 class ErrorBody(_View):
     error: str
     retry_after_s: float | None = None
+    # why a 503 (queue_full, queue_standing, no_worker), for clients that act on it
+    code: str | None = None

@@ -5,7 +5,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from farm_protocol.errors import PayloadError
-from farm_protocol.payloads import ControlMessage, JobEvent, ThreadEvent
+from farm_protocol.payloads import MAX_PACKET_BYTES, ControlMessage, JobEvent, ThreadEvent
 
 T = TypeVar("T")
 
@@ -27,10 +27,13 @@ def preview(raw: Any) -> str:
     return text + ("..." if len(data) > _PREVIEW else "")
 
 
-def decode(adapter: TypeAdapter[T], raw: Any) -> T:
-    """Validate raw MQTT payload bytes as ``adapter``'s type, or raise PayloadError."""
+def decode(adapter: TypeAdapter[T], raw: Any, max_bytes: int = MAX_PACKET_BYTES) -> T:
+    """Validate raw MQTT payload bytes as ``adapter``'s type, or raise PayloadError (also,
+    unread, for a payload over ``max_bytes``)."""
     if not isinstance(raw, bytes | bytearray | str):
         raise PayloadError(f"unexpected payload type {type(raw).__name__}")
+    if len(raw) > max_bytes:
+        raise PayloadError(f"payload of {len(raw)} bytes, over the {max_bytes} allowed")
     try:
         return adapter.validate_json(raw)
     except ValidationError as exc:

@@ -13,6 +13,12 @@ from farm_protocol.ids import TopicId
 
 MAX_CHUNK_CHARS = 65_536
 MAX_TURNS = 200
+# The largest MQTT packet the broker takes (mosquitto.conf's max_packet_size: a client
+# sending a larger one is disconnected). The coordinator's assignments stay under it.
+MAX_PACKET_BYTES = 4 * 1024 * 1024
+# The largest message a worker has reason to send (a chunk of MAX_CHUNK_CHARS characters,
+# JSON-escaped); anything larger from a worker is dropped unread.
+MAX_WORKER_MESSAGE_BYTES = 512 * 1024
 
 
 class _Payload(BaseModel):

@@ -1,6 +1,7 @@
 """Logging, configured once by each command's entry point."""
 
 import logging
+import time
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -11,3 +12,28 @@ def configure_logging(level: str = "INFO") -> None:
     )
     for noisy in ("httpx", "hypercorn.access", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class DropLog:
+    """Warnings about dropped input, at most one per source every ``every_s``: a worker
+    flooding bad messages gets a line now and then saying how many were dropped, not a
+    line per message (450 lines for 450 messages, before)."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0, sources: int = 10_000):
+        self.logger = logger
+        self.every_s = every_s
+        self.sources = sources
+        self._last: dict[str, tuple[float, int]] = {}  # source -> (logged at, dropped since)
+
+    def warn(self, source: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        logged_at, dropped = self._last.get(source, (-float("inf"), 0))
+        if now - logged_at < self.every_s:
+            self._last[source] = (logged_at, dropped + 1)
+            return
+        if dropped:
+            message += f" (and {dropped} more dropped from {source} since the last report)"
+        if len(self._last) >= self.sources:  # forget quiet sources rather than grow
+            self._last = {s: v for s, v in self._last.items() if now - v[0] < self.every_s}
+        self._last[source] = (now, 0)
+        self.logger.warning(message, *args)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
+from farm_protocol.payloads import MAX_PACKET_BYTES
 from farm_runtime.client_calls import publish
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ class Outbox:
         self._in_flight: dict[asyncio.Task[None], Outgoing] = {}
 
     async def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        if len(payload) > MAX_PACKET_BYTES:
+            # the broker would disconnect us for it, and we would send it again on the
+            # next connection, for ever: it is dropped here, loudly
+            log.error("not publishing %d bytes to %s: over the broker's limit", len(payload), topic)
+            return
         self._numbered += 1
         await self._queue.put(Outgoing(self._numbered, topic, payload, qos, retain))
 

@@ -23,6 +23,7 @@ from farm_protocol.payloads import (
 )
 from farm_runtime.broker import make_client, serve_session, stay_connected
 from farm_runtime.client_calls import publish
+from farm_runtime.logs import DropLog
 from farm_runtime.outbox import Outbox
 from fleet_worker.job_runner import JobRunner
 from fleet_worker.llm import Inventory, LlmError, OllamaBackend
@@ -51,6 +52,7 @@ class FleetWorker:
             token_timeout_s=settings.token_timeout_s,
         )
         self.outbox = Outbox()
+        self._dropped = DropLog(log)
         self.runner = JobRunner(
             self.worker_id, self.backend, self.outbox, settings, self._ensure_model
         )
@@ -152,7 +154,9 @@ class FleetWorker:
             else:
                 raise ProtocolError(f"unexpected topic {topic}")
         except ProtocolError as exc:
-            log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
+            self._dropped.warn(
+                topic, "dropped message on %s: %s [%s]", topic, exc, preview(message.payload)
+            )
 
     # --- jobs ----------------------------------------------------------------------------
 

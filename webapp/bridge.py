@@ -13,9 +13,17 @@ from farm_protocol import topics
 from farm_protocol.browser import BrowserEvent, ChunkEvent, MembersChanged, MessageChanged
 from farm_protocol.codec import JOB_EVENT, THREAD_EVENT, decode, preview
 from farm_protocol.errors import ProtocolError
-from farm_protocol.payloads import JobChunk, JobDone, JobFailed, MembersEvent, MessageEvent
+from farm_protocol.payloads import (
+    MAX_WORKER_MESSAGE_BYTES,
+    JobChunk,
+    JobDone,
+    JobFailed,
+    MembersEvent,
+    MessageEvent,
+)
 from farm_protocol.version import TOPIC_ROOT
 from farm_runtime.chunks import ChunkSequence
+from farm_runtime.logs import DropLog
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,9 @@ _KEEP_ENDED_S = 120.0
 _MAX_CHARS_PER_JOB = 2_000_000
 
 _MAX_UNVERIFIED = 500  # chunks held per job until the coordinator names its worker
+_MAX_UNVERIFIED_CHARS = 4_000_000  # and held for all jobs together
+_MAX_UNKNOWN_JOBS = 10_000  # jobs the coordinator has not spoken of, held at once
+_KEEP_UNKNOWN_S = 60.0  # and for how long
 
 
 @dataclass(slots=True)
@@ -47,6 +58,10 @@ class JobStream:
     ended_at: float | None = None
     holder: tuple[str, int] | None = None
     unverified: list[tuple[str, JobChunk]] = field(default_factory=list)
+    # the coordinator spoke of the job (a message, a holder, a browser watching); until
+    # then the stream is a stranger's, kept briefly and only so many
+    known: bool = False
+    made_at: float = field(default_factory=time.time)
 
 
 class Subscriber:
@@ -79,6 +94,9 @@ class Bridge:
         # before the subscription would be in neither the snapshot nor the live stream.
         self.ready = asyncio.Event()
         self._sessions = 0
+        self._unknown = 0  # streams of jobs the coordinator never spoke of
+        self._unverified_chars = 0
+        self._dropped = DropLog(log)
 
     def connected(self) -> None:
         """The MQTT subscriptions are in place."""
@@ -113,7 +131,9 @@ class Bridge:
                 del self._threads[sub.thread_id]
 
     def watch_job(self, job_id: str, thread_id: str) -> None:
-        self._jobs.setdefault(job_id, JobStream()).thread_id = thread_id
+        stream = self._jobs.get(job_id) or self._jobs.setdefault(job_id, JobStream(known=True))
+        self._known(stream)
+        stream.thread_id = thread_id
 
     def chunks_after(self, job_id: str, attempt: int, seq: int) -> list[ChunkEvent]:
         """Chunks of ``attempt`` with a sequence number above ``seq``, in order."""
@@ -128,11 +148,13 @@ class Bridge:
 
     def learn_holder(self, job_id: str, worker_id: str, attempt: int) -> None:
         """The coordinator says ``worker_id`` holds ``attempt`` of this job."""
-        stream = self._jobs.setdefault(job_id, JobStream())
+        stream = self._jobs.get(job_id) or self._jobs.setdefault(job_id, JobStream(known=True))
         if stream.holder is not None and stream.holder[1] > attempt:
             return  # news about an earlier attempt
         stream.holder = (worker_id, attempt)
+        self._known(stream)
         waiting, stream.unverified = stream.unverified, []
+        self._unverified_chars -= sum(len(c.text) for _, c in waiting)
         for sender, chunk in waiting:
             self._on_chunk(sender, chunk)
 
@@ -156,21 +178,46 @@ class Bridge:
                     self._on_message(event)
             else:
                 where = topics.parse_worker_topic(topic)
-                job_event = decode(JOB_EVENT, message.payload)
+                job_event = decode(JOB_EVENT, message.payload, MAX_WORKER_MESSAGE_BYTES)
                 if where.leaf != "jobs" or job_event.job_id != where.job_id:
                     raise ProtocolError("payload job differs from topic job")
                 if isinstance(job_event, JobChunk):
                     self._on_chunk(where.worker_id, job_event)
                 elif isinstance(job_event, JobDone | JobFailed):
-                    self._jobs.setdefault(job_event.job_id, JobStream()).ended_at = time.time()
+                    ending = self._stream(job_event.job_id)
+                    if ending is not None:
+                        ending.ended_at = time.time()
         except ProtocolError as exc:
-            log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
+            source = topic.split("/")[3] if topic.count("/") >= 3 else "?"
+            self._dropped.warn(
+                source, "dropped message on %s: %s [%s]", topic, exc, preview(message.payload)
+            )
         self._evict()
+
+    def _stream(self, job_id: str) -> JobStream | None:
+        """The job's stream, made on its first news; None for news of a job nobody has
+        said anything about while too many such jobs are held (a flood of made-up ids)."""
+        stream = self._jobs.get(job_id)
+        if stream is None:
+            if self._unknown >= _MAX_UNKNOWN_JOBS:
+                return None
+            stream = self._jobs[job_id] = JobStream()
+            self._unknown += 1
+        return stream
+
+    def _known(self, stream: JobStream) -> None:
+        """The coordinator spoke of this job: it is not a stranger's any more."""
+        if not stream.known:
+            stream.known = True
+            self._unknown -= 1
 
     def _on_message(self, event: MessageEvent) -> None:
         view = event.message
         if view.job_id:
-            stream = self._jobs.setdefault(view.job_id, JobStream())
+            stream = self._jobs.get(view.job_id) or self._jobs.setdefault(
+                view.job_id, JobStream(known=True)
+            )
+            self._known(stream)
             stream.thread_id = view.thread_id
             if view.state.final:
                 stream.ended_at = stream.ended_at or time.time()
@@ -179,14 +226,19 @@ class Bridge:
         self._fan_out(view.thread_id, MessageChanged(message=view))
 
     def _on_chunk(self, sender: str, chunk: JobChunk) -> None:
-        stream = self._jobs.setdefault(chunk.job_id, JobStream())
+        stream = self._stream(chunk.job_id)
+        if stream is None:
+            return
         if stream.holder is None:
-            if len(stream.unverified) < _MAX_UNVERIFIED:
+            fits = self._unverified_chars + len(chunk.text) <= _MAX_UNVERIFIED_CHARS
+            if len(stream.unverified) < _MAX_UNVERIFIED and fits:
                 stream.unverified.append((sender, chunk))
+                self._unverified_chars += len(chunk.text)
             return
         if stream.holder != (sender, chunk.attempt):
             if stream.holder[0] != sender:
-                log.warning(
+                self._dropped.warn(
+                    sender,
                     "dropped a chunk of job %s from worker %s: it does not hold that job",
                     chunk.job_id,
                     sender,
@@ -217,10 +269,18 @@ class Bridge:
         if now < self._next_evict:
             return
         self._next_evict = now + 5.0
-        cutoff = now - _KEEP_ENDED_S
-        stale = [j for j, s in self._jobs.items() if s.ended_at is not None and s.ended_at < cutoff]
+        cutoff, strange = now - _KEEP_ENDED_S, now - _KEEP_UNKNOWN_S
+        stale = [
+            job_id
+            for job_id, s in self._jobs.items()
+            if (s.ended_at is not None and s.ended_at < cutoff)
+            or (not s.known and s.made_at < strange)
+        ]
         for job_id in stale:
-            del self._jobs[job_id]
+            gone = self._jobs.pop(job_id)
+            self._unverified_chars -= sum(len(c.text) for _, c in gone.unverified)
+            if not gone.known:
+                self._unknown -= 1
 
 
 def _same_thread(in_payload: str, in_topic: str) -> None:

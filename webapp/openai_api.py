@@ -25,6 +25,7 @@ from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable, Upstream
 
 _IDLE_TIMEOUT_S = 900.0  # longer than any reply deadline the coordinator enforces
+UNSTARTED_RETRY_S = 30  # Retry-After for a request that ended without starting
 _ERROR_KINDS = {
     400: ("invalid_request_error", None),
     401: ("authentication_error", "invalid_api_key"),
@@ -35,6 +36,7 @@ _ERROR_KINDS = {
     429: ("rate_limit_error", "rate_limit_exceeded"),
     502: ("server_error", None),
     503: ("server_error", "server_busy"),
+    504: ("server_error", "timeout"),
 }
 
 
@@ -91,12 +93,19 @@ class Follow:
             self.bridge.unsubscribe(sub)
 
 
+# The coordinator's reasons for a 503, as OpenAI clients know them.
+_BUSY_CODES = {"no_worker": "model_not_available"}
+
+
 async def _upstream_error(response: Upstream) -> Response:
     try:
-        message = response.json().get("error", response.text)
-    except ValueError:
-        message = response.text
-    return openai_error(response.status_code, str(message), response.headers.get("Retry-After"))
+        body = response.json()
+        message, reason = body.get("error", response.text), body.get("code")
+    except (ValueError, AttributeError):
+        message, reason = response.text, None
+    code = _BUSY_CODES.get(str(reason)) if reason else None
+    retry = response.headers.get("Retry-After")
+    return openai_error(response.status_code, str(message), retry, code=code)
 
 
 async def models(bridge: Bridge, coordinator: CoordinatorClient) -> Response:
@@ -171,9 +180,25 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _failure(view: dict[str, Any]) -> tuple[int, str, str]:
+    """How a reply that did not succeed ends for an API client: (status, message, code).
+
+    One that never started (timed out in the queue, or no worker serves its model any
+    more) is the farm being busy: 503, come back later. One that timed out while
+    generating is 504; one that failed on its worker is 502."""
+    message = f"the reply {view['state']}: {view.get('error') or ''}".strip(": ")
+    if view["state"] == MessageState.TIMED_OUT.value:
+        if view.get("content_seq", -1) < 0 and not view.get("content"):
+            return 503, message, "server_busy"
+        return 504, message, "timeout"
+    return 502, message, "upstream_error"
+
+
 def _whole(view: dict[str, Any], ident: str, created: int, model: str) -> Response:
     if view["state"] != MessageState.DONE.value:
-        return openai_error(502, f"the reply {view['state']}: {view.get('error') or ''}".strip())
+        status, message, code = _failure(view)
+        retry = str(UNSTARTED_RETRY_S) if status == 503 else None
+        return openai_error(status, message, retry, code=code)
     body = {
         "id": ident,
         "object": "chat.completion",
@@ -214,12 +239,8 @@ async def _sse(follow: Follow, ident: str, created: int, model: str) -> AsyncIte
                 yield chunk({"content": value["content"][len(streamed) :]})
             yield chunk({}, "stop")
         else:
-            error = {
-                "message": f"the reply {value['state']}: {value.get('error') or ''}".strip(),
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
+            _, message, code = _failure(value)
+            error = {"message": message, "type": "server_error", "param": None, "code": code}
             yield f"data: {json.dumps({'error': error})}\n\n".encode()
         break
     yield b"data: [DONE]\n\n"

@@ -3,6 +3,7 @@ retried. This is the only writer of new job rows. Each request is one write tran
 that checks the sender's limits and the queue's bound, then stores the message, its
 empty reply and the reply's queued job together."""
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,11 @@ from coordinator.db.database import write_transaction
 from coordinator.db.tables import Message, ThreadMember, new_id, now
 from coordinator.db.views import message_fields, message_view, views_of
 from coordinator.errors import Busy, Conflict, NotFound, RateLimited
+from coordinator.jobs.capacity import AdmitLimit, no_worker
 from coordinator.keys.api_keys import ApiKeyInfo
+from coordinator.workers.statements import AVAILABLE
 from farm_protocol.chat import MessageState, MessageView
+from farm_protocol.models import normalize_model
 
 RETRYABLE_STATES = (
     MessageState.FAILED.value,
@@ -58,8 +62,9 @@ def _inserted_view(row: dict[str, Any]) -> MessageView:
 
 
 class RequestStore:
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(self, db: pw.Database, *, grace_s: float = 10.0) -> None:
         self.db = db
+        self.grace_s = grace_s  # a worker silent this long is not online
 
     def send_message(
         self,
@@ -70,6 +75,7 @@ class RequestStore:
         *,
         api_key: ApiKeyInfo | None = None,
         max_queued: int | None = None,
+        limit: AdmitLimit | None = None,
     ) -> NewReply:
         """Store the user's message, an empty reply in ``queued`` and its job, atomically.
 
@@ -79,7 +85,7 @@ class RequestStore:
         with write_transaction(self.db):
             description = lock_thread(self.db, thread_id)
             name = self._lock_user(user_id)
-            self._admit(user_id, api_key, max_queued)
+            self._admit(user_id, api_key, max_queued, limit, model)
             joined = join_thread(self.db, thread_id, user_id)
             new = self._queue_reply(thread_id, user_id, name, text, model, api_key, now())
             stamp = new.user_message.created_at
@@ -96,6 +102,7 @@ class RequestStore:
         turns: list[tuple[str, str]],
         *,
         max_queued: int | None = None,
+        limit: AdmitLimit | None = None,
     ) -> NewReply:
         """A programmatic request (OpenAI-style ``messages``) as a thread of its own, owned
         by the key's user: the earlier turns as history, the last user turn as the
@@ -105,7 +112,7 @@ class RequestStore:
         user_id, question = api_key.user_id, turns[-1][1]
         with write_transaction(self.db):
             name = self._lock_user(user_id)
-            self._admit(user_id, api_key, max_queued)
+            self._admit(user_id, api_key, max_queued, limit, model)
             stamp = now()
             thread_id = new_id()
             thread = (thread_id, question[:60], question[:200], user_id, stamp, stamp)
@@ -192,7 +199,13 @@ class RequestStore:
         sql.execute(self.db, q.INSERT_MESSAGES + values, params)
 
     def retry_reply(
-        self, user_id: str, thread_id: str, message_id: str, *, max_queued: int | None = None
+        self,
+        user_id: str,
+        thread_id: str,
+        message_id: str,
+        *,
+        max_queued: int | None = None,
+        limit: AdmitLimit | None = None,
     ) -> MessageView:
         """Generate a reply that failed, timed out or was stopped once more, as a new job
         (the earlier jobs stay on record). The same limits apply as to sending."""
@@ -213,7 +226,7 @@ class RequestStore:
                     f"only a failed, timed out or stopped reply can be retried ({reply.state})"
                 )
             self._lock_user(user_id)
-            self._admit(user_id, None, max_queued)
+            self._admit(user_id, None, max_queued, limit, str(reply.model))
             stamp = now()
             job_id = new_id()
             new_job = (job_id, message_id, user_id, reply.model, None, stamp)
@@ -243,11 +256,20 @@ class RequestStore:
             raise Conflict(f"this reply has already ended ({message.state})")
         return str(message.job_id)
 
-    def _admit(self, user_id: str, api_key: ApiKeyInfo | None, max_queued: int | None) -> None:
-        """The per-client limits, and the bound on the queue (one statement)."""
+    def _admit(
+        self,
+        user_id: str,
+        api_key: ApiKeyInfo | None,
+        max_queued: int | None,
+        limit: AdmitLimit | None,
+        model: str,
+    ) -> None:
+        """The per-client limits, and the bounds on the queue: the farm's, and the
+        model's by expected wait (one statement)."""
         owner = "api_key_id" if api_key else "user_id"
-        mine, queued = sql.execute(
-            self.db, q.OWNER_AND_QUEUE.format(owner=owner), (api_key.id if api_key else user_id,)
+        who = api_key.id if api_key else user_id
+        mine, queued, for_model = sql.execute(
+            self.db, q.OWNER_AND_QUEUE.format(owner=owner), (who, model)
         ).fetchone()
         if api_key is None:
             if mine:
@@ -256,3 +278,15 @@ class RequestStore:
             raise RateLimited(f"this API key has {mine} replies in progress, its limit", 2.0)
         if max_queued is not None and queued >= max_queued:
             raise Busy(f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full")
+        if limit is not None:
+            if not self._served(limit.model):
+                raise no_worker(limit.model)
+            limit.check(for_model)
+
+    def _served(self, model: str) -> bool:
+        """Whether an online worker (heartbeating, not revoked, not quarantined) serves
+        ``model`` now."""
+        stamp = now()
+        wanted = normalize_model(model)
+        rows = sql.execute(self.db, AVAILABLE, (stamp - self.grace_s, stamp))
+        return any(wanted in json.loads(models) for _, models, _, _ in rows)

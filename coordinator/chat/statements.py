@@ -8,10 +8,12 @@ _LIVE = sql_list(LIVE)
 
 LOCK_THREAD = "SELECT description FROM thread WHERE id = %s"  # + sql.row_lock
 LOCK_USER = 'SELECT name FROM "user" WHERE id = %s'  # + sql.row_lock
-# (this owner's live jobs, the jobs queued farm-wide); the owner column is filled in
+# (this owner's live jobs, the jobs queued farm-wide, those queued for one model); the
+# owner column is filled in
 OWNER_AND_QUEUE = (
     "SELECT (SELECT COUNT(*) FROM job WHERE {owner} = %s AND state IN " + _LIVE + "),"
-    f" (SELECT COUNT(*) FROM job WHERE state = '{JobState.QUEUED}')"
+    f" (SELECT COUNT(*) FROM job WHERE state = '{JobState.QUEUED}'),"
+    f" (SELECT COUNT(*) FROM job WHERE state = '{JobState.QUEUED}' AND model = %s)"
 )
 MEMBERS_AND_ME = (
     "SELECT COUNT(*), COUNT(CASE WHEN user_id = %s THEN 1 END) FROM thread_member"

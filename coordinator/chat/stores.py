@@ -16,5 +16,6 @@ class ChatStores:
     requests: RequestStore
 
     @classmethod
-    def open(cls, db: pw.Database) -> "ChatStores":
-        return cls(IdentityStore(db), ThreadStore(db), RequestStore(db))
+    def open(cls, db: pw.Database, *, grace_s: float = 10.0) -> "ChatStores":
+        """``grace_s``: a worker silent this long is not online (FARM_WORKER_GRACE_S)."""
+        return cls(IdentityStore(db), ThreadStore(db), RequestStore(db, grace_s=grace_s))

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response
 
 from coordinator.errors import Busy, CoordinatorError
+from coordinator.http.admission import admit_limit
 from coordinator.http.context import HttpContext
 from coordinator.http.responses import error, json_response, read_body, wrong_token
 from coordinator.http.routing import Route, blueprint
@@ -61,14 +62,15 @@ async def completions(ctx: HttpContext) -> Response:
     model = await ctx.runner.call(ctx.presence.offered_model, req.model, ctx.default_models)
     if model is None:
         return error(404, f"the model {req.model!r} does not exist on this farm")
+    limit = await admit_limit(ctx, model)
     try:
-        ctx.admission.check(model)
         new = await ctx.runner.call(
             ctx.chat.requests.start_api_conversation,
             info,
             model,
             [(t.role, t.content) for t in req.messages],
             max_queued=ctx.max_queued,
+            limit=limit,
         )
     except Busy as busy:
         ctx.metrics.shed.labels(busy.reason).inc()

@@ -10,6 +10,7 @@ from typing import TypeVar
 from quart import Blueprint, Response, request
 
 from coordinator.errors import Busy, Conflict, NotFound
+from coordinator.http.admission import admit_limit
 from coordinator.http.context import HttpContext
 from coordinator.http.responses import error, json_response, read_body, wrong_token
 from coordinator.http.routing import Route, blueprint
@@ -51,12 +52,15 @@ async def _viewer(ctx: HttpContext) -> str | None:
     return found.user_id if found else None
 
 
-async def _admitted(ctx: HttpContext, who: str, model: str, queue_it: Callable[[], T]) -> T:
+async def _admitted(ctx: HttpContext, who: str, model: str, queue_it: Callable[..., T]) -> T:
     """Queue a request within the user's rate limit, unless the farm is shedding load
-    for ``model``. A request refused for any other reason gives its token back."""
+    for ``model`` or could not start it before its queue deadline (see
+    coordinator.jobs.capacity). A request refused for any other reason gives its token
+    back."""
     with ctx.limits.spend("send", who):
+        limit = await admit_limit(ctx, model)
+        queue_it = functools.partial(queue_it, limit=limit, max_queued=ctx.max_queued)
         try:
-            ctx.admission.check(model)
             return await ctx.runner.call(queue_it)
         except Busy as refused:
             ctx.metrics.shed.labels(refused.reason).inc()
@@ -150,14 +154,8 @@ async def send(ctx: HttpContext, thread_id: str) -> Response:
     tid = check_id(thread_id, "thread id")
     model = await choose_model(ctx, req.model)
     joining = not await ctx.runner.call(ctx.chat.threads.is_member, tid, user.user_id)
-    queue_it = functools.partial(
-        ctx.chat.requests.send_message,
-        user.user_id,
-        tid,
-        req.text,
-        model,
-        max_queued=ctx.max_queued,
-    )
+    send_it = ctx.chat.requests.send_message
+    queue_it = functools.partial(send_it, user.user_id, tid, req.text, model)
     # sending to a shared thread joins it, within the joining allowance
     with ctx.limits.spend("join", user.user_id) if joining else contextlib.nullcontext():
         new = await _admitted(ctx, user.user_id, model, queue_it)
@@ -173,9 +171,7 @@ async def retry(ctx: HttpContext, thread_id: str, message_id: str) -> Response:
     user = await _user(ctx)
     tid = check_id(thread_id, "thread id")
     model = await ctx.runner.call(ctx.chat.requests.reply_model, tid, message_id)
-    queue_it = functools.partial(
-        ctx.chat.requests.retry_reply, user.user_id, tid, message_id, max_queued=ctx.max_queued
-    )
+    queue_it = functools.partial(ctx.chat.requests.retry_reply, user.user_id, tid, message_id)
     view = await _admitted(ctx, user.user_id, model, queue_it)
     await ctx.bus.message(view)
     ctx.wake_dispatcher()

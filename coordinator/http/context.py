@@ -7,6 +7,7 @@ from coordinator.chat.rate_limits import RateLimits
 from coordinator.chat.stores import ChatStores
 from coordinator.db.runner import DbRunner
 from coordinator.jobs.admission import Admission
+from coordinator.jobs.capacity import FleetCapacity
 from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.metrics import Metrics
 from coordinator.mqtt.bus import Bus
@@ -36,6 +37,7 @@ class HttpContext:
     wake_dispatcher: Callable[[], None]
     cancel: Callable[[str, str], Awaitable[MessageView | None]]
     admission: Admission
+    capacity: FleetCapacity
     limits: RateLimits
     metrics: Metrics
     provisioner: Provisioner

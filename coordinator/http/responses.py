@@ -60,8 +60,11 @@ def wrong_token(expected: str, what: str) -> Response | None:
     return None
 
 
-def error(status: int, message: str, retry_after_s: float | None = None) -> Response:
-    response = json_response(ErrorBody(error=message, retry_after_s=retry_after_s), status)
+def error(
+    status: int, message: str, retry_after_s: float | None = None, code: str | None = None
+) -> Response:
+    body = ErrorBody(error=message, retry_after_s=retry_after_s, code=code)
+    response = json_response(body, status)
     if retry_after_s is not None:
         response.headers["Retry-After"] = str(max(1, round(retry_after_s)))
     return response
@@ -86,7 +89,7 @@ def install_error_handlers(bp: Blueprint) -> None:
             case Conflict():
                 return error(409, str(exc))
             case Busy():
-                return error(503, str(exc), exc.retry_after_s)
+                return error(503, str(exc), exc.retry_after_s, exc.reason)
             case RateLimited():
                 return error(429, str(exc), exc.retry_after_s)
             case BrokerAdminError():

@@ -2,6 +2,7 @@
 on a timer; the database's clock is the authority). Each expiry ends the job and its
 reply together."""
 
+import json
 import time
 
 import peewee as pw
@@ -13,6 +14,7 @@ from coordinator.jobs.endings import Endings
 from coordinator.jobs.records import Cancel, Deadlines, SweepResult, Where
 from coordinator.jobs.states import JobState
 from farm_protocol.chat import MessageState, MessageView
+from farm_protocol.models import normalize_model
 
 
 class DeadlineSweep:
@@ -20,8 +22,12 @@ class DeadlineSweep:
         self.db = db
         self.endings = endings
 
-    def sweep(self, deadlines: Deadlines, now: float | None = None) -> SweepResult:
-        """Apply every deadline once."""
+    def sweep(
+        self, deadlines: Deadlines, now: float | None = None, *, unserved: bool = True
+    ) -> SweepResult:
+        """Apply every deadline once. With ``unserved``, also end the queued jobs of models
+        no worker serves any more (a coordinator that has just started leaves that until
+        the workers had time to say they are there)."""
         stamp = time.time() if now is None else now
         result = SweepResult()
         with write_transaction(self.db):
@@ -29,6 +35,8 @@ class DeadlineSweep:
             self._unaccepted(deadlines, stamp, result)
             self._timeouts(deadlines, stamp, result)
             self._queue(deadlines, stamp, result)
+            if unserved:
+                self._unserved(deadlines, stamp, result)
         return result
 
     def _lost_workers(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
@@ -80,6 +88,25 @@ class DeadlineSweep:
             view = self.endings.end(where, JobState.TIMED_OUT, reason, stamp)
             if view is not None:
                 result.messages.append(view)
+
+    def _unserved(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
+        """A queued job whose model the last worker serving it took away (stopped,
+        killed, revoked, draining) ends now: waiting would only end at its queue deadline
+        (a worker that is silent for the grace period is gone)."""
+        served: set[str] = set()
+        for (models,) in sql.execute(
+            self.db, q.PRESENT_WORKERS_MODELS, (stamp - d.worker_grace_s,)
+        ):
+            served.update(json.loads(models))
+        for (model,) in sql.execute(self.db, q.QUEUED_MODELS).fetchall():
+            if normalize_model(model) in served:
+                continue
+            reason = f"no worker serves {model} right now"
+            for (job_id,) in sql.execute(self.db, q.QUEUED_OF_MODEL, (model,)).fetchall():
+                where = Where.in_state(job_id, JobState.QUEUED)
+                view = self.endings.end(where, JobState.TIMED_OUT, reason, stamp)
+                if view is not None:
+                    result.messages.append(view)
 
 
 def _record(result: SweepResult, view: MessageView | None) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from coordinator.db.runner import DbRunner
 from coordinator.jobs.admission import Admission
+from coordinator.jobs.capacity import FleetCapacity
 from coordinator.jobs.fairness import QueuedJob, positions
 from coordinator.jobs.queue import JobQueue
 from coordinator.jobs.records import Pick
@@ -63,6 +64,9 @@ class Dispatcher:
     messages per dispatched job, more than the job's own.)"""
 
     POSITIONS_PUBLISHED = 100
+    FLEET_EVERY_S = 0.5
+    SERVICE_EVERY_S = 1.0
+    SERVICE_WINDOW_S = 600.0  # service times are averaged over the jobs that ended in this
 
     def __init__(
         self,
@@ -72,10 +76,14 @@ class Dispatcher:
         bus: Bus,
         admission: Admission | None = None,
         *,
+        capacity: FleetCapacity | None = None,
         publish_replies: bool = True,
         positions_every_s: float = 1.0,
     ) -> None:
         self.runner = runner
+        self.capacity = capacity
+        self._fleet_seen_at = -float("inf")  # time.monotonic() of the last observations
+        self._service_seen_at = -float("inf")
         self.queue = queue
         self.workers = workers
         self.bus = bus
@@ -90,7 +98,13 @@ class Dispatcher:
         self.on_assigned: Callable[[float], None] = lambda waited_s: None
 
     def wake(self) -> None:
-        """Run a round soon: a job was queued or ended, or a worker came online."""
+        """Run a round soon: a job was queued or ended."""
+        self._wake.set()
+
+    def fleet_changed(self) -> None:
+        """A worker came, went or changed: run a round soon, and show admission control
+        the fleet after it (not at the next interval)."""
+        self._fleet_seen_at = -float("inf")
         self._wake.set()
 
     async def run(self, idle_s: float = 1.0) -> None:
@@ -137,6 +151,7 @@ class Dispatcher:
         for job in queued:
             if job.id in taken:
                 self.on_assigned(stamp - job.created_at)
+        self._observe_capacity(stamp)
         if not self.publish_replies:
             return done
         done.held = self.queue.holder_views(done.assigned)
@@ -147,6 +162,20 @@ class Dispatcher:
                 done.moved = self.queue.queued_views(changed)
                 self._positions, self._positions_at = now_at, time.monotonic()
         return done
+
+    def _observe_capacity(self, stamp: float) -> None:
+        """Tell admission control what the fleet can start (after this round's claims),
+        at most every ``FLEET_EVERY_S``, and how long jobs take, every ``SERVICE_EVERY_S``."""
+        if self.capacity is None:
+            return
+        now = time.monotonic()
+        if now - self._fleet_seen_at >= self.FLEET_EVERY_S:
+            self.capacity.observe_fleet(self.workers.online())
+            self._fleet_seen_at = now
+        if now - self._service_seen_at >= self.SERVICE_EVERY_S:
+            times = self.queue.service_times(stamp - self.SERVICE_WINDOW_S)
+            self.capacity.observe_service_times({normalize_model(m): t for m, t in times.items()})
+            self._service_seen_at = now
 
     def _assign(self, queued: list[QueuedJob]) -> list[tuple[str, JobAssignment]]:
         fleet = {w.id: w for w in self.workers.online()}

@@ -1,7 +1,9 @@
 """Deadlines and lost workers, applied on a timer (the authority is the database clock)."""
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import Callable
 
 from coordinator.db.runner import DbRunner
@@ -41,6 +43,7 @@ class Janitor:
         self.bus = bus
         self.forget = forget
         self.wake_dispatcher = wake_dispatcher
+        self.started = time.monotonic()
 
     async def run(self, interval_s: float) -> None:
         while True:
@@ -48,7 +51,12 @@ class Janitor:
             await self.sweep()
 
     async def sweep(self) -> None:
-        result = await self.runner.call(self.sweeper.sweep, self.deadlines)
+        # after a start, the workers have the grace period to say they are there before
+        # their models count as served by no one
+        settled = time.monotonic() - self.started >= self.deadlines.worker_grace_s
+        result = await self.runner.call(
+            functools.partial(self.sweeper.sweep, self.deadlines, unserved=settled)
+        )
         for view in result.messages:
             if view.job_id:
                 self.forget(view.job_id)

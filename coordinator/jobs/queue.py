@@ -16,7 +16,8 @@ from coordinator.jobs.fairness import QueuedJob, fair_order
 from coordinator.jobs.records import Pick, Where
 from coordinator.jobs.states import JobState
 from farm_protocol.chat import MessageView
-from farm_protocol.payloads import ChatTurn, JobAssignment
+from farm_protocol.codec import encode
+from farm_protocol.payloads import MAX_PACKET_BYTES, ChatTurn, JobAssignment
 
 
 def active_by_owner(db: pw.Database) -> dict[str, int]:
@@ -62,6 +63,12 @@ class JobQueue:
     def transaction(self) -> pw._atomic:
         """One write transaction around a whole dispatch round."""
         return write_transaction(self.db)
+
+    def service_times(self, since: float, lifetime_s: float = 3600.0) -> dict[str, float]:
+        """Each model's average slot time over its jobs that succeeded since ``since``
+        (no job lives longer than ``lifetime_s``)."""
+        rows = sql.execute(self.db, q.SERVICE_TIMES, (since - lifetime_s, since))
+        return {str(model): float(avg) for model, avg in rows if avg is not None}
 
     def queued_views(self, positions: dict[str, int]) -> list[MessageView]:
         """The queued replies of these jobs, each with its queue position."""
@@ -129,9 +136,16 @@ class JobQueue:
                 where = Where(job_id, " AND attempt = %s", (attempt,))
                 self.endings.end(where, JobState.FAILED, "there is nothing to reply to", stamp)
                 continue
-            assignment = JobAssignment(
-                job_id=job_id, attempt=attempt, model=model, messages=context, issued_at=stamp
+            assignment = _fitted(
+                JobAssignment(
+                    job_id=job_id, attempt=attempt, model=model, messages=context, issued_at=stamp
+                )
             )
+            if assignment is None:
+                where = Where(job_id, " AND attempt = %s", (attempt,))
+                reason = "the conversation is too long to send to a worker"
+                self.endings.end(where, JobState.FAILED, reason, stamp)
+                continue
             assigned.append((pick.worker_id, assignment))
         return assigned
 
@@ -143,3 +157,22 @@ class JobQueue:
         rows = sql.execute(self.db, q.CONTEXT, (thread_id, before, thread_id, before, limit))
         turns = sorted(rows.fetchall(), key=lambda r: (r[0], r[3]))
         return [ChatTurn(role=role, content=content) for _, role, content, _ in turns]
+
+
+ASSIGNMENT_BYTES = MAX_PACKET_BYTES - 64 * 1024  # room for the MQTT header and topic
+
+
+def _fitted(assignment: JobAssignment) -> JobAssignment | None:
+    """The assignment within what the broker carries: the oldest turns of a long history
+    are left out (the system prompt and the question stay); None if even that is too
+    long."""
+    turns = list(assignment.messages)
+    if sum(len(t.content) for t in turns) * 6 + 4096 < ASSIGNMENT_BYTES:
+        return assignment  # fits whatever its characters (6 bytes is the most JSON takes)
+    while len(encode(assignment)) > ASSIGNMENT_BYTES:
+        dropped = next((i for i, t in enumerate(turns[:-1]) if t.role != "system"), None)
+        if dropped is None:
+            return None
+        del turns[dropped]
+        assignment = assignment.model_copy(update={"messages": turns})
+    return assignment

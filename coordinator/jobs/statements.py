@@ -148,3 +148,17 @@ NO_FIRST_TOKEN = (
 STALLED = f"SELECT id, attempt, worker_id FROM job WHERE state = {_RUNNING} AND last_token_at < %s"
 TOO_LONG = f"SELECT id, attempt, worker_id FROM job WHERE state IN {_ACTIVE} AND assigned_at < %s"
 QUEUED_TOO_LONG = f"SELECT id FROM job WHERE state = {_QUEUED} AND created_at < %s"
+
+# How long each model's jobs held a slot, over those that succeeded lately (their
+# created_at bound keeps the read within the (state, created_at) index).
+SERVICE_TIMES = (
+    "SELECT model, AVG(finished_at - assigned_at) FROM job"
+    f" WHERE state = '{JobState.SUCCEEDED}' AND created_at >= %s AND finished_at >= %s"
+    " GROUP BY model"
+)
+# The models of the workers still there: heartbeating, not revoked, not leaving.
+PRESENT_WORKERS_MODELS = (
+    "SELECT models FROM worker WHERE revoked_at IS NULL AND state <> 'draining' AND last_seen >= %s"
+)
+QUEUED_MODELS = f"SELECT DISTINCT model FROM job WHERE state = {_QUEUED}"
+QUEUED_OF_MODEL = f"SELECT id FROM job WHERE state = {_QUEUED} AND model = %s"

@@ -14,7 +14,8 @@ from coordinator.workers.presence import WorkerPresence
 from farm_protocol import topics
 from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
 from farm_protocol.errors import ProtocolError
-from farm_protocol.payloads import Heartbeat, WorkerStatus
+from farm_protocol.payloads import MAX_WORKER_MESSAGE_BYTES, Heartbeat, WorkerStatus
+from farm_runtime.logs import DropLog
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Inbound:
     in between: the farm's throughput was capped by that round trip, not by the work."""
 
     LANE_SIZE = 10_000  # a lane this full makes the broker connection wait (backpressure)
+    LANE_BYTES = 16 * 1024 * 1024  # a lane holding this much drops what else comes
     MAX_LANES = 100_000  # beyond this (many made-up worker ids), messages are handled inline
 
     def __init__(
@@ -48,17 +50,19 @@ class Inbound:
         writes: StreamWrites,
         streams: JobStreams,
         bus: Bus,
-        wake_dispatcher: Callable[[], None],
+        fleet_changed: Callable[[], None],
     ) -> None:
         self.runner = runner
         self.workers = workers
         self.writes = writes
         self.streams = streams
         self.bus = bus
-        self.wake_dispatcher = wake_dispatcher
+        self.fleet_changed = fleet_changed
         self._lanes: dict[str, asyncio.Queue[aiomqtt.Message]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._beats: dict[str, Heartbeat] = {}  # the newest of each worker, not yet written
+        self._lane_bytes: dict[str, int] = {}  # payload bytes waiting in each lane
+        self._dropped = DropLog(log)
 
     async def record_heartbeats(self, interval_s: float = HEARTBEAT_BATCH_S) -> None:
         """Write idle workers' heartbeats, all in one transaction, every ``interval_s`` (one
@@ -86,13 +90,24 @@ class Inbound:
                 await self.process(message)
                 return
             lane = self._lanes[worker_id] = asyncio.Queue(self.LANE_SIZE)
-            task = asyncio.create_task(self._drain(lane), name=f"inbound-{worker_id}")
+            task = asyncio.create_task(self._drain(worker_id, lane), name=f"inbound-{worker_id}")
             self._tasks.add(task)
+        size = _size(message.payload)
+        waiting = self._lane_bytes.get(worker_id, 0)
+        if waiting + size > self.LANE_BYTES:
+            # far more than a worker sends when it behaves: drop, do not grow (a chunk lost
+            # from a real stream is asked for again, see JobStreams)
+            self._dropped.warn(
+                worker_id, "dropped a message from %s: %d bytes already wait", worker_id, waiting
+            )
+            return
+        self._lane_bytes[worker_id] = waiting + size
         await lane.put(message)
 
-    async def _drain(self, lane: asyncio.Queue[aiomqtt.Message]) -> None:
+    async def _drain(self, worker_id: str, lane: asyncio.Queue[aiomqtt.Message]) -> None:
         while True:
             message = await lane.get()
+            self._lane_bytes[worker_id] -= _size(message.payload)
             try:
                 await self.process(message)
             except Exception:
@@ -109,14 +124,15 @@ class Inbound:
         try:
             where = topics.parse_worker_topic(topic)
             if where.leaf == "jobs":
-                event = decode(JOB_EVENT, message.payload)
+                event = decode(JOB_EVENT, message.payload, MAX_WORKER_MESSAGE_BYTES)
                 if event.job_id != where.job_id:
                     raise ProtocolError(f"payload job {event.job_id} != topic job {where.job_id}")
                 await self.streams.on_event(where.worker_id, event)
             elif where.leaf == "status":
-                await self._status(where.worker_id, decode(_STATUS, message.payload))
+                status = decode(_STATUS, message.payload, MAX_WORKER_MESSAGE_BYTES)
+                await self._status(where.worker_id, status)
             elif where.leaf == "heartbeat":
-                beat = decode(_HEARTBEAT, message.payload)
+                beat = decode(_HEARTBEAT, message.payload, MAX_WORKER_MESSAGE_BYTES)
                 self._same_worker(where.worker_id, beat.worker_id)
                 if beat.running:  # at once: it may name jobs to stop (see _stop_orphans)
                     if await self.runner.call(self.workers.record_heartbeat, beat):
@@ -124,7 +140,10 @@ class Inbound:
                 else:  # an idle worker's: written with the others, in a batch
                     self._beats[beat.worker_id] = beat
         except ProtocolError as exc:
-            log.warning("dropped message on %s: %s [%s]", topic, exc, preview(message.payload))
+            source = topic.split("/")[3] if topic.count("/") >= 3 else "?"
+            self._dropped.warn(
+                source, "dropped message on %s: %s [%s]", topic, exc, preview(message.payload)
+            )
 
     async def _status(self, worker_id: str, status: WorkerStatus) -> None:
         self._same_worker(worker_id, status.worker_id)
@@ -137,7 +156,7 @@ class Inbound:
                 status.models,
                 status.capacity,
             )
-            self.wake_dispatcher()
+            self.fleet_changed()
         else:
             log.info(
                 "ignored %s status of worker %s (unknown, revoked or stale session)",
@@ -163,3 +182,7 @@ class Inbound:
     def _same_worker(topic_worker: str, payload_worker: str) -> None:
         if topic_worker != payload_worker:
             raise ProtocolError(f"payload worker {payload_worker} != topic worker {topic_worker}")
+
+
+def _size(payload: object) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray | str) else 0

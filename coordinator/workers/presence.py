@@ -125,6 +125,7 @@ class WorkerPresence:
         models = [display_model(m) for m in ranked]
         return FleetModels(
             models=models,
+            unavailable=[display_model(m) for m in dict.fromkeys(order) if m not in served],
             default_model=models[0] if models else None,
             workers_online=len(rows),
             simulated=bool(rows) and all(r.simulated for r in rows),

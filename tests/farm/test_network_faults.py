@@ -21,7 +21,7 @@ from tests.farm.test_worker_faults import (
     until_state,
     worker_process,
 )
-from tests.support.farm import Farm, wait_until
+from tests.support.farm import Farm, new_thread, wait_until
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 KEEPALIVE = {"FARM_BROKER__KEEPALIVE": "2"}  # a dead link is noticed in about 3 s
@@ -81,14 +81,29 @@ async def test_a_long_network_cut_fails_the_reply_then_the_worker_comes_back(
         assert "stopped responding" in (failed["error"] or "")
         kept = failed["content"]
         assert kept
-        # A new message waits: the only worker is cut off.
-        waiting = await send(farm, browser, "after the cut")
-        await asyncio.sleep(1.0)
-        assert (await until_state(farm, browser, waiting, "queued"))["state"] == "queued"
+        # A new message is refused at once, saying why: the only worker is cut off (it
+        # would only wait for its queue deadline).
+        thread_id = await new_thread(browser)
+        path = f"/api/threads/{thread_id}/messages"
+        refused = await browser.post(path, json={"text": "during the cut"})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "no worker serves llama3 right now"
+        # the cut lasts until the worker has noticed its dead link and dials again
+        await wait_until(
+            lambda: proxy.connections >= 2, timeout_s=30, what="the worker to dial again"
+        )
 
         proxy.restore()
+
         # The worker notices its dead connection, reconnects with a new session and
-        # serves the waiting reply; the first one stays failed with its text.
+        # serves again; the first reply stays failed with its text.
+        async def back() -> bool:
+            return bool((await browser.get("/api/models")).json()["workers_online"])
+
+        await wait_until(back, timeout_s=30, what="the worker to come back")
+        sent = await browser.post(path, json={"text": "after the cut"})
+        assert sent.status_code == 201, sent.text
+        waiting = sent.json()["reply"]
         done = await until_state(farm, browser, waiting, "done", "failed", timeout_s=30)
         assert done["state"] == "done", done
         after = await until_state(farm, browser, reply, "failed")

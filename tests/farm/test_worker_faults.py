@@ -217,7 +217,7 @@ async def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path, kill: b
                 assert watcher.close_code == 4000
 
 
-async def test_the_worker_takes_no_jobs_while_ollama_is_down(tmp_path: Path) -> None:
+async def test_no_job_waits_for_a_worker_whose_ollama_is_down(tmp_path: Path) -> None:
     sim = SimSettings(ttft_ms=10, tokens_per_s=100, reply_tokens=20)
     async with farm_without_workers(tmp_path, sim) as (farm, broker):
         port = free_port()
@@ -237,8 +237,17 @@ async def test_the_worker_takes_no_jobs_while_ollama_is_down(tmp_path: Path) -> 
 
             await wait_until(lambda: state_is("unavailable"), what="the worker to be unavailable")
             browser = farm.browser()
-            waiting = await send(farm, browser, "wait for Ollama")
-            # Ollama comes up: the worker says so and takes the waiting job.
+            # No online worker serves the model: refused at once, saying so (it would
+            # only wait for its queue deadline).
+            thread_id = await new_thread(browser)
+            refused = await browser.post(
+                f"/api/threads/{thread_id}/messages", json={"text": "is anyone there?"}
+            )
+            assert refused.status_code == 503
+            assert refused.json()["error"] == "no worker serves llama3 right now"
+            assert refused.json()["code"] == "no_worker"
+            assert int(refused.headers["Retry-After"]) > 0
+            # Ollama comes up: the worker says so and takes jobs again.
             stop_sim = asyncio.Event()
             ollama = sim.model_copy(update={"host": "127.0.0.1", "port": port})
             serving = asyncio.create_task(
@@ -246,7 +255,8 @@ async def test_the_worker_takes_no_jobs_while_ollama_is_down(tmp_path: Path) -> 
             )
             try:
                 await wait_until(lambda: state_is("online"), what="the worker to be online")
-                assert (await until_state(farm, browser, waiting, "done"))["state"] == "done"
+                served = await send(farm, browser, "now Ollama is here")
+                assert (await until_state(farm, browser, served, "done"))["state"] == "done"
             finally:
                 stop_sim.set()
                 await serving

@@ -7,6 +7,7 @@ import time
 
 import peewee as pw
 
+from coordinator.chat.requests import NewReply
 from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import Job, Message, Worker
 from coordinator.jobs.records import Deadlines, TextAppend
@@ -35,10 +36,23 @@ def setup_job(db: pw.Database) -> tuple[JobStores, str, str]:
     return store, reply.job_id, reply.reply.message_id
 
 
+def another_worker(worker_id: str = "w2") -> None:
+    """A second worker serving the model, heartbeating: a retry can go there."""
+    Worker.create(
+        id=worker_id,
+        name=worker_id,
+        key_hash="x",
+        state="online",
+        last_seen=time.time() + 100,
+        models=json.dumps(["llama3:latest"]),
+    )
+
+
 def test_lost_worker_before_any_token_requeues(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
     store.writes.accept(job_id, 1, "w")
     Worker.update(last_seen=time.time() - 60).execute()
+    another_worker()
     result = store.deadlines.sweep(DEADLINES)
     assert result.requeued == 1
     assert Job.get_by_id(job_id).state == "queued"
@@ -122,6 +136,7 @@ def test_lost_worker_after_tokens_can_be_configured_to_start_again(db: pw.Databa
     store, job_id, message_id = setup_job(db)
     store.writes.append_text([TextAppend(job_id, 1, "w", message_id, "partial", 0, 1)])
     Worker.update(state="offline", last_seen=time.time() - 60).execute()
+    another_worker()
     again = dataclasses.replace(DEADLINES, requeue_lost_streaming=True)
     result = store.deadlines.sweep(again)
     assert result.requeued == 1
@@ -129,3 +144,36 @@ def test_lost_worker_after_tokens_can_be_configured_to_start_again(db: pw.Databa
     assert (job.state, job.chunks, job.avoid_worker_id) == ("queued", 0, "w")
     message = Message.get_by_id(message_id)
     assert (message.state, message.content, message.content_seq) == ("queued", "", -1)
+
+
+def test_queued_jobs_end_promptly_when_the_last_worker_of_their_model_leaves(
+    db: pw.Database,
+) -> None:
+    """Waiting for a worker that is not there would end only at the queue deadline (two
+    minutes): the jobs end at the next sweep after their last worker left (went silent,
+    or is draining), saying why. A coordinator that has just started gives the workers
+    time to say they are there first."""
+    store, claimed, _ = setup_job(db)  # worker w, serving llama3, holds it
+    chat = ChatStores.open(db)
+
+    def ask(who: str, model: str) -> NewReply:
+        user = chat.identity.session_user(who * 40)
+        thread = chat.threads.create_thread(user.user_id, "")
+        return chat.requests.send_message(user.user_id, thread.thread_id, "hi", model)
+
+    waiting, orphan = ask("k", "llama3"), ask("m", "mistral")
+    Worker.update(last_seen=time.time() + 100).execute()  # w heartbeats
+    assert [v.message_id for v in store.deadlines.sweep(DEADLINES).messages] == [
+        orphan.reply.message_id
+    ]
+    ended = Message.get_by_id(orphan.reply.message_id)
+    assert (ended.state, ended.error) == ("timed_out", "no worker serves mistral right now")
+    assert Job.get_by_id(waiting.job_id).state == "queued"  # w serves llama3
+
+    Worker.update(state="draining").execute()  # leaving: it takes no new jobs
+    assert store.deadlines.sweep(DEADLINES, unserved=False).messages == []
+    assert Job.get_by_id(waiting.job_id).state == "queued"
+    store.deadlines.sweep(DEADLINES)
+    message = Message.get_by_id(waiting.reply.message_id)
+    assert (message.state, message.error) == ("timed_out", "no worker serves llama3 right now")
+    assert Job.get_by_id(claimed).state == "assigned"  # w still finishes what it holds

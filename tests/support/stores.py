@@ -6,9 +6,14 @@ import time
 from coordinator.db.tables import Worker
 
 
-def add_worker(worker_id: str, capacity: int = 1, loaded: tuple[str, ...] = ()) -> None:
-    """An online worker serving llama3, heartbeating (its last beat is an hour ahead, so no
-    grace period runs out during a test)."""
+def add_worker(
+    worker_id: str,
+    capacity: int = 1,
+    loaded: tuple[str, ...] = (),
+    models: tuple[str, ...] = ("llama3:latest",),
+) -> None:
+    """An online worker serving ``models``, heartbeating (its last beat is an hour ahead,
+    so no grace period runs out during a test)."""
     Worker.create(
         id=worker_id,
         name=worker_id,
@@ -16,6 +21,6 @@ def add_worker(worker_id: str, capacity: int = 1, loaded: tuple[str, ...] = ()) 
         capacity=capacity,
         state="online",
         last_seen=time.time() + 3600,
-        models=json.dumps(["llama3:latest"]),
+        models=json.dumps(list(models)),
         loaded_models=json.dumps(list(loaded)),
     )

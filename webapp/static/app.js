@@ -40,7 +40,9 @@
   function explain(error) {
     const text = error.message.charAt(0).toUpperCase() + error.message.slice(1);
     if (error.status === 429) return `Slow down! ${text}.`;
-    const wait = error.retryAfter ? ` Try again in ${Math.ceil(error.retryAfter)} s.` : "";
+    // the farm says when itself ("the farm is busy: try again in about 40 s")
+    const said = /try again/i.test(text);
+    const wait = error.retryAfter && !said ? ` Try again in ${Math.ceil(error.retryAfter)} s.` : "";
     return `${text}.${wait}`;
   }
 
@@ -320,20 +322,29 @@
     const select = $("model");
     const chosen = select.value;
     const names = fleet.models.length ? fleet.models : [];
-    if (JSON.stringify(names) !== JSON.stringify(app.models)) {
+    const unavailable = fleet.unavailable || [];
+    const listed = JSON.stringify([names, unavailable]);
+    if (listed !== app.models) {
       select.innerHTML = "";
       for (const name of names) {
         const option = document.createElement("option");
         option.value = name; option.textContent = name;
         select.appendChild(option);
       }
+      // configured models no online worker serves: shown, not offered
+      for (const name of unavailable) {
+        const option = document.createElement("option");
+        option.value = name; option.textContent = `${name} (no worker online)`;
+        option.disabled = true;
+        select.appendChild(option);
+      }
       if (names.includes(chosen)) select.value = chosen;
-      app.models = names;
+      app.models = listed;
     }
     $("sim-banner").hidden = !fleet.simulated;
     const warn = $("fleet-banner");
     warn.hidden = fleet.workers_online > 0;
-    warn.textContent = "No workers are online right now: messages wait in the queue until one connects.";
+    warn.textContent = "No workers are online right now: messages cannot be answered until one connects.";
   }
 
   async function send(event) {
