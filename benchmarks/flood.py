@@ -12,6 +12,8 @@ import aiomqtt
 import httpx
 
 from benchmarks.farm_processes import ProcessFarm, process_farm
+from coordinator.db.database import migrate, open_database
+from coordinator.workers.registry import WorkerRegistry
 from farm_protocol import topics
 from farm_protocol.codec import encode
 from farm_protocol.payloads import JobChunk
@@ -61,9 +63,19 @@ async def flood(farm: ProcessFarm, worker_id: str, key: str) -> dict[str, int]:
     return sent
 
 
+async def rogue_account(farm: ProcessFarm) -> tuple[str, str]:
+    """A registered worker of the farm's that no process runs: the rogue's credentials."""
+    db = open_database(farm.database_url)
+    migrate(db)  # binds the tables to it
+    info, key = WorkerRegistry(db, grace_s=10).add("rogue")
+    db.close()
+    await farm.broker.add_client(info.id, key)
+    return info.id, key
+
+
 async def run() -> dict[str, object]:
-    async with process_farm("mosquitto", workers=2, concurrency=2) as farm:
-        worker_id, key = farm.worker_keys[1]  # the rogue; worker 0 serves afterwards
+    async with process_farm("mosquitto", workers=1, concurrency=2) as farm:
+        worker_id, key = await rogue_account(farm)
         pids = {name: farm.pid(name) for name in ("coordinator", "webapp")}
         await asyncio.sleep(2)
         before = {name: rss_mib(pid) for name, pid in pids.items()}

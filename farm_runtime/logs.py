@@ -19,8 +19,15 @@ class DropLog:
     flooding bad messages gets a line now and then saying how many were dropped, not a
     line per message (450 lines for 450 messages, before)."""
 
-    def __init__(self, logger: logging.Logger, every_s: float = 10.0, sources: int = 10_000):
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every_s: float = 10.0,
+        sources: int = 10_000,
+        level: int = logging.WARNING,
+    ):
         self.logger = logger
+        self.level = level
         self.every_s = every_s
         self.sources = sources
         self._last: dict[str, tuple[float, int]] = {}  # source -> (logged at, dropped since)
@@ -36,4 +43,4 @@ class DropLog:
         if len(self._last) >= self.sources:  # forget quiet sources rather than grow
             self._last = {s: v for s, v in self._last.items() if now - v[0] < self.every_s}
         self._last[source] = (now, 0)
-        self.logger.warning(message, *args)
+        self.logger.log(self.level, message, *args)

@@ -35,8 +35,8 @@ _KEEP_ENDED_S = 120.0
 _MAX_CHARS_PER_JOB = 2_000_000
 
 _MAX_UNVERIFIED = 500  # chunks held per job until the coordinator names its worker
-_MAX_UNVERIFIED_CHARS = 4_000_000  # and held for all jobs together
-_MAX_UNKNOWN_JOBS = 10_000  # jobs the coordinator has not spoken of, held at once
+_MAX_UNVERIFIED_CHARS = 2_000_000  # and held for all jobs together
+_MAX_UNKNOWN_JOBS = 2_000  # jobs the coordinator has not spoken of, held at once
 _KEEP_UNKNOWN_S = 60.0  # and for how long
 
 

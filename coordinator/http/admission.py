@@ -16,3 +16,9 @@ async def admit_limit(ctx: HttpContext, model: str) -> AdmitLimit:
         ctx.metrics.shed.labels(refused.reason).inc()
         raise
     return ctx.capacity.limit(model)
+
+
+def refused(ctx: HttpContext, model: str, busy: Busy) -> Busy:
+    """A refusal on its way out: counted, and given a return time of its own."""
+    ctx.metrics.shed.labels(busy.reason).inc()
+    return ctx.capacity.spread(model, busy)

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response
 
 from coordinator.errors import Busy, CoordinatorError
-from coordinator.http.admission import admit_limit
+from coordinator.http.admission import admit_limit, refused
 from coordinator.http.context import HttpContext
 from coordinator.http.responses import error, json_response, read_body, wrong_token
 from coordinator.http.routing import Route, blueprint
@@ -73,8 +73,7 @@ async def completions(ctx: HttpContext) -> Response:
             limit=limit,
         )
     except Busy as busy:
-        ctx.metrics.shed.labels(busy.reason).inc()
-        raise
+        raise refused(ctx, model, busy) from None
     await ctx.bus.message(new.reply)
     ctx.wake_dispatcher()
     return json_response(SendMessageResponse(user_message=new.user_message, reply=new.reply), 201)

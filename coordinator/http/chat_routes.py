@@ -10,7 +10,7 @@ from typing import TypeVar
 from quart import Blueprint, Response, request
 
 from coordinator.errors import Busy, Conflict, NotFound
-from coordinator.http.admission import admit_limit
+from coordinator.http.admission import admit_limit, refused
 from coordinator.http.context import HttpContext
 from coordinator.http.responses import error, json_response, read_body, wrong_token
 from coordinator.http.routing import Route, blueprint
@@ -62,9 +62,8 @@ async def _admitted(ctx: HttpContext, who: str, model: str, queue_it: Callable[.
         queue_it = functools.partial(queue_it, limit=limit, max_queued=ctx.max_queued)
         try:
             return await ctx.runner.call(queue_it)
-        except Busy as refused:
-            ctx.metrics.shed.labels(refused.reason).inc()
-            raise
+        except Busy as busy:
+            raise refused(ctx, model, busy) from None
 
 
 async def _publish_members(ctx: HttpContext, thread_id: str) -> None:

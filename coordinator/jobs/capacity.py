@@ -18,6 +18,7 @@ limit inside the request's own transaction (the count is exact at that moment).
 """
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ from coordinator.errors import Busy
 from coordinator.workers.presence import WorkerLoad
 from farm_protocol.models import display_model, normalize_model
 
-RETRY_MAX_S = 60.0  # a refusal never asks for more patience than this
+RETRY_MAX_S = 300.0  # a refusal never asks for more patience than this
+GUESS_RETRY_MAX_S = 2.0  # nor, while the service time is still a guess, than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class FleetCapacity:
         self.reply_estimate_s = reply_estimate_s
         self._fleet: dict[str, _Fleet] = {}
         self._service_s: dict[str, float] = {}
+        self._promised: dict[str, float] = {}  # the last return time given, per model
 
     def observe_fleet(self, workers: Iterable[WorkerLoad]) -> None:
         """The workers that may get a job now (:meth:`WorkerPresence.online`)."""
@@ -79,6 +82,32 @@ class FleetCapacity:
     def observe_service_times(self, seconds: Mapping[str, float]) -> None:
         """How long each (normalised) model's jobs held a slot lately, on average."""
         self._service_s = {m: s for m, s in seconds.items() if s > 0}
+
+    def spread(self, model: str, refused: Busy, *, now: float | None = None) -> Busy:
+        """The refusal with a return time of its own: each refused client of a model is
+        given the next free moment the fleet will have room, one start apart, so that
+        they come back one by one as the queue drains instead of all at once (a burst of
+        1,000 on 4 slots cost 20,000 refusals, 56 for one client, when all were told the
+        same second). While the service time is still a guess, no return is promised
+        further than ``GUESS_RETRY_MAX_S`` away: the estimate may be far off."""
+        name = normalize_model(model)
+        fleet = self._fleet.get(name)
+        if refused.reason != "queue_full" or fleet is None or fleet.slots == 0:
+            return refused
+        clock = time.monotonic() if now is None else now
+        per_start = self.service_s(model) / fleet.slots
+        earliest = clock + refused.retry_after_s
+        previous = self._promised.get(name)
+        at = earliest if previous is None else max(earliest, previous + per_start)
+        if self.guessing():
+            at = min(at, clock + GUESS_RETRY_MAX_S)
+        self._promised[name] = at
+        retry = min(RETRY_MAX_S, max(1, math.ceil(at - clock)))
+        return Busy(f"the farm is busy: try again in about {retry} s", retry, refused.reason)
+
+    def guessing(self) -> bool:
+        """No service time has been measured yet: every estimate is the default."""
+        return not self._service_s
 
     def service_s(self, model: str) -> float:
         """The model's recent service time; else the fleet's average; else the default."""

@@ -24,6 +24,7 @@ from farm_protocol.payloads import (
     JobReplay,
 )
 from farm_runtime.chunks import ChunkSequence
+from farm_runtime.logs import DropLog
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +123,27 @@ class JobStreams:
         self.idle_s = idle_s
         self._live: dict[str, Assembly] = {}
         self._strays: set[tuple[str, int, str]] = set()
+        self._ignored = DropLog(log, level=logging.INFO)
         self.on_first_token: Callable[[float], None] = lambda seconds: None
 
     async def on_event(self, worker_id: str, event: JobEvent) -> None:
+        stray = (event.job_id, event.attempt, worker_id)
+        if stray in self._strays:  # known not to be held: no database look-up again
+            return
         assembly = await self._assembly(worker_id, event.job_id, event.attempt)
         if assembly is None:
-            stray = (event.job_id, event.attempt, worker_id)
-            if stray not in self._strays:  # once per stray stream, not per chunk
-                if len(self._strays) > 10_000:
-                    self._strays.clear()
-                self._strays.add(stray)
-                log.info(
-                    "ignored %s (and what follows) for job %s attempt %d from %s:"
-                    " not held by that worker/attempt",
-                    event.kind,
-                    event.job_id,
-                    event.attempt,
-                    worker_id,
-                )
+            if len(self._strays) > 10_000:
+                self._strays.clear()
+            self._strays.add(stray)
+            self._ignored.warn(  # once per stray stream, and per worker every 10 s
+                worker_id,
+                "ignored %s (and what follows) for job %s attempt %d from %s:"
+                " not held by that worker/attempt",
+                event.kind,
+                event.job_id,
+                event.attempt,
+                worker_id,
+            )
             return
         assembly.heard_at = time.monotonic()
         match event:

@@ -40,7 +40,7 @@ class Inbound:
     in between: the farm's throughput was capped by that round trip, not by the work."""
 
     LANE_SIZE = 10_000  # a lane this full makes the broker connection wait (backpressure)
-    LANE_BYTES = 16 * 1024 * 1024  # a lane holding this much drops what else comes
+    LANE_BYTES = 4 * 1024 * 1024  # a lane holding this much drops what else comes
     MAX_LANES = 100_000  # beyond this (many made-up worker ids), messages are handled inline
 
     def __init__(

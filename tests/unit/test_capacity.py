@@ -60,3 +60,26 @@ def test_a_model_without_its_own_times_is_judged_by_the_others() -> None:
     capacity.observe_service_times({"llama3:latest": 2.0, "mistral:latest": 4.0})
     assert capacity.service_s("codellama:7b") == 3.0
     assert capacity.service_s("mistral") == 4.0
+
+
+def test_refused_clients_are_given_return_times_one_start_apart() -> None:
+    """They come back one by one as the queue drains, not all in the same second."""
+    capacity = FleetCapacity(queue_timeout_s=120, reply_estimate_s=20)
+    capacity.observe_fleet([worker("a", 2, active=2)])
+    capacity.observe_service_times({"llama3:latest": 4.0})  # a start every 2 s
+    refusal = Busy("the farm is busy: try again in about 1 s", 1, "queue_full")
+    given = [capacity.spread("llama3", refusal, now=100.0).retry_after_s for _ in range(5)]
+    assert given == [1, 3, 5, 7, 9]
+    again = capacity.spread("llama3", refusal, now=105.0)  # 5 s later: the queue moved on
+    assert again.retry_after_s == 6
+    assert str(again) == "the farm is busy: try again in about 6 s"
+    other = Busy("no worker serves llama3 right now", 30, "no_worker")
+    assert capacity.spread("llama3", other, now=105.0) is other
+
+
+def test_while_the_service_time_is_a_guess_no_return_is_promised_far_away() -> None:
+    capacity = FleetCapacity(queue_timeout_s=120, reply_estimate_s=20)
+    capacity.observe_fleet([worker("a", 1, active=1)])  # a start every 20 s, by the guess
+    refusal = Busy("the farm is busy: try again in about 1 s", 1, "queue_full")
+    given = [capacity.spread("llama3", refusal, now=0.0).retry_after_s for _ in range(3)]
+    assert given == [1, 2, 2]
