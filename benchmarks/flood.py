@@ -30,29 +30,30 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def flood(farm: ProcessFarm, worker_id: str, key: str) -> dict[str, int]:
-    sent = {"big refused": 0, "chunks": 0, "junk": 0}
-    for _ in range(3):  # each costs the rogue its connection
-        try:
-            async with aiomqtt.Client(
-                "127.0.0.1",
-                farm.broker.port,
-                username=worker_id,
-                password=key,
-                identifier=f"worker-{worker_id}",
-            ) as rogue:
-                await rogue.publish(topics.job_events(worker_id, "big"), b"x" * BIG, qos=1)
-                await rogue.publish(topics.worker_status(worker_id), b"y", qos=1)
-        except aiomqtt.MqttError:
-            sent["big refused"] += 1
-    async with aiomqtt.Client(
+def as_worker(
+    farm: ProcessFarm, worker_id: str, key: str, in_flight: int | None = None
+) -> aiomqtt.Client:
+    """A connection with a worker's credentials (and its client id, which they are bound to)."""
+    return aiomqtt.Client(
         "127.0.0.1",
         farm.broker.port,
         username=worker_id,
         password=key,
         identifier=f"worker-{worker_id}",
-        max_inflight_messages=100,
-    ) as rogue:
+        max_inflight_messages=in_flight,
+    )
+
+
+async def flood(farm: ProcessFarm, worker_id: str, key: str) -> dict[str, int]:
+    sent = {"big refused": 0, "chunks": 0, "junk": 0}
+    for _ in range(3):  # each costs the rogue its connection
+        try:
+            async with as_worker(farm, worker_id, key) as rogue:
+                await rogue.publish(topics.job_events(worker_id, "big"), b"x" * BIG, qos=1)
+                await rogue.publish(topics.worker_status(worker_id), b"y", qos=1)
+        except aiomqtt.MqttError:
+            sent["big refused"] += 1
+    async with as_worker(farm, worker_id, key, in_flight=100) as rogue:
         for n in range(CHUNKS):
             chunk = JobChunk(job_id=f"made-up-{n}", attempt=1, seq=0, text="z" * 2000)
             await rogue.publish(topics.job_events(worker_id, chunk.job_id), encode(chunk), qos=1)
