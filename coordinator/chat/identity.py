@@ -49,7 +49,7 @@ class IdentityStore:
             .join(User)
             .where(BrowserSession.token_hash == token_hash)
             .tuples()
-            .first()
+            .first(self.db)
         )
         if row is None:
             return None
@@ -58,7 +58,7 @@ class IdentityStore:
         if last_seen < stamp - 60:  # a write per minute, not per request
             BrowserSession.update(last_seen=stamp).where(
                 BrowserSession.token_hash == token_hash
-            ).execute()
+            ).execute(self.db)
         return UserView(user_id=user_id, name=name)
 
     def session_user(self, token: str) -> UserView:
@@ -72,23 +72,24 @@ class IdentityStore:
             found = self.find_user(token)  # made meanwhile by another process
             if found is not None:
                 return found
-            user = User.create(id=new_id(), name=random_name())
-            BrowserSession.create(token_hash=hash_session_token(token), user=user)
-        return UserView(user_id=user.id, name=user.name)
+            user = UserView(user_id=new_id(), name=random_name())
+            User.insert(id=user.user_id, name=user.name).execute(self.db)
+            session = BrowserSession.insert(token_hash=hash_session_token(token), user=user.user_id)
+            session.execute(self.db)
+        return user
 
     def rename(self, user_id: str) -> tuple[UserView, list[str]]:
         """Give the user a new random name; also the threads whose member lists changed
         (the 50 most recently active: older ones show the new name when next opened)."""
         with write_transaction(self.db):
-            user = User.get_by_id(user_id)
-            user.name = random_name(other_than=user.name)
-            user.save()
-        threads = [
-            row.thread_id
-            for row in ThreadMember.select(ThreadMember.thread)
+            old = User.select(User.name).where(User.id == user_id).get(self.db).name
+            renamed = UserView(user_id=user_id, name=random_name(other_than=old))
+            User.update(name=renamed.name).where(User.id == user_id).execute(self.db)
+        recent = (
+            ThreadMember.select(ThreadMember.thread)
             .join(Thread)
             .where(ThreadMember.user == user_id)
             .order_by(Thread.updated_at.desc())
             .limit(50)
-        ]
-        return UserView(user_id=user.id, name=user.name), threads
+        )
+        return renamed, [row.thread_id for row in recent.execute(self.db)]

@@ -5,7 +5,7 @@ empty reply and the reply's queued job together."""
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
@@ -211,15 +211,16 @@ class RequestStore:
         (the earlier jobs stay on record). The same limits apply as to sending."""
         with write_transaction(self.db):
             lock_thread(self.db, thread_id)
-            reply = Message.get_or_none(
-                (Message.id == message_id)
-                & (Message.thread == thread_id)
-                & (Message.role == "assistant")
+            reply = (
+                Message.select()
+                .where(
+                    (Message.id == message_id)
+                    & (Message.thread == thread_id)
+                    & (Message.role == "assistant")
+                )
+                .first(self.db)
             )
-            member = ThreadMember.select().where(
-                (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
-            )
-            if reply is None or not member.exists():
+            if reply is None or not self._member(thread_id, user_id):
                 raise NotFound(f"no reply {message_id} in thread {thread_id}")
             if reply.state not in RETRYABLE_STATES:
                 raise Conflict(
@@ -233,24 +234,30 @@ class RequestStore:
             sql.execute(self.db, q.NEW_JOB, new_job)
             sql.execute(self.db, q.REPLY_REQUEUED, (job_id, stamp, message_id))
             sql.execute(self.db, q.THREAD_ACTIVE, (stamp, thread_id))
-            (view,) = views_of(Message.select(*message_fields()).where(Message.id == message_id))
+            query = Message.select(*message_fields()).where(Message.id == message_id)
+            (view,) = views_of(self.db, query)
             return view
 
+    def _message(self, thread_id: str, message_id: str) -> Message | None:
+        where = (Message.id == message_id) & (Message.thread == thread_id)
+        return cast(Message | None, Message.select().where(where).first(self.db))
+
+    def _member(self, thread_id: str, user_id: str) -> bool:
+        where = (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
+        return bool(ThreadMember.select().where(where).exists(self.db))
+
     def reply_model(self, thread_id: str, message_id: str) -> str:
-        reply = Message.get_or_none((Message.id == message_id) & (Message.thread == thread_id))
+        reply = self._message(thread_id, message_id)
         if reply is None or reply.model is None:
             raise NotFound(f"no reply {message_id} in thread {thread_id}")
         return str(reply.model)
 
     def job_to_stop(self, user_id: str, thread_id: str, message_id: str) -> str:
         """The job behind a reply that a member of its thread wants to stop."""
-        message = Message.get_or_none((Message.id == message_id) & (Message.thread == thread_id))
+        message = self._message(thread_id, message_id)
         if message is None or message.job_id is None:
             raise NotFound(f"no reply {message_id} in thread {thread_id}")
-        member = ThreadMember.select().where(
-            (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
-        )
-        if not member.exists():
+        if not self._member(thread_id, user_id):
             raise NotFound(f"no reply {message_id} in thread {thread_id}")
         if message.state not in (MessageState.QUEUED.value, MessageState.GENERATING.value):
             raise Conflict(f"this reply has already ended ({message.state})")

@@ -51,18 +51,20 @@ class ThreadStore:
 
     def create_thread(self, user_id: str, system_prompt: str) -> ThreadView:
         with write_transaction(self.db):
-            thread = Thread.create(id=new_id(), created_by=user_id)
-            ThreadMember.create(thread=thread, user=user_id)
+            thread_id = new_id()
+            Thread.insert(id=thread_id, created_by=user_id).execute(self.db)
+            ThreadMember.insert(thread=thread_id, user=user_id).execute(self.db)
             if system_prompt.strip():
-                Message.create(
+                Message.insert(
                     id=new_id(),
-                    thread=thread,
+                    thread=thread_id,
                     user=user_id,
                     role="system",
                     author="system",
                     content=system_prompt.strip(),
                     state=MessageState.DONE.value,
-                )
+                ).execute(self.db)
+            thread = Thread.select().where(Thread.id == thread_id).get(self.db)
         return thread_view(thread)
 
     def list_threads(self, user_id: str, limit: int = 100) -> list[ThreadView]:
@@ -73,14 +75,14 @@ class ThreadStore:
             .order_by(Thread.updated_at.desc())
             .limit(limit)
         )
-        return [thread_view(row) for row in rows]
+        return [thread_view(row) for row in rows.execute(self.db)]
 
     def snapshot(
         self, thread_id: str, viewer: str | None = None, limit: int = PAGE_SIZE
     ) -> ThreadSnapshot:
         """The thread, its members and its latest ``limit`` messages, as ``viewer`` (a
         user id, or None for someone who has never written) sees it."""
-        thread = Thread.get_or_none(Thread.id == thread_id)
+        thread = Thread.select().where(Thread.id == thread_id).first(self.db)
         if thread is None:
             raise NotFound(f"no thread {thread_id}")
         page = self._page(thread_id, None, limit)
@@ -95,7 +97,7 @@ class ThreadStore:
 
     def older_messages(self, thread_id: str, before: str, limit: int = PAGE_SIZE) -> MessagePage:
         """The ``limit`` messages before message ``before``, oldest first."""
-        if not Thread.select().where(Thread.id == thread_id).exists():
+        if not Thread.select().where(Thread.id == thread_id).exists(self.db):
             raise NotFound(f"no thread {thread_id}")
         page = self._page(thread_id, before, limit)
         return MessagePage(messages=self._live_views(page.messages), has_more=page.has_more)
@@ -103,7 +105,11 @@ class ThreadStore:
     def _page(self, thread_id: str, before: str | None, limit: int) -> MessagePage:
         query = Message.select(*message_fields()).where(Message.thread == thread_id)
         if before is not None:
-            anchor = Message.get_or_none((Message.id == before) & (Message.thread == thread_id))
+            anchor = (
+                Message.select()
+                .where((Message.id == before) & (Message.thread == thread_id))
+                .first(self.db)
+            )
             if anchor is None:
                 raise NotFound(f"no message {before} in thread {thread_id}")
             query = query.where(
@@ -111,7 +117,7 @@ class ThreadStore:
                 | ((Message.created_at == anchor.created_at) & (Message.id < anchor.id))
             )
         newest = views_of(
-            query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1)
+            self.db, query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1)
         )
         views = list(reversed(newest[:limit]))
         return MessagePage(messages=views, has_more=len(newest) > limit)
@@ -142,13 +148,13 @@ class ThreadStore:
             .where(ThreadMember.thread == thread_id)
             .order_by(ThreadMember.joined_at, User.id)
         )
-        return [MemberView(user_id=row.id, name=row.name) for row in rows]
+        return [MemberView(user_id=row.id, name=row.name) for row in rows.execute(self.db)]
 
     def is_member(self, thread_id: str, user_id: str) -> bool:
         return bool(
             ThreadMember.select()
             .where((ThreadMember.thread == thread_id) & (ThreadMember.user == user_id))
-            .exists()
+            .exists(self.db)
         )
 
     def join(self, thread_id: str, user_id: str) -> list[MemberView]:
@@ -160,15 +166,15 @@ class ThreadStore:
 
     def leave(self, thread_id: str, user_id: str) -> list[MemberView]:
         """Stop being a member (the thread leaves the user's list); the members after."""
-        if not Thread.select().where(Thread.id == thread_id).exists():
+        if not Thread.select().where(Thread.id == thread_id).exists(self.db):
             raise NotFound(f"no thread {thread_id}")
         ThreadMember.delete().where(
             (ThreadMember.thread == thread_id) & (ThreadMember.user == user_id)
-        ).execute()
+        ).execute(self.db)
         return self.members(thread_id)
 
     def message(self, message_id: str) -> MessageView:
-        found = views_of(Message.select(*message_fields()).where(Message.id == message_id))
+        found = views_of(self.db, Message.select(*message_fields()).where(Message.id == message_id))
         if not found:
             raise NotFound(f"no message {message_id}")
         return found[0]

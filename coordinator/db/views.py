@@ -57,9 +57,9 @@ def message_views(rows: Iterable[Sequence[Any]]) -> list[MessageView]:
     return [message_view(r) for r in rows]
 
 
-def views_of(query: "pw.ModelSelect[Any]") -> list[MessageView]:
-    """Views of a query builder's select of :func:`message_fields`."""
-    return message_views(cast(list[tuple[Any, ...]], list(query.tuples())))
+def views_of(db: pw.Database, query: "pw.ModelSelect[Any]") -> list[MessageView]:
+    """Views of a query builder's select of :func:`message_fields`, run on ``db``."""
+    return message_views(cast(list[tuple[Any, ...]], list(query.tuples().execute(db))))
 
 
 def thread_view(row: Thread) -> ThreadView:

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 import peewee as pw
 
@@ -97,30 +98,32 @@ class ApiKeyStore:
             raise ValueError("an API key needs a name of 1 to 200 characters")
         issued = issued or issue_key()
         with write_transaction(self.db):
-            user = User.create(id=uuid.uuid4().hex, name=f"API: {name.strip()[:58]}")
-            ApiKey.create(
+            user_id = uuid.uuid4().hex
+            User.insert(id=user_id, name=f"API: {name.strip()[:58]}").execute(self.db)
+            ApiKey.insert(
                 id=issued.key_id,
                 name=name.strip(),
                 key_hash=issued.key_hash,
-                user_id=user.id,
+                user_id=user_id,
                 max_concurrent=max_concurrent,
-            )
+            ).execute(self.db)
         return self.get(issued.key_id), issued.key
 
     def get(self, key_id: str) -> ApiKeyInfo:
-        row = ApiKey.get_or_none(ApiKey.id == key_id)
+        row = ApiKey.select().where(ApiKey.id == key_id).first(self.db)
         if row is None:
             raise NotFound(f"no API key {key_id}")
         return self._info(row)
 
     def list_keys(self) -> list[ApiKeyInfo]:
-        return [self._info(r) for r in ApiKey.select().order_by(ApiKey.created_at)]
+        rows = ApiKey.select().order_by(ApiKey.created_at).execute(self.db)
+        return [self._info(r) for r in rows]
 
     def revoke(self, key_id: str) -> None:
         changed = (
             ApiKey.update(revoked_at=time.time())
             .where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
-            .execute()
+            .execute(self.db)
         )
         if changed != 1:
             raise NotFound(f"no active API key {key_id}")
@@ -138,19 +141,23 @@ class ApiKeyStore:
     def upgrade(self, legacy: LegacyHash, key: str) -> ApiKeyInfo | None:
         """The key checked out against its old hash: store the new one in its place."""
         sql.execute(self.db, _UPGRADE, (hash_key(key), legacy.key_id, legacy.stored))
-        row = ApiKey.get_or_none((ApiKey.id == legacy.key_id) & ApiKey.revoked_at.is_null())
+        row = self._live(legacy.key_id)
         return None if row is None else self._used(row)
 
     def _live_row(self, key: str) -> ApiKey | None:
         key_id, _, secret = key.removeprefix(API_KEY_PREFIX).partition("_")
         if not key.startswith(API_KEY_PREFIX) or not key_id or not secret:
             return None
-        return ApiKey.get_or_none((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
+        return self._live(key_id)
+
+    def _live(self, key_id: str) -> ApiKey | None:
+        live = (ApiKey.id == key_id) & ApiKey.revoked_at.is_null()
+        return cast(ApiKey | None, ApiKey.select().where(live).first(self.db))
 
     def _used(self, row: ApiKey) -> ApiKeyInfo:
         stamp = time.time()
         if row.last_used_at is None or row.last_used_at < stamp - USED_EVERY_S:
-            ApiKey.update(last_used_at=stamp).where(ApiKey.id == row.id).execute()
+            ApiKey.update(last_used_at=stamp).where(ApiKey.id == row.id).execute(self.db)
             row.last_used_at = stamp
         return self._info(row)
 

@@ -55,7 +55,7 @@ class WorkerPresence:
             changed = (
                 Worker.update(state="offline")
                 .where(live & (Worker.session_id == status.session_id))
-                .execute()
+                .execute(self.db)
             )
             return bool(changed == 1)
         models = sorted({normalize_model(m) for m in status.models})
@@ -72,7 +72,7 @@ class WorkerPresence:
                 version=status.version[:64],
             )
             .where(live)
-            .execute()
+            .execute(self.db)
         )
         return bool(changed == 1)
 
@@ -93,7 +93,7 @@ class WorkerPresence:
                         & Worker.revoked_at.is_null()
                         & (Worker.session_id == beat.session_id)
                     )
-                    .execute()
+                    .execute(self.db)
                 )
                 if changed == 1:
                     fresh.append(beat)
@@ -114,7 +114,7 @@ class WorkerPresence:
         stamp = time.time()
         rows = [
             r
-            for r in Worker.select().where(Worker.revoked_at.is_null())
+            for r in Worker.select().where(Worker.revoked_at.is_null()).execute(self.db)
             if is_online(r, stamp, self.grace_s)
         ]
         served: set[str] = set()

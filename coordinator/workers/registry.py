@@ -68,7 +68,7 @@ class WorkerRegistry:
             str(r.id): derive_key(self.key_secret, r.id, r.key_nonce)
             if self.key_secret and r.key_nonce
             else None
-            for r in rows
+            for r in rows.execute(self.db)
         }
 
     def add(self, name: str, worker_id: str | None = None) -> tuple[WorkerInfo, str]:
@@ -95,7 +95,7 @@ class WorkerRegistry:
         wid = check_id(worker_id, "worker id") if worker_id else self._free_id(name)
         if is_reserved(wid):
             raise ValueError(f"worker ids may not be {wid!r}: 'farm-' and 'admin' are reserved")
-        if Worker.get_or_none(Worker.id == wid) is not None:
+        if self._exists(Worker.id == wid):
             raise Conflict(f"worker {wid} already exists")
         return wid
 
@@ -104,7 +104,9 @@ class WorkerRegistry:
         :meth:`new_id` gave it)."""
         try:
             with write_transaction(self.db):
-                Worker.create(id=worker_id, name=name, key_hash=key_hash, key_nonce=nonce)
+                Worker.insert(id=worker_id, name=name, key_hash=key_hash, key_nonce=nonce).execute(
+                    self.db
+                )
         except pw.IntegrityError as exc:
             raise Conflict(f"worker {worker_id} already exists") from exc
         return self.get(worker_id)
@@ -114,7 +116,7 @@ class WorkerRegistry:
         if is_reserved(base):
             base = f"w-{base}"
         candidate, n = base, 2
-        while Worker.get_or_none(Worker.id == candidate) is not None:
+        while self._exists(Worker.id == candidate):
             candidate, n = f"{base}-{n}", n + 1
         return candidate
 
@@ -145,16 +147,19 @@ class WorkerRegistry:
     def new_key_for(self, worker_id: str) -> tuple[str, str]:
         """A fresh key (and its nonce) for an active worker, not stored yet: the broker
         learns it first, so a failed broker update leaves the old key working."""
-        if Worker.get_or_none((Worker.id == worker_id) & Worker.revoked_at.is_null()) is None:
+        if not self._exists((Worker.id == worker_id) & Worker.revoked_at.is_null()):
             raise NotFound(f"no active worker {worker_id}")
         return self.issue(worker_id)
+
+    def _exists(self, where: pw.Expression) -> bool:
+        return bool(Worker.select().where(where).exists(self.db))
 
     def set_key(self, worker_id: str, *, key_hash: str, nonce: str) -> None:
         """Store a worker's new key: its hash (``coordinator.keys.hashing.hash_key``) and nonce."""
         changed = (
             Worker.update(key_hash=key_hash, key_nonce=nonce)
             .where((Worker.id == worker_id) & Worker.revoked_at.is_null())
-            .execute()
+            .execute(self.db)
         )
         if changed != 1:
             raise NotFound(f"no active worker {worker_id}")
@@ -163,13 +168,13 @@ class WorkerRegistry:
         changed = (
             Worker.update(revoked_at=time.time(), state="offline")
             .where((Worker.id == worker_id) & Worker.revoked_at.is_null())
-            .execute()
+            .execute(self.db)
         )
         if changed != 1:
             raise NotFound(f"no active worker {worker_id}")
 
     def get(self, worker_id: str) -> WorkerInfo:
-        row = Worker.get_or_none(Worker.id == worker_id)
+        row = Worker.select().where(Worker.id == worker_id).first(self.db)
         if row is None:
             raise NotFound(f"no worker {worker_id}")
         return self._info(row, active_counts(self.db).get(worker_id, 0), time.time())
@@ -177,9 +182,8 @@ class WorkerRegistry:
     def list_workers(self) -> list[WorkerInfo]:
         counts = active_counts(self.db)
         stamp = time.time()
-        return [
-            self._info(r, counts.get(r.id, 0), stamp) for r in Worker.select().order_by(Worker.id)
-        ]
+        rows = Worker.select().order_by(Worker.id).execute(self.db)
+        return [self._info(r, counts.get(r.id, 0), stamp) for r in rows]
 
     def _info(self, row: Worker, active: int, stamp: float) -> WorkerInfo:
         return WorkerInfo(
