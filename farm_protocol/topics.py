@@ -87,6 +87,13 @@ def parse_worker_topic(topic: str) -> WorkerTopic:
     raise TopicError(f"unknown worker topic: {topic[:120]!r}")
 
 
+def subject(topic: str) -> str:
+    """The worker or thread a topic is about (its id level), for keying log lines about
+    what arrived on it; the topic itself when it is off the tree."""
+    parts = topic.split("/")
+    return parts[3] if len(parts) > 3 else topic[:120]
+
+
 def parse_thread_topic(topic: str) -> str:
     """Return the thread id of a ``farm/v1/threads/{id}/events`` topic."""
     prefix = f"{_THREADS}/"

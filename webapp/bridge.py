@@ -131,9 +131,7 @@ class Bridge:
                 del self._threads[sub.thread_id]
 
     def watch_job(self, job_id: str, thread_id: str) -> None:
-        stream = self._jobs.get(job_id) or self._jobs.setdefault(job_id, JobStream(known=True))
-        self._known(stream)
-        stream.thread_id = thread_id
+        self._known(job_id).thread_id = thread_id
 
     def chunks_after(self, job_id: str, attempt: int, seq: int) -> list[ChunkEvent]:
         """Chunks of ``attempt`` with a sequence number above ``seq``, in order."""
@@ -148,11 +146,10 @@ class Bridge:
 
     def learn_holder(self, job_id: str, worker_id: str, attempt: int) -> None:
         """The coordinator says ``worker_id`` holds ``attempt`` of this job."""
-        stream = self._jobs.get(job_id) or self._jobs.setdefault(job_id, JobStream(known=True))
+        stream = self._known(job_id)
         if stream.holder is not None and stream.holder[1] > attempt:
             return  # news about an earlier attempt
         stream.holder = (worker_id, attempt)
-        self._known(stream)
         waiting, stream.unverified = stream.unverified, []
         self._unverified_chars -= sum(len(c.text) for _, c in waiting)
         for sender, chunk in waiting:
@@ -188,9 +185,12 @@ class Bridge:
                     if ending is not None:
                         ending.ended_at = time.time()
         except ProtocolError as exc:
-            source = topic.split("/")[3] if topic.count("/") >= 3 else "?"
             self._dropped.warn(
-                source, "dropped message on %s: %s [%s]", topic, exc, preview(message.payload)
+                topics.subject(topic),
+                "dropped message on %s: %s [%s]",
+                topic,
+                exc,
+                preview(message.payload),
             )
         self._evict()
 
@@ -205,19 +205,21 @@ class Bridge:
             self._unknown += 1
         return stream
 
-    def _known(self, stream: JobStream) -> None:
-        """The coordinator spoke of this job: it is not a stranger's any more."""
-        if not stream.known:
+    def _known(self, job_id: str) -> JobStream:
+        """The job's stream, which the coordinator has spoken of (a message, a holder, a
+        browser watching): it is not a stranger's any more."""
+        stream = self._jobs.get(job_id)
+        if stream is None:
+            stream = self._jobs[job_id] = JobStream(known=True)
+        elif not stream.known:
             stream.known = True
             self._unknown -= 1
+        return stream
 
     def _on_message(self, event: MessageEvent) -> None:
         view = event.message
         if view.job_id:
-            stream = self._jobs.get(view.job_id) or self._jobs.setdefault(
-                view.job_id, JobStream(known=True)
-            )
-            self._known(stream)
+            stream = self._known(view.job_id)
             stream.thread_id = view.thread_id
             if view.state.final:
                 stream.ended_at = stream.ended_at or time.time()

@@ -3,7 +3,6 @@ retried. This is the only writer of new job rows. Each request is one write tran
 that checks the sender's limits and the queue's bound, then stores the message, its
 empty reply and the reply's queued job together."""
 
-import json
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,6 +17,7 @@ from coordinator.db.views import message_fields, message_view, views_of
 from coordinator.errors import Busy, Conflict, NotFound, RateLimited
 from coordinator.jobs.capacity import AdmitLimit, no_worker
 from coordinator.keys.api_keys import ApiKeyInfo
+from coordinator.workers.presence import model_names
 from coordinator.workers.statements import AVAILABLE
 from farm_protocol.chat import MessageState, MessageView
 from farm_protocol.models import normalize_model
@@ -296,4 +296,4 @@ class RequestStore:
         stamp = now()
         wanted = normalize_model(model)
         rows = sql.execute(self.db, AVAILABLE, (stamp - self.grace_s, stamp))
-        return any(wanted in json.loads(models) for _, models, _, _ in rows)
+        return any(wanted in model_names(models) for _, models, _, _ in rows)

@@ -140,9 +140,12 @@ class Inbound:
                 else:  # an idle worker's: written with the others, in a batch
                     self._beats[beat.worker_id] = beat
         except ProtocolError as exc:
-            source = topic.split("/")[3] if topic.count("/") >= 3 else "?"
             self._dropped.warn(
-                source, "dropped message on %s: %s [%s]", topic, exc, preview(message.payload)
+                topics.subject(topic),
+                "dropped message on %s: %s [%s]",
+                topic,
+                exc,
+                preview(message.payload),
             )
 
     async def _status(self, worker_id: str, status: WorkerStatus) -> None:

@@ -30,7 +30,7 @@ class WorkerLoad:
 
 
 @functools.lru_cache(maxsize=4096)
-def _names(models_json: str) -> frozenset[str]:
+def model_names(models_json: str) -> frozenset[str]:
     """A worker's stored model list (the same few strings, parsed on every round)."""
     return frozenset(json.loads(models_json))
 
@@ -106,7 +106,9 @@ class WorkerPresence:
         rows = sql.execute(self.db, q.AVAILABLE, (stamp - self.grace_s, stamp))
         counts = active_counts(self.db)
         return [
-            WorkerLoad(worker, _names(models), _names(loaded), capacity, counts.get(worker, 0))
+            WorkerLoad(
+                worker, model_names(models), model_names(loaded), capacity, counts.get(worker, 0)
+            )
             for worker, models, loaded, capacity in rows
         ]
 

@@ -72,3 +72,9 @@ def test_model_names_follow_ollama() -> None:
     assert normalize_model("codellama:7b") == "codellama:7b"
     assert normalize_model("library/llama3") == "library/llama3:latest"
     assert display_model("llama3:latest") == "llama3"
+
+
+def test_a_topics_subject_keys_the_log_lines_about_it() -> None:
+    assert topics.subject(topics.job_events("w1", "j1")) == "w1"
+    assert topics.subject(topics.thread_events("t1")) == "t1"
+    assert topics.subject("elsewhere") == "elsewhere"
