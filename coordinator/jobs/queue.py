@@ -136,7 +136,7 @@ class JobQueue:
                 where = Where(job_id, " AND attempt = %s", (attempt,))
                 self.endings.end(where, JobState.FAILED, "there is nothing to reply to", stamp)
                 continue
-            assignment = _fitted(
+            assignment = fit_assignment(
                 JobAssignment(
                     job_id=job_id, attempt=attempt, model=model, messages=context, issued_at=stamp
                 )
@@ -162,7 +162,7 @@ class JobQueue:
 ASSIGNMENT_BYTES = MAX_PACKET_BYTES - 64 * 1024  # room for the MQTT header and topic
 
 
-def _fitted(assignment: JobAssignment) -> JobAssignment | None:
+def fit_assignment(assignment: JobAssignment) -> JobAssignment | None:
     """The assignment within what the broker carries: the oldest turns of a long history
     are left out (the system prompt and the question stay); None if even that is too
     long."""
