@@ -1,5 +1,6 @@
 """Oversized and flooding input: a worker's account publishes 16 MiB messages and floods
-its job topics with chunks for made-up jobs and with junk. Measured: the coordinator's
+its progress topics (what the coordinators receive) with checkpoints for made-up jobs
+and with junk. Measured: the coordinator's
 and the webapp's resident memory before and after (each settles its garbage first), the
 log lines the flood cost, and that the farm still answers. The farm runs one process per
 service on Mosquitto with the project's config (benchmarks/farm_processes.py)."""
@@ -16,7 +17,7 @@ from coordinator.db.database import migrate, open_database
 from coordinator.workers.registry import WorkerRegistry
 from farm_protocol import topics
 from farm_protocol.codec import encode
-from farm_protocol.payloads import JobChunk
+from farm_protocol.payloads import JobCheckpoint
 
 BIG = 16 * 1024 * 1024
 CHUNKS = 20_000
@@ -49,17 +50,22 @@ async def flood(farm: ProcessFarm, worker_id: str, key: str) -> dict[str, int]:
     for _ in range(3):  # each costs the rogue its connection
         try:
             async with as_worker(farm, worker_id, key) as rogue:
-                await rogue.publish(topics.job_events(worker_id, "big"), b"x" * BIG, qos=1)
+                big = topics.job_progress(worker_id, "t1", "big")
+                await rogue.publish(big, b"x" * BIG, qos=1)
                 await rogue.publish(topics.worker_status(worker_id), b"y", qos=1)
         except aiomqtt.MqttError:
             sent["big refused"] += 1
     async with as_worker(farm, worker_id, key, in_flight=100) as rogue:
         for n in range(CHUNKS):
-            chunk = JobChunk(job_id=f"made-up-{n}", attempt=1, seq=0, text="z" * 2000)
-            await rogue.publish(topics.job_events(worker_id, chunk.job_id), encode(chunk), qos=1)
+            made_up = JobCheckpoint(job_id=f"made-up-{n}", attempt=1, texts=["z" * 2000])
+            await rogue.publish(
+                topics.job_progress(worker_id, "t1", made_up.job_id), encode(made_up), qos=1
+            )
             sent["chunks"] += 1
         for n in range(JUNK):
-            await rogue.publish(topics.job_events(worker_id, f"junk{n}"), b"\xff{" * 100, qos=1)
+            await rogue.publish(
+                topics.job_progress(worker_id, "t1", f"junk{n}"), b"\xff{" * 100, qos=1
+            )
             sent["junk"] += 1
     return sent
 

@@ -24,6 +24,7 @@ from coordinator.metrics import Metrics
 from coordinator.mqtt.bus import Bus
 from coordinator.mqtt.inbound import SUBSCRIPTIONS, Inbound
 from coordinator.mqtt.provisioning import Provisioner
+from coordinator.readiness import Readiness
 from coordinator.settings import CoordinatorSettings
 from coordinator.workers.presence import WorkerPresence
 from coordinator.workers.registry import WorkerRegistry
@@ -58,6 +59,7 @@ class Coordinator:
         self.metrics = Metrics(db, s.worker_grace_s)
         self.admission = Admission(s.queue_target_s, s.queue_interval_s)
         self.capacity = FleetCapacity(s.queue_timeout_s, s.reply_estimate_s, s.admit_fraction)
+        self.readiness = Readiness(self.runner)
         self._build_job_path()
         self.app = create_app(self._http_context(ApiKeyStore(db)))
 
@@ -99,7 +101,7 @@ class Coordinator:
             cancel=self.canceller.cancel,
             admission=self.admission,
             capacity=self.capacity,
-            limits=RateLimits(default_rules(s)),
+            limits=RateLimits(self.runner.db, default_rules(s)),
             metrics=self.metrics,
             provisioner=self.provisioner,
             service_token=s.service_token.get_secret_value(),
@@ -108,6 +110,7 @@ class Coordinator:
             max_queued=s.max_queued,
             grace_s=s.worker_grace_s,
             job_lifetime_s=s.queue_timeout_s + s.reply_timeout_s,
+            readiness=self.readiness,
         )
 
     async def _mqtt(self) -> None:
@@ -115,16 +118,25 @@ class Coordinator:
             return make_client(
                 self.settings.broker,
                 identifier=self.settings.coordinator_client_id,
-                clean_session=False,  # chunks published while we restart wait for us
+                # A clean session: the broker keeps nothing for a coordinator that is gone.
+                # A persistent one stayed in the shared subscription while it was away,
+                # and Mosquitto went on handing it its turn of every worker's progress and
+                # heartbeats (queued for nobody, or dropped). What a restarted coordinator
+                # missed it asks the workers for (JobStreams.resume).
+                clean_session=True,
             )
 
         async def session(connected: aiomqtt.Client) -> None:
-            await serve_session(
-                connected,
-                subscriptions=SUBSCRIPTIONS,
-                handle=self.inbound.handle,
-                outbox=self.outbox,
-            )
+            try:
+                await serve_session(
+                    connected,
+                    subscriptions=SUBSCRIPTIONS,
+                    handle=self.inbound.handle,
+                    outbox=self.outbox,
+                    on_subscribed=self.readiness.broker.set,
+                )
+            finally:
+                self.readiness.broker.clear()
 
         await stay_connected(connect, session, name="coordinator")
 

@@ -7,11 +7,13 @@ dynsec ACLs), and the dev broker's amqtt topic plugin checks them directly.
 Accounts:
 
 * a worker (username = its worker id, client id ``worker-{id}``): subscribes to its own
-  ``assign`` and ``control``; publishes its own ``status`` (also its Will), ``heartbeat``
-  and ``jobs/+``. Nothing of any other worker, no wildcards.
-* ``farm-coordinator``: subscribes to every worker's status, heartbeats and job events;
-  publishes assignments, control messages and thread events.
-* ``farm-webapp``: subscribes to job events and thread events; publishes nothing.
+  ``assign`` and ``control``; publishes its own ``status`` (also its Will), ``heartbeat``,
+  ``jobs/+`` and ``progress/+``. Nothing of any other worker, no wildcards.
+* ``farm-coordinator``: subscribes to every worker's status, and to heartbeats and job
+  progress, shared with the other coordinators (group :data:`COORDINATOR_GROUP`) or
+  plain; publishes assignments, control messages and thread events.
+* ``farm-webapp``: subscribes to live chunks, job progress and thread events (any
+  narrower filter of these: one job's, one thread's); publishes nothing.
 * ``farm-observer``: read-only on everything under ``farm/`` (for ``mosquitto_sub``).
 
 Worker ids may not take these names: the ``farm-`` prefix is reserved for services.
@@ -28,6 +30,8 @@ COORDINATOR = "farm-coordinator"
 WEBAPP = "farm-webapp"
 OBSERVER = "farm-observer"
 SERVICES = (COORDINATOR, WEBAPP, OBSERVER)
+# The coordinators' shared-subscription group: each job event reaches one of them.
+COORDINATOR_GROUP = "farm-coordinators"
 
 
 class Action(StrEnum):
@@ -60,6 +64,7 @@ def worker_grants(worker_id: str) -> list[Grant]:
         Grant(Action.PUBLISH, topics.worker_status(worker_id)),
         Grant(Action.PUBLISH, topics.worker_heartbeat(worker_id)),
         Grant(Action.PUBLISH, topics.worker_job_events_filter(worker_id)),
+        Grant(Action.PUBLISH, topics.worker_job_progress_filter(worker_id)),
     ]
 
 
@@ -67,13 +72,16 @@ SERVICE_GRANTS: dict[str, list[Grant]] = {
     COORDINATOR: [
         Grant(Action.SUBSCRIBE, topics.ALL_STATUS),
         Grant(Action.SUBSCRIBE, topics.ALL_HEARTBEATS),
-        Grant(Action.SUBSCRIBE, topics.ALL_JOB_EVENTS),
+        Grant(Action.SUBSCRIBE, topics.ALL_JOB_PROGRESS),
+        Grant(Action.SUBSCRIBE, topics.shared(COORDINATOR_GROUP, topics.ALL_HEARTBEATS)),
+        Grant(Action.SUBSCRIBE, topics.shared(COORDINATOR_GROUP, topics.ALL_JOB_PROGRESS)),
         Grant(Action.PUBLISH, topics.ALL_ASSIGN),
         Grant(Action.PUBLISH, topics.ALL_CONTROL),
         Grant(Action.PUBLISH, topics.ALL_THREAD_EVENTS),
     ],
     WEBAPP: [
         Grant(Action.SUBSCRIBE, topics.ALL_JOB_EVENTS),
+        Grant(Action.SUBSCRIBE, topics.ALL_JOB_PROGRESS),
         Grant(Action.SUBSCRIBE, topics.ALL_THREAD_EVENTS),
     ],
     OBSERVER: [Grant(Action.SUBSCRIBE, f"{TOPIC_ROOT.split('/')[0]}/#")],
@@ -100,6 +108,9 @@ def _matches(pattern: str, topic: str) -> bool:
 
 def allowed(grants: list[Grant], action: Action, topic: str) -> bool:
     """May an account with ``grants`` publish to ``topic`` / subscribe to filter ``topic``?"""
+    if topic.startswith(topics.SHARE_PREFIX) and action is Action.SUBSCRIBE:
+        # a shared subscription is granted by name, as Mosquitto's dynamic security does
+        return any(g.action is action and g.filter == topic for g in grants)
     if topic.startswith("$"):
         return False  # $SYS, $CONTROL: never for farm accounts
     return any(g.action is action and _matches(g.filter, topic) for g in grants)

@@ -9,6 +9,9 @@ JSON object per websocket message, tagged by ``type``:
   chunks from 0; a message's ``content_seq`` says which of them its ``content`` already
   holds, so a browser appends only the chunks after it.
 
+Events that queued up while the webapp was sending come together, as a JSON list of
+events in one websocket message (one write instead of one each).
+
 A socket closed with :data:`RELOAD_CLOSE_CODE` fell behind: the browser reconnects and
 starts again from a snapshot.
 """

@@ -5,11 +5,18 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from farm_protocol.errors import PayloadError
-from farm_protocol.payloads import MAX_PACKET_BYTES, ControlMessage, JobEvent, ThreadEvent
+from farm_protocol.payloads import (
+    MAX_PACKET_BYTES,
+    ControlMessage,
+    JobEvent,
+    JobProgress,
+    ThreadEvent,
+)
 
 T = TypeVar("T")
 
 JOB_EVENT: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
+JOB_PROGRESS: TypeAdapter[JobProgress] = TypeAdapter(JobProgress)
 CONTROL: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)
 THREAD_EVENT: TypeAdapter[ThreadEvent] = TypeAdapter(ThreadEvent)
 

@@ -1,7 +1,14 @@
 """Every MQTT payload, one pydantic model each, tagged by a ``kind`` literal.
 
-Chunk, done and failed carry the job's ``attempt``: the coordinator fences every late
-message from an earlier attempt with it, so a zombie can never overwrite a newer one.
+Every job event carries the job's ``attempt``: the coordinator fences every late message
+from an earlier attempt with it, so a zombie can never overwrite a newer one.
+
+A job's text travels twice. Live, chunk by chunk (:class:`JobChunk`, on the job's
+``jobs/`` topic), for the people watching. And in checkpoints (:class:`JobCheckpoint`,
+and the tail that *done* and *failed* carry, on its ``progress/`` topic), for the
+coordinators, which store it. A checkpoint holds the texts of chunks ``from_seq`` on,
+starting where the one before the previous checkpoint ended, so consecutive checkpoints
+overlap: one that is lost, or handled late by another coordinator, is covered by the next.
 """
 
 from typing import Annotated, Literal
@@ -36,6 +43,7 @@ class ChatTurn(_Payload):
 class JobAssignment(_Payload):
     kind: Literal["assign"] = "assign"
     job_id: TopicId
+    thread_id: TopicId  # in the topics of the job's chunks and progress
     attempt: int = Field(ge=1)
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatTurn] = Field(min_length=1, max_length=MAX_TURNS)
@@ -59,13 +67,15 @@ class Drain(_Payload):
 
 
 class JobReplay(_Payload):
-    """Publish this job attempt's events again from chunk ``from_seq`` on (and its final
-    event if it has one). The coordinator asks after a restart, or when a gap in a
-    stream does not fill by itself; a worker that no longer knows the job answers with
-    a retryable *failed*."""
+    """Publish this job attempt's progress again: *accepted*, a checkpoint of the text
+    from chunk ``from_seq`` on, and its final event if it has one. The coordinator asks
+    after a restart, when the stored text has a gap that does not fill by itself, and
+    when a running job has gone quiet; a worker that no longer knows the job answers
+    with a retryable *failed*."""
 
     kind: Literal["replay"] = "replay"
     job_id: TopicId
+    thread_id: TopicId
     attempt: int = Field(ge=1)
     from_seq: int = Field(ge=0)
 
@@ -91,9 +101,34 @@ class JobChunk(_Payload):
     text: str = Field(max_length=MAX_CHUNK_CHARS)
 
 
-class JobDone(_Payload):
-    """The end of a stream. ``chunks``, ``chars`` and ``sha256`` let a receiver check that
-    it holds exactly the text the worker generated."""
+# About how much text one checkpoint carries at most (a replay of a long reply is split
+# into several), so that it stays under MAX_WORKER_MESSAGE_BYTES however it is escaped.
+MAX_CHECKPOINT_CHARS = MAX_CHUNK_CHARS
+
+
+class _Texts(_Payload):
+    """The texts of chunks ``from_seq``, ``from_seq + 1``, ... of one job attempt."""
+
+    from_seq: int = Field(default=0, ge=0)
+    texts: list[str] = Field(default_factory=list, max_length=100_000)
+
+    @property
+    def last_seq(self) -> int:
+        return self.from_seq + len(self.texts) - 1
+
+
+class JobCheckpoint(_Texts):
+    """The reply's text so far, for the coordinators to store (see the module's doc)."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    job_id: TopicId
+    attempt: int = Field(ge=1)
+
+
+class JobDone(_Texts):
+    """The end of a stream, with the text since the last checkpoint but one (``from_seq``,
+    ``texts``). ``chunks``, ``chars`` and ``sha256`` let a receiver check that it holds
+    exactly the text the worker generated."""
 
     kind: Literal["done"] = "done"
     job_id: TopicId
@@ -105,7 +140,9 @@ class JobDone(_Payload):
     total_duration_ns: int | None = None
 
 
-class JobFailed(_Payload):
+class JobFailed(_Texts):
+    """A job that cannot finish, with the text since the last checkpoint but one."""
+
     kind: Literal["failed"] = "failed"
     job_id: TopicId
     attempt: int = Field(ge=1)
@@ -114,7 +151,14 @@ class JobFailed(_Payload):
     chunks: int = Field(default=0, ge=0)  # how many chunks went out before the failure
 
 
-JobEvent = Annotated[JobAccepted | JobChunk | JobDone | JobFailed, Field(discriminator="kind")]
+# On a job's progress topic.
+JobProgress = Annotated[
+    JobAccepted | JobCheckpoint | JobDone | JobFailed, Field(discriminator="kind")
+]
+# Everything published about a job, on either of its topics.
+JobEvent = Annotated[
+    JobAccepted | JobChunk | JobCheckpoint | JobDone | JobFailed, Field(discriminator="kind")
+]
 
 
 # --- worker -> all (status, retained) and worker -> coordinator (heartbeat) -----------

@@ -3,12 +3,20 @@
 Every topic a worker may publish or subscribe to contains its worker id, so the broker
 can enforce per-worker rules with literal ACLs::
 
-    farm/v1/workers/{worker_id}/status          worker -> all       QoS1 retained
-    farm/v1/workers/{worker_id}/heartbeat       worker -> coord     QoS0
-    farm/v1/workers/{worker_id}/assign          coord  -> worker    QoS1
-    farm/v1/workers/{worker_id}/control         coord  -> worker    QoS1
-    farm/v1/workers/{worker_id}/jobs/{job_id}   worker -> coord, webapp   QoS1
-    farm/v1/threads/{thread_id}/events          coord  -> webapp    QoS1
+    farm/v2/workers/{worker_id}/status                          worker -> all     QoS1 retained
+    farm/v2/workers/{worker_id}/heartbeat                       worker -> coord   QoS0
+    farm/v2/workers/{worker_id}/assign                          coord  -> worker  QoS1
+    farm/v2/workers/{worker_id}/control                         coord  -> worker  QoS1
+    farm/v2/workers/{worker_id}/jobs/{thread_id}/{job_id}       worker -> webapp  QoS1
+    farm/v2/workers/{worker_id}/progress/{thread_id}/{job_id}   worker -> coord, webapp QoS1
+    farm/v2/threads/{thread_id}/events                          coord  -> webapp  QoS1
+
+A job's live chunks (``jobs/``) are for the people watching its thread: a webapp
+subscribes to a thread's (``thread_chunks``, ``thread_progress``, ``thread_events``) while
+a browser of its own watches it, so it receives a new reply's first chunk whenever it
+comes. Its progress (accepted, checkpoints of the text, done, failed) is the
+coordinators' work, spread over them by a shared subscription (``shared``) where the
+broker has them.
 """
 
 from dataclasses import dataclass
@@ -21,7 +29,8 @@ QOS_STATUS = 1
 QOS_HEARTBEAT = 0
 QOS_ASSIGN = 1
 QOS_CONTROL = 1
-QOS_JOB_EVENTS = 1
+QOS_JOB_EVENTS = 1  # published by workers (chunks too), and received by coordinators
+QOS_LIVE_CHUNKS = 0  # as webapps receive live chunks: progress repairs what they miss
 QOS_THREAD_EVENTS = 1
 
 _WORKERS = f"{TOPIC_ROOT}/workers"
@@ -30,7 +39,8 @@ _THREADS = f"{TOPIC_ROOT}/threads"
 # Subscription filters used by the coordinator, the webapp and observers.
 ALL_STATUS = f"{_WORKERS}/+/status"
 ALL_HEARTBEATS = f"{_WORKERS}/+/heartbeat"
-ALL_JOB_EVENTS = f"{_WORKERS}/+/jobs/+"
+ALL_JOB_EVENTS = f"{_WORKERS}/+/jobs/+/+"
+ALL_JOB_PROGRESS = f"{_WORKERS}/+/progress/+/+"
 ALL_THREAD_EVENTS = f"{_THREADS}/+/events"
 ALL_ASSIGN = f"{_WORKERS}/+/assign"
 ALL_CONTROL = f"{_WORKERS}/+/control"
@@ -52,13 +62,48 @@ def worker_control(worker_id: str) -> str:
     return f"{_WORKERS}/{check_id(worker_id, 'worker id')}/control"
 
 
-def job_events(worker_id: str, job_id: str) -> str:
-    return f"{_WORKERS}/{check_id(worker_id, 'worker id')}/jobs/{check_id(job_id, 'job id')}"
+def _job_topic(leaf: str, worker_id: str, thread_id: str, job_id: str) -> str:
+    worker, thread = check_id(worker_id, "worker id"), check_id(thread_id, "thread id")
+    return f"{_WORKERS}/{worker}/{leaf}/{thread}/{check_id(job_id, 'job id')}"
+
+
+def job_events(worker_id: str, thread_id: str, job_id: str) -> str:
+    """A job's live chunks, for the webapps whose browsers watch its thread."""
+    return _job_topic("jobs", worker_id, thread_id, job_id)
+
+
+def job_progress(worker_id: str, thread_id: str, job_id: str) -> str:
+    """A job's lifecycle and text checkpoints, for the coordinators (and watching webapps)."""
+    return _job_topic("progress", worker_id, thread_id, job_id)
 
 
 def worker_job_events_filter(worker_id: str) -> str:
-    """Everything one worker may publish about its jobs (an ACL pattern)."""
-    return f"{_WORKERS}/{check_id(worker_id, 'worker id')}/jobs/+"
+    """The live chunks one worker may publish about its jobs (an ACL pattern)."""
+    return f"{_WORKERS}/{check_id(worker_id, 'worker id')}/jobs/+/+"
+
+
+def worker_job_progress_filter(worker_id: str) -> str:
+    """The progress one worker may publish about its jobs (an ACL pattern)."""
+    return f"{_WORKERS}/{check_id(worker_id, 'worker id')}/progress/+/+"
+
+
+def thread_chunks(thread_id: str) -> str:
+    """The filter for the live chunks of every job of one thread, whichever worker."""
+    return f"{_WORKERS}/+/jobs/{check_id(thread_id, 'thread id')}/+"
+
+
+def thread_progress(thread_id: str) -> str:
+    """The filter for the progress of every job of one thread, whichever worker."""
+    return f"{_WORKERS}/+/progress/{check_id(thread_id, 'thread id')}/+"
+
+
+SHARE_PREFIX = "$share/"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """``topic_filter`` as a shared subscription of ``group``: the broker hands each
+    matching message to one member of the group (round-robin per message)."""
+    return f"{SHARE_PREFIX}{check_id(group, 'share group')}/{topic_filter}"
 
 
 def thread_events(thread_id: str) -> str:
@@ -70,8 +115,9 @@ class WorkerTopic:
     """A parsed ``farm/v1/workers/{worker_id}/...`` topic."""
 
     worker_id: str
-    leaf: str  # "status", "heartbeat", "assign", "control" or "jobs"
+    leaf: str  # "status", "heartbeat", "assign", "control", "jobs" or "progress"
     job_id: str | None = None
+    thread_id: str | None = None
 
 
 def parse_worker_topic(topic: str) -> WorkerTopic:
@@ -82,8 +128,13 @@ def parse_worker_topic(topic: str) -> WorkerTopic:
     parts = topic[len(prefix) :].split("/")
     if len(parts) == 2 and parts[1] in ("status", "heartbeat", "assign", "control"):
         return WorkerTopic(check_id(parts[0], "worker id"), parts[1])
-    if len(parts) == 3 and parts[1] == "jobs":
-        return WorkerTopic(check_id(parts[0], "worker id"), "jobs", check_id(parts[2], "job id"))
+    if len(parts) == 4 and parts[1] in ("jobs", "progress"):
+        return WorkerTopic(
+            check_id(parts[0], "worker id"),
+            parts[1],
+            check_id(parts[3], "job id"),
+            check_id(parts[2], "thread id"),
+        )
     raise TopicError(f"unknown worker topic: {topic[:120]!r}")
 
 

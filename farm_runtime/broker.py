@@ -145,10 +145,31 @@ async def stay_connected(
 Handler = Callable[[aiomqtt.Message], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A filter to subscribe to, and the one to use instead if the broker refuses it (a
+    shared subscription on a broker without them)."""
+
+    topic: str
+    qos: int
+    fallback: str | None = None
+
+
+async def subscribe_all(client: aiomqtt.Client, subscriptions: list[Subscription]) -> None:
+    for sub in subscriptions:
+        if await subscribe(client, sub.topic, qos=sub.qos):
+            continue
+        if sub.fallback is None:
+            raise aiomqtt.MqttError(f"the broker refused the subscription to {sub.topic}")
+        log.info("the broker refused %s; subscribing to %s instead", sub.topic, sub.fallback)
+        if not await subscribe(client, sub.fallback, qos=sub.qos):
+            raise aiomqtt.MqttError(f"the broker refused the subscription to {sub.fallback}")
+
+
 async def serve_session(
     client: aiomqtt.Client,
     *,
-    subscriptions: list[tuple[str, int]],
+    subscriptions: list[Subscription],
     handle: Handler,
     outbox: Outbox | None = None,
     on_subscribed: Callable[[], None] | None = None,
@@ -161,8 +182,7 @@ async def serve_session(
     """
     pump = asyncio.create_task(outbox.pump(client), name="outbox") if outbox else None
     try:
-        for topic, qos in subscriptions:
-            await subscribe(client, topic, qos=qos)
+        await subscribe_all(client, subscriptions)
         if on_subscribed is not None:
             on_subscribed()
         async for message in client.messages:

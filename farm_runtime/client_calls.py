@@ -36,10 +36,26 @@ async def publish(
 
 async def subscribe(
     client: aiomqtt.Client, topic: str, *, qos: int, timeout_s: float = TIMEOUT_S
-) -> None:
-    """``client.subscribe``; ``MqttError`` if not confirmed within ``timeout_s``."""
+) -> bool:
+    """``client.subscribe``: True if the broker granted it, False if it refused (a SUBACK
+    failure code); ``MqttError`` if not confirmed within ``timeout_s``."""
     try:
         async with asyncio.timeout(timeout_s):
-            await client.subscribe(topic, qos=qos, timeout=math.inf)
+            granted = await client.subscribe(topic, qos=qos, timeout=math.inf)
     except TimeoutError as exc:
         raise aiomqtt.MqttError(f"subscribe to {topic} not confirmed in {timeout_s:g} s") from exc
+    return all(_code(g) < 0x80 for g in granted or ())
+
+
+async def unsubscribe(client: aiomqtt.Client, topic: str, *, timeout_s: float = TIMEOUT_S) -> None:
+    """``client.unsubscribe``; ``MqttError`` if not confirmed within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.unsubscribe(topic, timeout=math.inf)
+    except TimeoutError as exc:
+        raise aiomqtt.MqttError(f"unsubscribe {topic} not confirmed in {timeout_s:g} s") from exc
+
+
+def _code(granted: object) -> int:
+    value = getattr(granted, "value", granted)
+    return value if isinstance(value, int) else 0x80

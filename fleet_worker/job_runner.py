@@ -1,4 +1,5 @@
-"""Running one job: accepted -> chunks (with sequence numbers) -> done or failed."""
+"""Running one job: accepted -> chunks (with sequence numbers) and checkpoints -> done or
+failed."""
 
 import asyncio
 import contextlib
@@ -9,7 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from farm_protocol import topics
 from farm_protocol.codec import encode
-from farm_protocol.payloads import JobAccepted, JobAssignment, JobChunk, JobDone, JobFailed
+from farm_protocol.payloads import (
+    MAX_CHECKPOINT_CHARS,
+    JobAccepted,
+    JobAssignment,
+    JobCheckpoint,
+    JobChunk,
+    JobDone,
+    JobFailed,
+)
 from farm_runtime.outbox import Outbox
 from farm_runtime.queues import get_within
 from fleet_worker.coalesce import DELIMITERS, Coalescer
@@ -43,12 +52,18 @@ class JobRunner:
 
     async def run(self, job: JobAssignment, session_id: str) -> bool:
         """Run ``job`` to its end. True if it succeeded. A cancel (CancelledError) stops the
-        Ollama stream at once and sends nothing more: the coordinator already ended it."""
-        emitter = _Emitter(self.outbox, self.worker_id, job, self.transcripts)
-        started = time.monotonic()
-        await emitter.send(
-            JobAccepted(job_id=job.job_id, attempt=job.attempt, session_id=session_id)
+        Ollama stream at once and sends only a last checkpoint of the text so far: the
+        coordinator already ended the job."""
+        emitter = _Emitter(
+            self.outbox,
+            self.worker_id,
+            job,
+            self.transcripts,
+            self.settings.checkpoint_s,
+            session_id,
         )
+        started = time.monotonic()
+        await emitter.accept()
         try:
             await self.ensure_model(job.model)
             await self._generate(job, emitter)
@@ -59,6 +74,10 @@ class JobRunner:
         except asyncio.CancelledError:
             if self.stopping:
                 await emitter.fail("the worker shut down before finishing", retryable=True)
+            else:
+                # stopped by the coordinator: the text generated so far, for the record
+                # (the coordinator ended the job; it keeps this much of the reply)
+                await emitter.checkpoint()
             raise
         log.info(
             "%6.2fs -> %s(job=%s) %d chunks",
@@ -86,7 +105,8 @@ class JobRunner:
                 limit = (
                     self.settings.first_token_timeout_s if first else self.settings.token_timeout_s
                 )
-                wait = coalescer.wait_s()
+                waits = [w for w in (coalescer.wait_s(), emitter.checkpoint_in()) if w is not None]
+                wait = min(waits) if waits else None
                 try:
                     item = await get_within(tokens, wait if wait is not None else limit)
                 except TimeoutError:
@@ -94,7 +114,9 @@ class JobRunner:
                         raise LlmError(
                             "the model stopped producing tokens", retryable=True
                         ) from None
-                    await emitter.chunk(coalescer.take())
+                    await emitter.chunk(coalescer.due())
+                    if emitter.checkpoint_in() == 0.0:
+                        await emitter.checkpoint()
                     continue
                 if item is _END:
                     break
@@ -131,51 +153,105 @@ async def _pump(stream: AsyncIterator[str], out: asyncio.Queue[object]) -> None:
 
 
 class _Emitter:
-    """Publishes one job's events in order, keeping the running sequence and checksum."""
+    """Publishes one job's events in order: its live chunks on the job's topic, and its
+    progress (*accepted*, checkpoints of the text, *done* or *failed*) on its progress
+    topic, keeping the running sequence and checksum.
+
+    A checkpoint goes out with the first chunk (the reply has started), then every
+    ``checkpoint_s`` while there is new text, or sooner when much text waits. Each holds
+    the previous checkpoint's new chunks as well as its own, and *done* and *failed* hold
+    the last checkpoint's as well as the rest: any one of them can be lost, or handled
+    late by another coordinator, and the next still continues the stored text."""
 
     def __init__(
-        self, outbox: Outbox, worker_id: str, job: JobAssignment, transcripts: Transcripts
+        self,
+        outbox: Outbox,
+        worker_id: str,
+        job: JobAssignment,
+        transcripts: Transcripts,
+        checkpoint_s: float,
+        session_id: str,
     ) -> None:
         self.outbox = outbox
-        self.transcripts = transcripts
         self.job = job
-        self.topic = topics.job_events(worker_id, job.job_id)
+        self.chunk_topic = topics.job_events(worker_id, job.thread_id, job.job_id)
+        self.progress_topic = topics.job_progress(worker_id, job.thread_id, job.job_id)
+        self.checkpoint_s = checkpoint_s
+        self.accepted = JobAccepted(job_id=job.job_id, attempt=job.attempt, session_id=session_id)
+        self.transcript = transcripts.start(self.accepted)
+        self.texts = self.transcript.texts  # every chunk's text, by seq
         self.seq = 0
         self.chars = 0
         self.digest = hashlib.sha256()
+        self.window = 0  # the first chunk of the last checkpoint's new part
+        self.unsaved = 0  # the first chunk in no checkpoint yet
+        self.unsaved_chars = 0
+        self.saved_at = 0.0  # when the last checkpoint went out
 
-    async def send(self, payload: JobAccepted | JobChunk | JobDone | JobFailed) -> None:
-        self.transcripts.record(payload)
-        await self.outbox.put(self.topic, encode(payload), qos=topics.QOS_JOB_EVENTS)
+    async def _progress(self, payload: JobAccepted | JobCheckpoint | JobDone | JobFailed) -> None:
+        await self.outbox.put(self.progress_topic, encode(payload), qos=topics.QOS_JOB_EVENTS)
+
+    async def accept(self) -> None:
+        await self._progress(self.accepted)
 
     async def chunk(self, text: str | None) -> None:
         if not text:
             return
-        await self.send(
-            JobChunk(job_id=self.job.job_id, attempt=self.job.attempt, seq=self.seq, text=text)
-        )
+        chunk = JobChunk(job_id=self.job.job_id, attempt=self.job.attempt, seq=self.seq, text=text)
+        self.texts.append(text)
+        await self.outbox.put(self.chunk_topic, encode(chunk), qos=topics.QOS_JOB_EVENTS)
         self.seq += 1
         self.chars += len(text)
+        self.unsaved_chars += len(text)
         self.digest.update(text.encode())
+        if self.seq == 1 or self.checkpoint_in() == 0.0:
+            await self.checkpoint()
+
+    def checkpoint_in(self, now: float | None = None) -> float | None:
+        """Seconds until the text not yet checkpointed is due (None: there is none)."""
+        if self.unsaved == self.seq:
+            return None
+        if self.unsaved_chars >= MAX_CHECKPOINT_CHARS // 2:
+            return 0.0
+        current = time.monotonic() if now is None else now
+        return max(0.0, self.saved_at + self.checkpoint_s - current)
+
+    async def checkpoint(self) -> None:
+        if self.unsaved == self.seq:
+            return
+        await self._progress(
+            JobCheckpoint(
+                job_id=self.job.job_id,
+                attempt=self.job.attempt,
+                from_seq=self.window,
+                texts=self.texts[self.window :],
+            )
+        )
+        self.window, self.unsaved, self.unsaved_chars = self.unsaved, self.seq, 0
+        self.saved_at = time.monotonic()
 
     async def done(self) -> None:
-        await self.send(
-            JobDone(
-                job_id=self.job.job_id,
-                attempt=self.job.attempt,
-                chunks=self.seq,
-                chars=self.chars,
-                sha256=self.digest.hexdigest(),
-            )
+        final = JobDone(
+            job_id=self.job.job_id,
+            attempt=self.job.attempt,
+            chunks=self.seq,
+            chars=self.chars,
+            sha256=self.digest.hexdigest(),
+            from_seq=self.window,
+            texts=self.texts[self.window :],
         )
+        self.transcript.final = final
+        await self._progress(final)
 
     async def fail(self, reason: str, *, retryable: bool) -> None:
-        await self.send(
-            JobFailed(
-                job_id=self.job.job_id,
-                attempt=self.job.attempt,
-                reason=reason,
-                retryable=retryable,
-                chunks=self.seq,
-            )
+        final = JobFailed(
+            job_id=self.job.job_id,
+            attempt=self.job.attempt,
+            reason=reason,
+            retryable=retryable,
+            chunks=self.seq,
+            from_seq=self.window,
+            texts=self.texts[self.window :],
         )
+        self.transcript.final = final
+        await self._progress(final)

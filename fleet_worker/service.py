@@ -21,7 +21,7 @@ from farm_protocol.payloads import (
     WorkerState,
     WorkerStatus,
 )
-from farm_runtime.broker import make_client, serve_session, stay_connected
+from farm_runtime.broker import Subscription, make_client, serve_session, stay_connected
 from farm_runtime.client_calls import publish
 from farm_runtime.logs import DropLog
 from farm_runtime.outbox import Outbox
@@ -119,8 +119,8 @@ class FleetWorker:
             await serve_session(
                 client,
                 subscriptions=[
-                    (topics.worker_assign(self.worker_id), topics.QOS_ASSIGN),
-                    (topics.worker_control(self.worker_id), topics.QOS_CONTROL),
+                    Subscription(topics.worker_assign(self.worker_id), topics.QOS_ASSIGN),
+                    Subscription(topics.worker_control(self.worker_id), topics.QOS_CONTROL),
                 ],
                 handle=self._handle,
                 outbox=self.outbox,
@@ -180,7 +180,11 @@ class FleetWorker:
             refusal = JobFailed(
                 job_id=job.job_id, attempt=job.attempt, reason=reason, retryable=True
             )
-            await self.outbox.put(topics.job_events(self.worker_id, job.job_id), encode(refusal))
+            await self.outbox.put(
+                topics.job_progress(self.worker_id, job.thread_id, job.job_id),
+                encode(refusal),
+                qos=topics.QOS_JOB_EVENTS,
+            )
             return
         task = asyncio.create_task(self._run(job), name=f"job-{job.job_id}")
         self.jobs[job.job_id] = (job.attempt, task)
@@ -214,7 +218,7 @@ class FleetWorker:
                 await self._replay(command)
 
     async def _replay(self, command: JobReplay) -> None:
-        topic = topics.job_events(self.worker_id, command.job_id)
+        topic = topics.job_progress(self.worker_id, command.thread_id, command.job_id)
         events = self.runner.transcripts.replay(command.job_id, command.attempt, command.from_seq)
         if events is None:
             log.info("asked to replay job %s, which this worker does not have", command.job_id)

@@ -47,6 +47,9 @@ class WorkerSettings(BaseSettings):
     chunk_max_delay_ms: float = 50.0
     chunk_max_chars: int = 100
     chunk_on_delimiter: bool = False
+    # How often the reply's text so far goes to the coordinators (which store it; live
+    # chunks go only to the people watching). The first chunk is checkpointed at once.
+    checkpoint_s: float = Field(default=1.0, gt=0, le=30)
     first_token_timeout_s: float = 300.0  # includes loading a model into memory
     token_timeout_s: float = 60.0
 

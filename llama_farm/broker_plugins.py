@@ -23,7 +23,7 @@ from amqtt.session import Session
 
 from coordinator.db.database import open_database
 from coordinator.workers.registry import WorkerRegistry
-from farm_protocol import acl
+from farm_protocol import acl, topics
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class FarmTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
     ) -> bool:
         if session is None or topic is None:
             return False
+        if topic.startswith(topics.SHARE_PREFIX):
+            return False  # amqtt has no shared subscriptions: refused, so the client knows
         extra: dict[str, list[str]] = self._get_config_option("extra_grants", {})
         if session.username in extra:
             grants = [

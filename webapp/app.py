@@ -1,6 +1,7 @@
 """The webapp's HTTP application: the pages, the chat's JSON API (passed on to the
 coordinator), the OpenAI-compatible API, and the per-thread websocket."""
 
+import json
 import secrets
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     finish_reading_requests(app)
     _install_sessions(app, settings)
     _install_pages(app)
+    _install_health(app, bridge, coordinator)
     install_forwarding(app, settings, coordinator)
     _install_errors(app, settings)
     app.register_blueprint(create_openai_blueprint(bridge, coordinator))
@@ -99,9 +101,25 @@ def _install_pages(app: Quart) -> None:
             return json_error(404, "no such file")
         return await send_from_directory(STATIC, name)
 
+
+def _install_health(app: Quart, bridge: Bridge, coordinator: CoordinatorClient) -> None:
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        """200 only when this webapp can serve: a live coordinator and the broker (a load
+        balancer sends traffic elsewhere otherwise)."""
+        live = coordinator.live()
+        problems = [] if live else ["no coordinator answers"]
+        if not bridge.ready.is_set():
+            problems.append("not connected to the broker")
+        body = {
+            "status": "unavailable" if problems else "ok",
+            "coordinators": f"{len(live)} of {len(coordinator.bases)} answer",
+            "broker": "connected" if bridge.ready.is_set() else "disconnected",
+            "problems": problems,
+        }
+        return Response(
+            json.dumps(body), status=503 if problems else 200, content_type="application/json"
+        )
 
 
 def _install_errors(app: Quart, settings: WebappSettings) -> None:

@@ -1,6 +1,13 @@
-"""From MQTT to browsers: one subscription set per process, fanned out to many websockets
-through bounded queues. A slow browser never stalls the others: when its queue is full it
-is told to reload (and then gets the text so far and continues live)."""
+"""From MQTT to browsers: the threads and jobs this process's browsers watch (see
+``webapp/interest.py``), fanned out to their websockets through bounded queues. A slow
+browser never stalls the others: when its queue is full it is told to reload (and then
+gets the text so far and continues live).
+
+A job's text arrives here two ways: live chunks, and the checkpoints its worker sends
+the coordinators (see ``farm_protocol/payloads.py``). A browser that starts watching a
+job mid-stream gets the stored text in its snapshot, up to the last checkpoint the
+coordinator wrote, and live chunks from the moment this process subscribed; the chunks
+in between come with the next checkpoint, which overlaps the one before it."""
 
 import asyncio
 import logging
@@ -11,10 +18,11 @@ import aiomqtt
 
 from farm_protocol import topics
 from farm_protocol.browser import BrowserEvent, ChunkEvent, MembersChanged, MessageChanged
-from farm_protocol.codec import JOB_EVENT, THREAD_EVENT, decode, preview
+from farm_protocol.codec import JOB_PROGRESS, THREAD_EVENT, adapter_for, decode, preview
 from farm_protocol.errors import ProtocolError
 from farm_protocol.payloads import (
     MAX_WORKER_MESSAGE_BYTES,
+    JobCheckpoint,
     JobChunk,
     JobDone,
     JobFailed,
@@ -24,13 +32,11 @@ from farm_protocol.payloads import (
 from farm_protocol.version import TOPIC_ROOT
 from farm_runtime.chunks import ChunkSequence
 from farm_runtime.logs import DropLog
+from webapp.interest import Interest
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTIONS = [
-    (topics.ALL_JOB_EVENTS, topics.QOS_JOB_EVENTS),
-    (topics.ALL_THREAD_EVENTS, topics.QOS_THREAD_EVENTS),
-]
+_CHUNK = adapter_for(JobChunk)
 _KEEP_ENDED_S = 120.0
 _MAX_CHARS_PER_JOB = 2_000_000
 
@@ -64,29 +70,37 @@ class JobStream:
     made_at: float = field(default_factory=time.time)
 
 
+RESYNC = None  # in a subscriber's queue: start again from a fresh snapshot
+
+
 class Subscriber:
     def __init__(self, thread_id: str, size: int) -> None:
         self.thread_id = thread_id
-        self.queue: asyncio.Queue[BrowserEvent] = asyncio.Queue(size)
+        self.size = size
+        # one place more than ``size``, for the RESYNC that ends a lagging browser's queue
+        self.queue: asyncio.Queue[BrowserEvent | None] = asyncio.Queue(size + 1)
         self.lagging = False
 
     def resync(self) -> None:
         """Have this browser start again from a fresh snapshot (it is closed with 4000)."""
-        self.lagging = True
+        if not self.lagging:
+            self.lagging = True
+            self.queue.put_nowait(RESYNC)
 
     def offer(self, event: BrowserEvent) -> None:
         if self.lagging:
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.lagging = True
+        if self.queue.qsize() >= self.size:
             log.info("a browser on thread %s fell behind; asking it to reload", self.thread_id)
+            self.resync()
+            return
+        self.queue.put_nowait(event)
 
 
 class Bridge:
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, linger_s: float = 10.0) -> None:
         self.queue_size = queue_size
+        self.interest = Interest(linger_s)
         self._threads: dict[str, set[Subscriber]] = {}
         self._jobs: dict[str, JobStream] = {}
         self._next_evict = 0.0
@@ -98,9 +112,10 @@ class Bridge:
         self._unverified_chars = 0
         self._dropped = DropLog(log)
 
-    def connected(self) -> None:
-        """The MQTT subscriptions are in place."""
+    def connected(self, client: aiomqtt.Client | None = None) -> None:
+        """A broker session started (``client``: None in tests without a broker)."""
         self._sessions += 1
+        self.interest.connected(client)
         self.ready.set()
         if self._sessions > 1:
             # Chunks published while we were away never reach us (a fresh session): every
@@ -112,15 +127,24 @@ class Bridge:
 
     def disconnected(self) -> None:
         self.ready.clear()
+        self.interest.disconnected()
 
     def browsers(self) -> int:
         return sum(len(subs) for subs in self._threads.values())
 
     # --- browsers ------------------------------------------------------------------------
 
-    def subscribe(self, thread_id: str) -> Subscriber:
+    async def subscribe(self, thread_id: str) -> Subscriber:
+        """A new watcher of ``thread_id``; once this returns, every event of the thread
+        and every chunk of its replies published from now on reaches it."""
         sub = Subscriber(thread_id, self.queue_size)
         self._threads.setdefault(thread_id, set()).add(sub)
+        try:
+            for topic, qos in _thread_topics(thread_id):
+                await self.interest.want(topic, qos)
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -129,9 +153,18 @@ class Bridge:
             subs.discard(sub)
             if not subs:
                 del self._threads[sub.thread_id]
+                for topic, _ in _thread_topics(sub.thread_id):
+                    self.interest.release(topic)
 
     def watch_job(self, job_id: str, thread_id: str) -> None:
         self._known(job_id).thread_id = thread_id
+
+    async def run_reaper(self, interval_s: float = 2.0) -> None:
+        """Drop the subscriptions nobody has needed for the linger."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.interest.reap()
+            self._evict()
 
     def chunks_after(self, job_id: str, attempt: int, seq: int) -> list[ChunkEvent]:
         """Chunks of ``attempt`` with a sequence number above ``seq``, in order."""
@@ -175,15 +208,19 @@ class Bridge:
                     self._on_message(event)
             else:
                 where = topics.parse_worker_topic(topic)
-                job_event = decode(JOB_EVENT, message.payload, MAX_WORKER_MESSAGE_BYTES)
-                if where.leaf != "jobs" or job_event.job_id != where.job_id:
-                    raise ProtocolError("payload job differs from topic job")
-                if isinstance(job_event, JobChunk):
-                    self._on_chunk(where.worker_id, job_event)
-                elif isinstance(job_event, JobDone | JobFailed):
-                    ending = self._stream(job_event.job_id)
-                    if ending is not None:
-                        ending.ended_at = time.time()
+                if where.leaf == "jobs":
+                    chunk = decode(_CHUNK, message.payload, MAX_WORKER_MESSAGE_BYTES)
+                    if chunk.job_id != where.job_id:
+                        raise ProtocolError("payload job differs from topic job")
+                    self._on_chunk(where.worker_id, chunk, where.thread_id)
+                elif where.leaf == "progress":
+                    progress = decode(JOB_PROGRESS, message.payload, MAX_WORKER_MESSAGE_BYTES)
+                    if progress.job_id != where.job_id:
+                        raise ProtocolError("payload job differs from topic job")
+                    if isinstance(progress, JobCheckpoint | JobDone | JobFailed):
+                        self._on_texts(where.worker_id, progress, where.thread_id)
+                else:
+                    raise ProtocolError(f"the webapp does not take {where.leaf} messages")
         except ProtocolError as exc:
             self._dropped.warn(
                 topics.subject(topic),
@@ -227,9 +264,40 @@ class Bridge:
                 self.learn_holder(view.job_id, view.worker_id, view.attempt)
         self._fan_out(view.thread_id, MessageChanged(message=view))
 
-    def _on_chunk(self, sender: str, chunk: JobChunk) -> None:
+    def _on_texts(
+        self, sender: str, progress: JobCheckpoint | JobDone | JobFailed, topic_thread: str | None
+    ) -> None:
+        """A checkpoint's (or a final event's) chunks: those not seen live fill the gap
+        a browser that started watching mid-stream would otherwise have."""
+        known = self._jobs.get(progress.job_id)
+        for offset, text in enumerate(progress.texts):
+            seq = progress.from_seq + offset
+            if known is not None and known.attempt == progress.attempt and known.seen.has(seq):
+                continue  # seen live (most are): nothing to fill
+            chunk = JobChunk.model_construct(
+                kind="chunk",
+                job_id=progress.job_id,
+                attempt=progress.attempt,
+                seq=seq,
+                text=text,
+            )
+            self._on_chunk(sender, chunk, topic_thread)
+        if isinstance(progress, JobDone | JobFailed):
+            stream = self._jobs.get(progress.job_id)
+            if stream is not None and stream.holder == (sender, progress.attempt):
+                stream.ended_at = stream.ended_at or time.time()
+
+    def _on_chunk(self, sender: str, chunk: JobChunk, topic_thread: str | None = None) -> None:
         stream = self._stream(chunk.job_id)
         if stream is None:
+            return
+        if topic_thread is not None and stream.thread_id not in (None, topic_thread):
+            self._dropped.warn(
+                sender,
+                "dropped a chunk of job %s from worker %s: not on its thread's topic",
+                chunk.job_id,
+                sender,
+            )
             return
         if stream.holder is None:
             fits = self._unverified_chars + len(chunk.text) <= _MAX_UNVERIFIED_CHARS
@@ -283,6 +351,18 @@ class Bridge:
             self._unverified_chars -= sum(len(c.text) for _, c in gone.unverified)
             if not gone.known:
                 self._unknown -= 1
+
+
+def _thread_topics(thread_id: str) -> list[tuple[str, int]]:
+    """What a webapp subscribes to while someone here watches ``thread_id``, and at which
+    QoS. Live chunks at 0: each would cost an acknowledgement, and the chunks a webapp
+    misses (the broker drops QoS 0 only when a connection breaks or its queue is full)
+    come with the next checkpoint on the progress topic, at 1."""
+    return [
+        (topics.thread_events(thread_id), topics.QOS_THREAD_EVENTS),
+        (topics.thread_chunks(thread_id), topics.QOS_LIVE_CHUNKS),
+        (topics.thread_progress(thread_id), topics.QOS_JOB_EVENTS),
+    ]
 
 
 def _same_thread(in_payload: str, in_topic: str) -> None:

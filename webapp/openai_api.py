@@ -14,16 +14,21 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aiomqtt import MqttError
 from quart import Blueprint, Response, request
 
 from farm_protocol.browser import BrowserEvent, ChunkEvent, MessageChanged
 from farm_protocol.chat import MessageState
+from farm_protocol.ids import new_job_id
 from farm_runtime.chunks import ChunkSequence
 from farm_runtime.http_serving import request_json
 from farm_runtime.queues import get_within
-from webapp.bridge import Bridge
+from webapp.bridge import RESYNC, Bridge, Subscriber
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable, Upstream
 
+# The code of a 503 when no coordinator answers: not "server_busy", which tells a client
+# the farm is overloaded; this one says the service is down, so try another address.
+UNAVAILABLE = "service_unavailable"
 _IDLE_TIMEOUT_S = 900.0  # longer than any reply deadline the coordinator enforces
 UNSTARTED_RETRY_S = 30  # Retry-After for a request that ended without starting
 _ERROR_KINDS = {
@@ -57,27 +62,34 @@ def _key() -> str:
 
 
 class Follow:
-    """One reply's text as it streams: catch-up from the bridge's buffer, then live."""
+    """One reply's text as it streams: catch-up from the bridge's buffer, then live.
+    ``sub`` watches the reply's thread since before the request was queued (the webapp
+    chose the thread's id), so none of its events is missed; it is released at the end."""
 
-    def __init__(self, bridge: Bridge, thread_id: str, job_id: str, message_id: str) -> None:
+    def __init__(self, bridge: Bridge, sub: Subscriber, job_id: str, message_id: str) -> None:
         self.bridge = bridge
-        self.thread_id = thread_id
+        self.sub = sub
         self.job_id = job_id
         self.message_id = message_id
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
         """("text", str) pieces in order, then one ("end", message view dict)."""
-        sub = self.bridge.subscribe(self.thread_id)
-        self.bridge.watch_job(self.job_id, self.thread_id)
+        sub = self.sub
         attempt, order = 0, ChunkSequence()
-        pending: list[BrowserEvent] = []
+        pending: list[BrowserEvent | None] = []
         try:
+            self.bridge.watch_job(self.job_id, sub.thread_id)
             pending += self.bridge.chunks_after(
                 self.job_id, self.bridge.attempt_of(self.job_id), -1
             )
             while True:
                 for event in pending:
-                    if isinstance(event, ChunkEvent) and event.job_id == self.job_id:
+                    if event is RESYNC:
+                        # this webapp lost the broker a moment: listen afresh (the
+                        # final message carries the whole text, for what was missed)
+                        self.bridge.unsubscribe(sub)
+                        sub = self.sub = await self.bridge.subscribe(sub.thread_id)
+                    elif isinstance(event, ChunkEvent) and event.job_id == self.job_id:
                         if event.attempt > attempt:  # a new attempt starts from empty
                             attempt, order = event.attempt, ChunkSequence()
                         if event.attempt == attempt:
@@ -90,7 +102,7 @@ class Follow:
                             return
                 pending = [await get_within(sub.queue, _IDLE_TIMEOUT_S)]
         finally:
-            self.bridge.unsubscribe(sub)
+            self.bridge.unsubscribe(self.sub)
 
 
 # The coordinator's reasons for a 503, as OpenAI clients know them.
@@ -116,7 +128,7 @@ async def models(bridge: Bridge, coordinator: CoordinatorClient) -> Response:
             return await _upstream_error(checked)
         fleet = (await coordinator.programmatic("GET", "/models")).json()
     except CoordinatorUnavailable:
-        return openai_error(503, "the farm is unavailable; try again shortly", "5")
+        return openai_error(503, "the farm is unavailable; try again shortly", "5", UNAVAILABLE)
     data = [
         {"id": m, "object": "model", "created": 0, "owned_by": "llama-farm"}
         for m in fleet["models"]
@@ -134,18 +146,30 @@ async def completions(bridge: Bridge, coordinator: CoordinatorClient) -> Respons
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         return openai_error(400, "messages must be a list of {role, content} objects")
     turns = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in messages]
+    thread_id = new_job_id()  # the reply's thread: watched before the request is queued
+    try:
+        sub = await bridge.subscribe(thread_id)
+    except MqttError:
+        return openai_error(503, "the farm is unavailable; try again shortly", "5", UNAVAILABLE)
     try:
         queued = await coordinator.programmatic(
             "POST",
             "/completions",
-            {"api_key": _key(), "model": body.get("model") or "", "messages": turns},
+            {
+                "api_key": _key(),
+                "model": body.get("model") or "",
+                "messages": turns,
+                "thread_id": thread_id,
+            },
         )
     except CoordinatorUnavailable:
-        return openai_error(503, "the farm is unavailable; try again shortly", "5")
+        bridge.unsubscribe(sub)
+        return openai_error(503, "the farm is unavailable; try again shortly", "5", UNAVAILABLE)
     if queued.status_code != 201:
+        bridge.unsubscribe(sub)
         return await _upstream_error(queued)
     reply = queued.json()["reply"]
-    follow = Follow(bridge, reply["thread_id"], reply["job_id"], reply["message_id"])
+    follow = Follow(bridge, sub, reply["job_id"], reply["message_id"])
     ident, created, model = f"chatcmpl-{reply['job_id']}", int(time.time()), reply["model"]
     if body.get("stream"):
         return Response(

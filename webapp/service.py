@@ -10,7 +10,7 @@ from farm_runtime.broker import make_client, serve_session, stay_connected
 from farm_runtime.http_serving import serve_app
 from farm_runtime.lifecycle import run_until_stopped
 from webapp.app import create_app
-from webapp.bridge import SUBSCRIPTIONS, Bridge
+from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient
 from webapp.settings import WebappSettings
 
@@ -35,11 +35,12 @@ class Webapp:
 
         async def session(client: aiomqtt.Client) -> None:
             try:
+                # nothing at first: the bridge subscribes to what its browsers watch
                 await serve_session(
                     client,
-                    subscriptions=SUBSCRIPTIONS,
+                    subscriptions=[],
                     handle=self.bridge.handle,
-                    on_subscribed=self.bridge.connected,
+                    on_subscribed=lambda: self.bridge.connected(client),
                 )
             finally:
                 self.bridge.disconnected()
@@ -51,6 +52,8 @@ class Webapp:
             await run_until_stopped(
                 {
                     "mqtt": self._mqtt(),
+                    "subscriptions": self.bridge.run_reaper(),
+                    "coordinators": self.coordinator.watch(),
                     "http": serve_app(
                         self.app, self.settings.web_host, self.settings.web_port, stop
                     ),

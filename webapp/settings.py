@@ -13,6 +13,9 @@ class WebappSettings(BaseSettings):
 
     web_host: str = "127.0.0.1"
     web_port: int = 8000
+    # Every coordinator, comma-separated ("http://10.0.0.5:8700,http://10.0.0.6:8700"), or
+    # one load-balanced address: requests are spread over those that pass their health
+    # check, and go to the others at once when one cannot be reached.
     coordinator_url: str = "http://127.0.0.1:8700"
     service_token: SecretStr = Field(default=SecretStr(""))
     broker: BrokerSettings = BrokerSettings()

@@ -3,6 +3,7 @@ with no gap and no duplicate."""
 
 import asyncio
 
+from aiomqtt import MqttError
 from quart import websocket
 
 from farm_protocol.browser import (
@@ -15,11 +16,11 @@ from farm_protocol.browser import (
 )
 from farm_protocol.chat import MessageView, ThreadSnapshot
 from farm_runtime.chunks import ChunkSequence
-from farm_runtime.queues import get_within
-from webapp.bridge import Bridge, Subscriber
+from webapp.bridge import RESYNC, Bridge, Subscriber
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 
 BRIDGE_WAIT_S = 5.0  # how long a new websocket waits for the bridge's MQTT subscription
+MAX_BATCH = 256  # events sent in one websocket message at most
 
 
 class ThreadSocket:
@@ -35,6 +36,7 @@ class ThreadSocket:
         self.session = session
         # job id -> (its attempt, the chunks of that attempt this browser has)
         self.sent: dict[str, tuple[int, ChunkSequence]] = {}
+        self.out: list[BrowserEvent] = []  # to send with the next write
 
     async def serve(self) -> None:
         try:
@@ -42,15 +44,20 @@ class ThreadSocket:
         except TimeoutError:
             await websocket.close(1013, "live updates are unavailable; retrying")
             return
-        sub = self.bridge.subscribe(self.thread_id)  # before the snapshot: nothing is missed
+        try:  # subscribed before the snapshot is taken: nothing is missed
+            sub = await self.bridge.subscribe(self.thread_id)
+        except MqttError:
+            await websocket.close(1013, "live updates are unavailable; retrying")
+            return
         try:
             snapshot = await self._snapshot()
             if snapshot is None:
                 await websocket.close(NO_THREAD_CLOSE_CODE, "no such thread")
                 return
-            await self._send(SnapshotEvent(**dict(snapshot)))
+            await websocket.send(SnapshotEvent(**dict(snapshot)).model_dump_json())
             for message in snapshot.messages:
-                await self._catch_up(message)
+                self._catch_up(message)
+            await self._flush()
             await self._live(sub)
         finally:
             self.bridge.unsubscribe(sub)
@@ -63,26 +70,26 @@ class ThreadSocket:
             return None
 
     async def _live(self, sub: Subscriber) -> None:
+        """Live events as they come; what queued up meanwhile goes out in one message."""
         while True:
-            try:
-                event = await get_within(sub.queue, 1.0)
-            except TimeoutError:
-                if sub.lagging:
+            batch = [await sub.queue.get()]
+            while len(batch) < MAX_BATCH and not sub.queue.empty():
+                batch.append(sub.queue.get_nowait())
+            for event in batch:
+                if event is RESYNC:
+                    await self._flush()
                     await websocket.close(RELOAD_CLOSE_CODE, "fell behind")
                     return
-                continue
-            if isinstance(event, ChunkEvent):
-                await self._chunk(event)
-            else:
-                await self._send(event)
-                if isinstance(event, MessageChanged):
-                    await self._catch_up(event.message)
-            if sub.lagging and sub.queue.empty():
-                await websocket.close(RELOAD_CLOSE_CODE, "fell behind")
-                return
+                if isinstance(event, ChunkEvent):
+                    self._chunk(event)
+                else:
+                    self.out.append(event)
+                    if isinstance(event, MessageChanged):
+                        self._catch_up(event.message)
+            await self._flush()
 
-    async def _catch_up(self, message: MessageView) -> None:
-        """Send the bridge's buffered chunks this browser has not seen for ``message``."""
+    def _catch_up(self, message: MessageView) -> None:
+        """Queue the bridge's buffered chunks this browser has not seen for ``message``."""
         if not message.job_id or message.state.final:
             return
         self.bridge.watch_job(message.job_id, self.thread_id)
@@ -96,15 +103,23 @@ class ThreadSocket:
         if message.content_seq >= 0:
             sent.raise_floor(message.content_seq)  # those are in the message's text
         for event in self.bridge.chunks_after(message.job_id, attempt, sent.floor):
-            await self._chunk(event)
+            self._chunk(event)
 
-    async def _chunk(self, event: ChunkEvent) -> None:
+    def _chunk(self, event: ChunkEvent) -> None:
         known = self.sent.get(event.job_id)
         if known is None or event.attempt > known[0]:
             known = self.sent[event.job_id] = (event.attempt, ChunkSequence())
         if event.attempt < known[0] or known[1].add(event.seq) is None:
             return  # an earlier attempt's, or sent already
-        await self._send(event)
+        self.out.append(event)
 
-    async def _send(self, event: BrowserEvent) -> None:
-        await websocket.send(event.model_dump_json())
+    async def _flush(self) -> None:
+        """Send what is queued for this browser: one event as itself, several as a list
+        in one websocket message (one write)."""
+        if not self.out:
+            return
+        out, self.out = self.out, []
+        if len(out) == 1:
+            await websocket.send(out[0].model_dump_json())
+        else:
+            await websocket.send("[" + ",".join(e.model_dump_json() for e in out) + "]")

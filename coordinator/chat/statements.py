@@ -44,3 +44,13 @@ REPLY_REQUEUED = (
 HOLDERS = "SELECT id, worker_id, attempt FROM job WHERE id IN {ids} AND state IN " + sql_list(
     (JobState.ASSIGNED, JobState.RUNNING)
 )
+
+# --- rate-limit buckets -----------------------------------------------------------------
+
+BUCKET_NEW = (
+    "INSERT INTO rate_bucket (action, who, tokens, at) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (action, who) DO NOTHING"
+)
+BUCKET = "SELECT tokens, at FROM rate_bucket WHERE action = %s AND who = %s"
+BUCKET_SET = "UPDATE rate_bucket SET tokens = %s, at = %s WHERE action = %s AND who = %s"
+BUCKETS_IDLE = "DELETE FROM rate_bucket WHERE at < %s"

@@ -13,6 +13,7 @@ from coordinator.db.tables import (
     ALL_TABLES,
     SCHEMA_VERSION,
     ApiKey,
+    RateBucket,
     ReplyFailure,
     SchemaInfo,
     database_proxy,
@@ -70,6 +71,11 @@ def _v5_to_v6(db: pw.Database) -> None:
     schema.migrate(m.drop_column("job", "blamed_worker_id"))
 
 
+def _v6_to_v7(db: pw.Database) -> None:
+    """Rate-limit buckets in the database: shared by every coordinator."""
+    db.create_tables([RateBucket])
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -78,6 +84,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     3: _v3_to_v4,
     4: _v4_to_v5,
     5: _v5_to_v6,
+    6: _v6_to_v7,
 }
 
 

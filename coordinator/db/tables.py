@@ -11,7 +11,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def now() -> float:
@@ -174,6 +174,19 @@ class ReplyFailure(_Base):
         primary_key = pw.CompositeKey("message", "worker_id")
 
 
+class RateBucket(_Base):
+    """A token bucket of the rate limits (coordinator/chat/rate_limits.py), in the
+    database so that every coordinator spends from the same one."""
+
+    action = pw.CharField(max_length=16)
+    who = pw.CharField(max_length=128)
+    tokens = pw.DoubleField()
+    at = pw.DoubleField(index=True)  # when ``tokens`` was counted
+
+    class Meta:
+        primary_key = pw.CompositeKey("action", "who")
+
+
 ALL_TABLES: list[type[pw.Model]] = [
     SchemaInfo,
     User,
@@ -185,4 +198,5 @@ ALL_TABLES: list[type[pw.Model]] = [
     Message,
     Job,
     ReplyFailure,
+    RateBucket,
 ]

@@ -12,6 +12,7 @@ from coordinator.http.responses import error, json_response, read_body, wrong_to
 from coordinator.http.routing import Route, blueprint
 from coordinator.keys.api_keys import ApiKeyInfo, check_api_key
 from farm_protocol.chat import SendMessageResponse
+from farm_protocol.ids import TopicId
 
 _MAX_TURNS = 200
 
@@ -29,6 +30,8 @@ class CompletionRequest(BaseModel):
     api_key: str = Field(max_length=200)
     model: str = Field(min_length=1, max_length=200)
     messages: list[Turn] = Field(min_length=1, max_length=_MAX_TURNS)
+    # the new thread's id, from the webapp (it subscribes to the thread's events first)
+    thread_id: TopicId | None = None
 
 
 class KeyCheck(BaseModel):
@@ -71,6 +74,7 @@ async def completions(ctx: HttpContext) -> Response:
             [(t.role, t.content) for t in req.messages],
             max_queued=ctx.max_queued,
             limit=limit,
+            thread_id=req.thread_id,
         )
     except Busy as busy:
         raise refused(ctx, model, busy) from None

@@ -8,7 +8,7 @@ from coordinator.http.admin_routes import admin_blueprint
 from coordinator.http.api_routes import api_blueprint
 from coordinator.http.chat_routes import chat_blueprint
 from coordinator.http.context import HttpContext
-from coordinator.http.responses import error
+from coordinator.http.responses import error, json_response
 from farm_runtime.http_serving import finish_reading_requests
 
 
@@ -28,8 +28,10 @@ def create_app(ctx: HttpContext) -> Quart:
         return error(405, f"{request.method} is not allowed on {request.path[:200]}")
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        problems = await ctx.readiness.problems()
+        body = {"status": "unavailable" if problems else "ok", "problems": problems}
+        return json_response(body, 503 if problems else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from quart import Blueprint, Response, request
 
+from coordinator.chat.rate_limits import spending
 from coordinator.errors import Busy, Conflict, NotFound
 from coordinator.http.admission import admit_limit, refused
 from coordinator.http.context import HttpContext
@@ -42,7 +43,8 @@ async def _user(ctx: HttpContext) -> UserView:
     found = await ctx.runner.call(ctx.chat.identity.find_user, token)
     if found is not None:
         return found
-    ctx.limits.take("new_user", request.headers.get(CLIENT_HEADER, "unknown"))
+    address = request.headers.get(CLIENT_HEADER, "unknown")
+    await ctx.runner.call(ctx.limits.take, "new_user", address)
     return await ctx.runner.call(ctx.chat.identity.session_user, token)
 
 
@@ -57,7 +59,7 @@ async def _admitted(ctx: HttpContext, who: str, model: str, queue_it: Callable[.
     for ``model`` or could not start it before its queue deadline (see
     coordinator.jobs.capacity). A request refused for any other reason gives its token
     back."""
-    with ctx.limits.spend("send", who):
+    async with spending(ctx.runner, ctx.limits, "send", who):
         limit = await admit_limit(ctx, model)
         queue_it = functools.partial(queue_it, limit=limit, max_queued=ctx.max_queued)
         try:
@@ -78,7 +80,7 @@ async def me(ctx: HttpContext) -> Response:
 async def rename(ctx: HttpContext) -> Response:
     """A new random name (the original's re-roll), shown in every thread joined."""
     user = await _user(ctx)
-    ctx.limits.take("rename", user.user_id)
+    await ctx.runner.call(ctx.limits.take, "rename", user.user_id)
     renamed, threads = await ctx.runner.call(ctx.chat.identity.rename, user.user_id)
     for thread_id in threads:
         await _publish_members(ctx, thread_id)
@@ -109,7 +111,7 @@ async def threads(ctx: HttpContext) -> Response:
 async def create_thread(ctx: HttpContext) -> Response:
     req = await read_body(CreateThreadRequest)
     user = await _user(ctx)
-    ctx.limits.take("thread", user.user_id)
+    await ctx.runner.call(ctx.limits.take, "thread", user.user_id)
     made = await ctx.runner.call(ctx.chat.threads.create_thread, user.user_id, req.system_prompt)
     return json_response(made, 201)
 
@@ -133,7 +135,7 @@ async def join(ctx: HttpContext, thread_id: str) -> Response:
     user = await _user(ctx)
     if await ctx.runner.call(ctx.chat.threads.is_member, tid, user.user_id):
         return json_response(await ctx.runner.call(ctx.chat.threads.members, tid))
-    with ctx.limits.spend("join", user.user_id):
+    async with spending(ctx.runner, ctx.limits, "join", user.user_id):
         members = await ctx.runner.call(ctx.chat.threads.join, tid, user.user_id)
     await ctx.bus.members(tid, members)
     return json_response(members)
@@ -156,7 +158,8 @@ async def send(ctx: HttpContext, thread_id: str) -> Response:
     send_it = ctx.chat.requests.send_message
     queue_it = functools.partial(send_it, user.user_id, tid, req.text, model)
     # sending to a shared thread joins it, within the joining allowance
-    with ctx.limits.spend("join", user.user_id) if joining else contextlib.nullcontext():
+    joins = spending(ctx.runner, ctx.limits, "join", user.user_id)
+    async with joins if joining else contextlib.nullcontext():
         new = await _admitted(ctx, user.user_id, model, queue_it)
     if new.joined:
         await _publish_members(ctx, tid)

@@ -12,6 +12,7 @@ from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.metrics import Metrics
 from coordinator.mqtt.bus import Bus
 from coordinator.mqtt.provisioning import Provisioner
+from coordinator.readiness import Readiness
 from coordinator.workers.presence import WorkerPresence
 from coordinator.workers.registry import WorkerRegistry
 from farm_protocol.chat import MessageView
@@ -47,4 +48,5 @@ class HttpContext:
     max_queued: int
     grace_s: float
     job_lifetime_s: float  # the queue plus the reply deadline: no job lives longer
+    readiness: Readiness
     farm_page: Cached = field(default_factory=lambda: Cached(max_age_s=1.0))

@@ -119,6 +119,11 @@ class Dispatcher:
 
     async def dispatch_once(self) -> int:
         done = await self.runner.call(self._round)
+        # Who holds each reply goes to the webapps before the assignment goes to the
+        # worker: a webapp forwards only the holder's chunks, and the first one follows
+        # the assignment within milliseconds.
+        for view in done.held:
+            await self.bus.message(view)
         for worker_id, assignment in done.assigned:
             log.info(
                 "job %s attempt %d -> worker %s (%s)",
@@ -130,7 +135,7 @@ class Dispatcher:
             await self.bus.assign(worker_id, assignment)
         if self.admission is not None:
             self.admission.observe(done.head_ages)
-        for view in [*done.held, *done.moved]:
+        for view in done.moved:
             await self.bus.message(view)
         return len(done.assigned)
 

@@ -2,7 +2,10 @@
 Each ending is one conditional write whose row count is checked, and the reply takes the
 same end in the same transaction."""
 
+import hashlib
+import logging
 import time
+from collections.abc import Sequence
 
 import peewee as pw
 
@@ -11,10 +14,15 @@ from coordinator.db.database import write_transaction
 from coordinator.db.views import message_views
 from coordinator.jobs import statements as q
 from coordinator.jobs.health import WorkerHealth
-from coordinator.jobs.records import Cancel, TextAppend, Where
+from coordinator.jobs.records import ActiveJob, Cancel, Expected, Finished, TextAppend, Where
 from coordinator.jobs.states import ACTIVE, JobState
 from coordinator.jobs.stream_writes import apply_text
 from farm_protocol.chat import MessageView
+
+log = logging.getLogger(__name__)
+
+# Text received for a job and not yet written, written before it ends.
+Tail = TextAppend | Sequence[TextAppend] | None
 
 
 class Endings:
@@ -30,14 +38,55 @@ class Endings:
         worker_id: str,
         outcome: JobState,
         error: str | None = None,
-        tail: TextAppend | None = None,
+        tail: Tail = None,
     ) -> MessageView | None:
         """End a held job (with any text not yet written). None if fenced off."""
         with write_transaction(self.db):
             stamp = time.time()
-            if tail is not None:
-                apply_text(self.db, tail, stamp)
+            self._apply(tail, stamp)
             return self.end(Where.held(job_id, attempt, worker_id), outcome, error, stamp)
+
+    def finish_checked(
+        self, job: ActiveJob, expected: Expected, tail: Sequence[TextAppend]
+    ) -> Finished:
+        """A worker's *done*: write the text it carries, then check the stored reply
+        against it. Succeeded when it holds exactly the worker's text; failed when it
+        cannot (more chunks than the worker sent, or a different text); and not ended
+        yet while chunks before the end are missing (another coordinator may still be
+        writing them)."""
+        with write_transaction(self.db):
+            stamp = time.time()
+            self._apply(tail, stamp)
+            row = sql.execute(self.db, q.STORED_TEXT, (job.message_id,)).fetchone()
+            if row is None:
+                return Finished()
+            stored_seq, content = int(row[0]), str(row[1])
+            if stored_seq + 1 < expected.chunks:
+                return Finished(missing_after=stored_seq)
+            exact = (
+                stored_seq + 1 == expected.chunks
+                and len(content) == expected.chars
+                and hashlib.sha256(content.encode()).hexdigest() == expected.sha256
+            )
+            if not exact:
+                log.warning(
+                    "job %s: stored text differs from the worker's (%d/%d chunks, %d/%d chars)",
+                    job.job_id,
+                    stored_seq + 1,
+                    expected.chunks,
+                    len(content),
+                    expected.chars,
+                )
+            outcome = JobState.SUCCEEDED if exact else JobState.FAILED
+            error = None if exact else "the reply arrived incomplete or corrupted"
+            where = Where.held(job.job_id, job.attempt, job.worker_id)
+            return Finished(view=self.end(where, outcome, error, stamp))
+
+    def _apply(self, tail: Tail, stamp: float) -> None:
+        if tail is None:
+            return
+        for item in [tail] if isinstance(tail, TextAppend) else tail:
+            apply_text(self.db, item, stamp)
 
     def fail_or_retry(
         self,
@@ -47,19 +96,18 @@ class Endings:
         reason: str,
         *,
         retryable: bool,
-        tail: TextAppend | None = None,
+        tail: Tail = None,
     ) -> MessageView | None:
         """A held job failed. Re-queue it while no token has reached the user and
         attempts remain; otherwise fail it (its partial text is kept)."""
         with write_transaction(self.db):
             stamp = time.time()
-            if tail is not None:
-                apply_text(self.db, tail, stamp)
+            self._apply(tail, stamp)
             where = Where.held(job_id, attempt, worker_id)
             return self.retry_or_end(where, reason, retryable=retryable, stamp=stamp)
 
     def cancel(
-        self, job_id: str, reason: str, tail: TextAppend | None = None
+        self, job_id: str, reason: str, tail: Tail = None
     ) -> tuple[MessageView | None, Cancel | None]:
         """Stop a job: a queued one ends at once; a held one ends with its text so far kept
         (``tail`` is what was received but not yet written), and the returned
@@ -75,8 +123,7 @@ class Endings:
                 return self.end(where, JobState.CANCELLED, reason, stamp), None
             if state not in ACTIVE:
                 return None, None
-            if tail is not None:
-                apply_text(self.db, tail, stamp)
+            self._apply(tail, stamp)
             where = Where.held(job_id, attempt, worker_id)
             view = self.end(where, JobState.CANCELLED, reason, stamp)
             return view, Cancel(worker_id, job_id, attempt, reason) if view else None

@@ -138,7 +138,12 @@ class JobQueue:
                 continue
             assignment = fit_assignment(
                 JobAssignment(
-                    job_id=job_id, attempt=attempt, model=model, messages=context, issued_at=stamp
+                    job_id=job_id,
+                    thread_id=thread_id,
+                    attempt=attempt,
+                    model=model,
+                    messages=context,
+                    issued_at=stamp,
                 )
             )
             if assignment is None:

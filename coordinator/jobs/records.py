@@ -2,6 +2,7 @@
 path sees it, text to write, a cancel for a worker, the deadlines, and a sweep's result."""
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from coordinator.jobs import statements as q
 from coordinator.jobs.states import JobState
@@ -54,6 +55,52 @@ class TextAppend:
         if seq >= self.last_seq:
             return ""
         return self.text[self.starts[seq + 1 - self.first_seq] :]
+
+
+class Landed(Enum):
+    """What became of one text append."""
+
+    FENCED = "fenced"  # the job is not this attempt's or this worker's any more
+    STORED = "stored"  # its text was stored already (a duplicate, or an overlap)
+    GAP = "gap"  # the stored text ends before it begins: the text in between is missing
+    WRITTEN = "written"
+    STARTED = "started"  # written, and the reply's first text
+    AFTER_STOP = "after_stop"  # written to a reply the coordinator had stopped
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    landed: Landed
+    stored_seq: int = -1  # for a gap: the last chunk the stored text holds
+
+
+@dataclass(slots=True)
+class Written:
+    """A batch of text appends, written: the replies that started, the jobs whose text
+    would have left a gap (job id -> the last chunk stored), and the stopped replies that
+    took the last text their worker generated."""
+
+    started: list[MessageView] = field(default_factory=list)
+    gaps: dict[str, int] = field(default_factory=dict)
+    stopped: list[MessageView] = field(default_factory=list)  # stopped replies, grown
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What a worker's *done* says the whole reply is."""
+
+    chunks: int
+    chars: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A *done* checked against the stored text: the ended reply (None if fenced off),
+    or, while text before the end is missing, the last chunk stored."""
+
+    view: MessageView | None = None
+    missing_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,21 +69,30 @@ MESSAGES = f"SELECT {MESSAGE_COLUMNS} FROM message WHERE id IN {{ids}}"
 
 # --- the event path -------------------------------------------------------------------
 
+# A job the coordinator stopped (the user, a deadline) still takes the text its worker
+# generated before the stop: the worker sends it in a last checkpoint.
+_STOPPED = f"('{JobState.CANCELLED}', '{JobState.TIMED_OUT}')"
 ACTIVE_JOB = (
     "SELECT j.id, j.attempt, j.worker_id, m.id, m.thread_id, m.content, m.content_seq,"
     f" j.created_at FROM job j JOIN message m ON m.id = j.message_id"
-    f" WHERE j.id = %s AND j.state IN {_ACTIVE}"
+    f" WHERE j.id = %s AND (j.state IN {_ACTIVE}"
+    f" OR (j.state IN {_STOPPED} AND j.worker_id IS NOT NULL))"
+)
+STOPPED_HELD = (
+    f"SELECT 1 FROM job WHERE id = %s AND attempt = %s AND worker_id = %s AND state IN {_STOPPED}"
 )
 RUNNING_JOBS = (
     "SELECT j.id, j.attempt, j.worker_id, m.id, m.thread_id, m.content, m.content_seq,"
     f" j.created_at FROM job j JOIN message m ON m.id = j.message_id WHERE j.state = {_RUNNING}"
 )
 ACCEPT = f"UPDATE job SET state = {_RUNNING}, accepted_at = %s WHERE {HELD} AND state = {_ASSIGNED}"
-HELD_AMONG = "SELECT id, attempt FROM job WHERE id IN {ids} AND worker_id = %s" + (
+HELD_AMONG = "SELECT id, attempt, state FROM job WHERE id IN {ids} AND worker_id = %s" + (
     f" AND state IN {_ACTIVE}"
 )
+# ``chunks`` only grows: checkpoints handled by several coordinators land in any order.
 TEXT_LANDED = (
-    f"UPDATE job SET state = {_RUNNING}, chunks = %s, last_token_at = %s,"
+    f"UPDATE job SET state = {_RUNNING},"
+    " chunks = CASE WHEN chunks < %s THEN %s ELSE chunks END, last_token_at = %s,"
     " first_token_at = COALESCE(first_token_at, %s),"
     f" accepted_at = COALESCE(accepted_at, %s) WHERE {HELD}"
 )
@@ -97,6 +106,13 @@ TEXT_CONTINUES = (
     " WHERE id = %s AND content_seq = %s"
 )
 STORED_UP_TO = "SELECT content_seq FROM message WHERE id = %s"
+STORED_TEXT = "SELECT content_seq, content FROM message WHERE id = %s"
+# Running jobs quiet since a moment: the last of their progress may have been lost.
+QUIET_JOBS = (
+    "SELECT j.id, m.thread_id, j.attempt, j.worker_id, m.content_seq FROM job j"
+    " JOIN message m ON m.id = j.message_id"
+    f" WHERE j.state = {_RUNNING} AND COALESCE(j.last_token_at, j.accepted_at) < %s"
+)
 
 # --- endings --------------------------------------------------------------------------
 

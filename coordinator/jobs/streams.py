@@ -1,8 +1,17 @@
-"""Assembling streamed replies: de-duplicate and re-order chunks by sequence number,
-write text in batches, and finish a job only once its whole text is verified."""
+"""Storing replies from their progress: *accepted*, checkpoints of the text, *done* and
+*failed*. A coordinator never sees a reply's live chunks (those are for the people
+watching); it stores the text the checkpoints carry and checks *done* against it.
+
+With several coordinators on Mosquitto each one receives a share of every job's progress
+(a shared subscription, round-robin per message), so consecutive checkpoints of one job
+are written by different coordinators, in any order. Nothing here depends on having
+seen the message before: every write is fenced by the job's attempt and worker and
+continues the stored text exactly where it ends (checkpoints overlap, so one that lands
+late is covered by the next). Text that would leave a gap waits here and is tried again
+at the next flush (the text before it is usually being written by another coordinator at
+that moment); still missing after ``gap_s``, it is asked of the worker again."""
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -10,97 +19,66 @@ from dataclasses import dataclass, field
 
 from coordinator.db.runner import DbRunner
 from coordinator.jobs.endings import Endings
-from coordinator.jobs.records import ActiveJob, TextAppend
-from coordinator.jobs.states import JobState
+from coordinator.jobs.records import ActiveJob, Expected, TextAppend
 from coordinator.jobs.stream_writes import StreamWrites
 from coordinator.mqtt.bus import Bus
 from farm_protocol.chat import MessageView
 from farm_protocol.payloads import (
     JobAccepted,
-    JobChunk,
+    JobCheckpoint,
     JobDone,
-    JobEvent,
     JobFailed,
+    JobProgress,
     JobReplay,
 )
-from farm_runtime.chunks import ChunkSequence
 from farm_runtime.logs import DropLog
 
 log = logging.getLogger(__name__)
 
+_MAX_WAITING = 64  # appends one job may keep waiting for a gap to fill
+
+
+def text_append(job: ActiveJob, texts: JobCheckpoint | JobDone | JobFailed) -> TextAppend | None:
+    """The chunks a checkpoint (or a final event's tail) carries, as one append."""
+    if not texts.texts:
+        return None
+    starts, at = [], 0
+    for piece in texts.texts:
+        starts.append(at)
+        at += len(piece)
+    return TextAppend(
+        job.job_id,
+        job.attempt,
+        job.worker_id,
+        job.message_id,
+        "".join(texts.texts),
+        last_seq=texts.last_seq,
+        chunks=texts.last_seq + 1,
+        starts=tuple(starts),
+    )
+
 
 @dataclass(slots=True)
-class Assembly:
-    """One job attempt's stream as received so far."""
+class Held:
+    """A job this process has heard of, held by ``job.worker_id``: what waits to be
+    written (checkpoints, a *done* whose text is not all stored), and since when."""
 
     job: ActiveJob
-    order: ChunkSequence
-    chars: int
-    digest: "hashlib._Hash"
-    unflushed: list[str] = field(default_factory=list)
+    waiting: list[TextAppend] = field(default_factory=list)
     done: JobDone | None = None
-    gap_since: float | None = None  # since when a chunk has been missing
+    gap_since: float | None = None  # since when the stored text has had a gap
+    gap_after: int = -1  # the last chunk stored before it
     replay_after: float = 0.0  # no new replay request before this
-    heard_at: float = field(default_factory=time.monotonic)  # its worker's last event
-
-    @property
-    def next_seq(self) -> int:
-        return self.order.next_seq
-
-    def missing(self) -> bool:
-        """A chunk is missing: later ones (or the final *done*) came before it."""
-        expected = self.done.chunks if self.done is not None else None
-        return self.order.gap(expected) is not None
-
-    @classmethod
-    def resume(cls, job: ActiveJob) -> "Assembly":
-        """Continue from what the database holds (after a restart, the text so far)."""
-        digest = hashlib.sha256(job.content.encode())
-        return cls(job, ChunkSequence(floor=job.content_seq), len(job.content), digest)
-
-    def add(self, chunk: JobChunk) -> bool:
-        """Take a chunk; False if it is a duplicate."""
-        released = self.order.add(chunk.seq, chunk.text)
-        if released is None:
-            return False
-        for text in released:
-            self.unflushed.append(text)
-            self.digest.update(text.encode())
-            self.chars += len(text)
-        return True
-
-    def take(self) -> TextAppend | None:
-        """The text not yet written, as one append (and forget it)."""
-        if not self.unflushed:
-            return None
-        pieces, self.unflushed = self.unflushed, []
-        starts, at = [], 0
-        for piece in pieces:
-            starts.append(at)
-            at += len(piece)
-        job = self.job
-        return TextAppend(
-            job.job_id,
-            job.attempt,
-            job.worker_id,
-            job.message_id,
-            "".join(pieces),
-            last_seq=self.next_seq - 1,
-            chunks=self.next_seq,
-            starts=tuple(starts),
-        )
+    heard_at: float = field(default_factory=time.monotonic)
 
 
 class JobStreams:
-    """Every running job's stream. A chunk that stays missing for ``gap_s`` (it was
-    lost, typically received by a coordinator process killed before it wrote it) is
-    asked for again: a replay request to the worker, from the first missing chunk.
+    """The progress of every job this process receives (see the module's doc).
 
-    A stream that has heard nothing for ``idle_s``, with all its text written, is let
-    go: its job ended where this process did not see it end (stopped or timed out by
-    another coordinator sharing the database; this one's own cancels and deadlines
-    forget it at once). Should its worker speak again, the stream resumes from the
-    database, as after a restart."""
+    A job it has heard nothing of for ``idle_s``, with nothing waiting, is forgotten: its
+    job ended where this process did not see it end. Running jobs whose stored progress
+    has been quiet for ``quiet_s`` are asked to replay, from the first chunk not stored:
+    the coordinator that received their last progress may have died with it."""
 
     def __init__(
         self,
@@ -112,6 +90,7 @@ class JobStreams:
         flush_interval_s: float,
         gap_s: float = 1.0,
         idle_s: float = 300.0,
+        quiet_s: float = 5.0,
     ) -> None:
         self.runner = runner
         self.writes = writes
@@ -121,17 +100,23 @@ class JobStreams:
         self.flush_interval_s = flush_interval_s
         self.gap_s = gap_s
         self.idle_s = idle_s
-        self._live: dict[str, Assembly] = {}
+        self.quiet_s = quiet_s
+        self._held: dict[str, Held] = {}
         self._strays: set[tuple[str, int, str]] = set()
+        self._asked: dict[str, float] = {}  # job -> when a quiet replay was last asked
+        self._next_quiet_check = 0.0
         self._ignored = DropLog(log, level=logging.INFO)
         self.on_first_token: Callable[[float], None] = lambda seconds: None
 
-    async def on_event(self, worker_id: str, event: JobEvent) -> None:
+    async def on_event(self, worker_id: str, thread_id: str, event: JobProgress) -> None:
+        """``event`` from ``worker_id``, on its topic for ``thread_id``."""
         stray = (event.job_id, event.attempt, worker_id)
         if stray in self._strays:  # known not to be held: no database look-up again
             return
-        assembly = await self._assembly(worker_id, event.job_id, event.attempt)
-        if assembly is None:
+        held = await self._lookup(worker_id, event.job_id, event.attempt)
+        if held is not None and held.job.thread_id != thread_id:
+            held = None  # a topic naming another thread: spoofed or confused
+        if held is None:
             if len(self._strays) > 10_000:
                 self._strays.clear()
             self._strays.add(stray)
@@ -145,75 +130,55 @@ class JobStreams:
                 worker_id,
             )
             return
-        assembly.heard_at = time.monotonic()
+        held.heard_at = time.monotonic()
         match event:
             case JobAccepted():
                 await self.runner.call(self.writes.accept, event.job_id, event.attempt, worker_id)
-            case JobChunk():
-                first = assembly.next_seq == 0
-                if not assembly.add(event):
-                    log.debug("duplicate chunk %d of job %s", event.seq, event.job_id)
-                elif first and assembly.next_seq > 0:
-                    self.on_first_token(time.time() - assembly.job.created_at)
-                await self._try_finish(assembly)
+            case JobCheckpoint():
+                append = text_append(held.job, event)
+                if append is not None and len(held.waiting) < _MAX_WAITING:
+                    held.waiting.append(append)
             case JobDone():
-                assembly.done = event
-                await self._try_finish(assembly)
+                held.done = event
+                await self._try_finish(held)
             case JobFailed():
-                await self._fail(assembly, event)
+                await self._fail(held, event)
 
-    async def _assembly(self, worker_id: str, job_id: str, attempt: int) -> Assembly | None:
-        assembly = self._live.get(job_id)
-        if assembly is None or assembly.job.attempt < attempt:
+    async def _lookup(self, worker_id: str, job_id: str, attempt: int) -> Held | None:
+        held = self._held.get(job_id)
+        if held is None or held.job.attempt < attempt:
             job = await self.runner.call(self.writes.active_job, job_id)
             if job is None:
                 return None
-            # only a newer attempt replaces the stream: a message naming one the database
-            # does not know (spoofed, or confused) must not drop what was received
-            if assembly is None or job.attempt > assembly.job.attempt:
-                assembly = self._live[job_id] = Assembly.resume(job)
-        held = assembly.job
-        if held.worker_id != worker_id or held.attempt != attempt:
+            # only a newer attempt replaces what is held: a message naming one the
+            # database does not know (spoofed, or confused) must not drop what waits
+            if held is None or job.attempt > held.job.attempt:
+                held = self._held[job_id] = Held(job)
+        if held.job.worker_id != worker_id or held.job.attempt != attempt:
             return None
-        return assembly
+        return held
 
-    async def _try_finish(self, assembly: Assembly) -> None:
-        done = assembly.done
-        if done is None or assembly.next_seq < done.chunks:
-            return  # chunks still on their way
-        complete = (
-            assembly.next_seq == done.chunks
-            and assembly.chars == done.chars
-            and assembly.digest.hexdigest() == done.sha256
-        )
-        job = assembly.job
-        outcome, error = (
-            (JobState.SUCCEEDED, None)
-            if complete
-            else (JobState.FAILED, "the reply arrived incomplete or corrupted")
-        )
-        if not complete:
-            log.warning(
-                "job %s: stream check failed (%d/%d chunks, %d/%d chars)",
-                job.job_id,
-                assembly.next_seq,
-                done.chunks,
-                assembly.chars,
-                done.chars,
-            )
-        view = await self.runner.call(
-            self.endings.finish,
-            job.job_id,
-            job.attempt,
-            job.worker_id,
-            outcome,
-            error,
-            assembly.take(),
-        )
-        await self._ended(job.job_id, view)
+    async def _try_finish(self, held: Held) -> None:
+        done = held.done
+        if done is None:
+            return
+        tail = [*held.waiting]
+        last = text_append(held.job, done)
+        if last is not None:
+            tail.append(last)
+        expected = Expected(done.chunks, done.chars, done.sha256)
+        finished = await self.runner.call(self.endings.finish_checked, held.job, expected, tail)
+        if finished.missing_after is not None:
+            self._note_gap(held, finished.missing_after, time.monotonic())
+            return  # tried again at each flush until the text before it is stored
+        await self._ended(held.job.job_id, finished.view)
 
-    async def _fail(self, assembly: Assembly, event: JobFailed) -> None:
-        job = assembly.job
+    async def _fail(self, held: Held, event: JobFailed) -> None:
+        job = held.job
+        tail = [*held.waiting]
+        last = text_append(job, event)
+        if last is not None:
+            tail.append(last)
         view = await self.runner.call(
             self.endings.fail_or_retry,
             job.job_id,
@@ -221,81 +186,118 @@ class JobStreams:
             job.worker_id,
             event.reason,
             retryable=event.retryable,
-            tail=assembly.take(),
+            tail=tail,
         )
         await self._ended(job.job_id, view)
 
     async def _ended(self, job_id: str, view: MessageView | None) -> None:
-        self._live.pop(job_id, None)
+        self._held.pop(job_id, None)
+        self._asked.pop(job_id, None)
         if view is not None:
             log.info("job %s ended: message %s is %s", job_id, view.message_id, view.state)
             await self.bus.message(view)
         self.wake_dispatcher()
 
     async def run_flusher(self) -> None:
-        """Write streamed text every ``flush_interval_s``: one transaction for all jobs."""
+        """Write checkpoints every ``flush_interval_s``: one transaction for all jobs."""
         while True:
             await asyncio.sleep(self.flush_interval_s)
             await self.flush()
 
     async def flush(self) -> None:
-        await self._chase_gaps(time.monotonic())
-        batch = [a for a in (s.take() for s in self._live.values()) if a is not None]
-        if not batch:
-            return
-        for view in await self.runner.call(self.writes.append_text, batch):
+        now = time.monotonic()
+        batch: list[TextAppend] = []
+        for held in self._held.values():
+            if held.done is None:  # a done's own attempt writes what waits before it
+                batch += held.waiting
+                held.waiting = []
+        if batch:
+            await self._write(batch, now)
+        for held in [h for h in self._held.values() if h.done is not None]:
+            await self._try_finish(held)
+        await self._chase_gaps(now)
+        await self._chase_quiet(now)
+
+    async def _write(self, batch: list[TextAppend], now: float) -> None:
+        written = await self.runner.call(self.writes.write_texts, batch)
+        for view in written.started:
+            started = self._held.get(view.job_id or "")
+            if started is not None:
+                self.on_first_token(time.time() - started.job.created_at)
             await self.bus.message(view)
+        for view in written.stopped:
+            self._held.pop(view.job_id or "", None)  # nothing more is expected of it
+            await self.bus.message(view)  # a stopped reply, with its last text
+        for item in batch:
+            held = self._held.get(item.job_id)
+            if held is not None and item.job_id in written.gaps:
+                held.waiting.append(item)  # tried again at the next flush
+        for job_id in {item.job_id for item in batch}:
+            held = self._held.get(job_id)
+            if held is None:
+                continue
+            if job_id in written.gaps:
+                self._note_gap(held, written.gaps[job_id], now)
+            else:
+                held.gap_since = None
+
+    def _note_gap(self, held: Held, stored_seq: int, now: float) -> None:
+        if held.gap_since is None or stored_seq != held.gap_after:
+            held.gap_since, held.gap_after = now, stored_seq
 
     async def _chase_gaps(self, now: float) -> None:
-        for job_id, assembly in list(self._live.items()):
-            if not assembly.missing():
-                assembly.gap_since = None
-                if not assembly.unflushed and now - assembly.heard_at > self.idle_s:
-                    del self._live[job_id]  # see the class's docstring
+        for job_id, held in list(self._held.items()):
+            if held.gap_since is None:
+                if not held.waiting and now - held.heard_at > self.idle_s:
+                    del self._held[job_id]  # see the class's docstring
                 continue
-            if assembly.gap_since is None:
-                assembly.gap_since = now
-            if now - assembly.gap_since < self.gap_s or now < assembly.replay_after:
+            if now - held.gap_since < self.gap_s or now < held.replay_after:
                 continue
-            assembly.replay_after = now + self.gap_s
-            job = assembly.job
-            log.info(
-                "job %s: chunk %d missing for %.1f s; asking worker %s to replay",
-                job.job_id,
-                assembly.next_seq,
-                now - assembly.gap_since,
-                job.worker_id,
+            held.replay_after = now + self.gap_s
+            job = held.job
+            await self._replay(
+                job.worker_id, job.thread_id, job_id, job.attempt, held.gap_after + 1
             )
-            await self.bus.control(
-                job.worker_id,
-                JobReplay(job_id=job.job_id, attempt=job.attempt, from_seq=assembly.next_seq),
-            )
+
+    async def _chase_quiet(self, now: float) -> None:
+        """Ask for the progress of running jobs quiet for ``quiet_s`` (see the class)."""
+        if now < self._next_quiet_check:
+            return
+        self._next_quiet_check = now + self.quiet_s / 2
+        quiet = await self.runner.call(self.writes.quiet_jobs, time.time() - self.quiet_s)
+        for job_id, thread_id, attempt, worker_id, stored_seq in quiet:
+            if now - self._asked.get(job_id, -self.quiet_s) < self.quiet_s:
+                continue
+            self._asked[job_id] = now
+            await self._replay(worker_id, thread_id, job_id, attempt, stored_seq + 1)
+        if len(self._asked) > 10_000:
+            self._asked = {j: t for j, t in self._asked.items() if now - t < self.quiet_s}
+
+    async def _replay(
+        self, worker_id: str, thread_id: str, job_id: str, attempt: int, from_seq: int
+    ) -> None:
+        log.info("job %s: asking worker %s to replay from chunk %d", job_id, worker_id, from_seq)
+        replay = JobReplay(job_id=job_id, thread_id=thread_id, attempt=attempt, from_seq=from_seq)
+        await self.bus.control(worker_id, replay)
 
     async def resume(self) -> None:
         """After a start: ask every worker holding a running job to replay it from the
         first chunk not in the database (what a killed predecessor received but never
         wrote is otherwise lost: the broker counts it as delivered)."""
         for job in await self.runner.call(self.writes.running_jobs):
-            log.info(
-                "resuming job %s from chunk %d (worker %s)",
-                job.job_id,
-                job.content_seq + 1,
-                job.worker_id,
-            )
-            await self.bus.control(
-                job.worker_id,
-                JobReplay(job_id=job.job_id, attempt=job.attempt, from_seq=job.content_seq + 1),
+            await self._replay(
+                job.worker_id, job.thread_id, job.job_id, job.attempt, job.content_seq + 1
             )
 
     def following(self) -> list[str]:
-        """The jobs whose streams this process holds."""
-        return list(self._live)
+        """The jobs this process holds progress of."""
+        return list(self._held)
 
-    def take_tail(self, job_id: str) -> TextAppend | None:
-        """The text received for a job but not yet written; the stream is forgotten."""
-        assembly = self._live.pop(job_id, None)
-        return assembly.take() if assembly is not None else None
+    def take_tail(self, job_id: str) -> list[TextAppend]:
+        """The text received for a job but not yet written; the job is forgotten."""
+        held = self._held.pop(job_id, None)
+        return held.waiting if held is not None else []
 
     def forget(self, job_id: str) -> None:
-        """Drop a job's stream (it ended by a deadline or a cancel)."""
-        self._live.pop(job_id, None)
+        """Drop what is held of a job (it ended by a deadline or a cancel)."""
+        self._held.pop(job_id, None)

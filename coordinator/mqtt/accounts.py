@@ -20,7 +20,7 @@ from typing import Any
 import aiomqtt
 
 from coordinator.errors import CoordinatorError
-from farm_protocol import acl
+from farm_protocol import acl, topics
 from farm_runtime.broker import BrokerSettings, make_client
 from farm_runtime.client_calls import publish, subscribe
 
@@ -34,14 +34,17 @@ class BrokerAdminError(CoordinatorError):
 
 
 def role_acls(grants: list[acl.Grant]) -> list[dict[str, Any]]:
-    """Grants as dynsec ACLs. Subscriptions are literal (exactly the filters the account
-    uses) except a trailing ``#`` (the observer), which is a pattern."""
+    """Grants as dynsec ACLs. A subscription grant is a pattern (the account may ask for
+    it or any narrower filter: a webapp subscribes to one job's chunks at a time), except
+    a shared subscription, which dynamic security on 2.0.11 matches only by its name."""
     acls: list[dict[str, Any]] = []
     for grant in grants:
         if grant.action is acl.Action.PUBLISH:
             kind = "publishClientSend"
+        elif grant.filter.startswith(topics.SHARE_PREFIX):
+            kind = "subscribeLiteral"
         else:
-            kind = "subscribePattern" if grant.filter.endswith("#") else "subscribeLiteral"
+            kind = "subscribePattern"
         acls.append({"acltype": kind, "topic": grant.filter, "allow": True, "priority": 0})
     return acls
 
@@ -103,6 +106,22 @@ def _create_role(name: str, grants: list[acl.Grant]) -> dict[str, Any]:
     return {"command": "createRole", "rolename": name, "acls": role_acls(grants)}
 
 
+def _grants_added(roles: set[str], workers: dict[str, str | None]) -> list[dict[str, Any]]:
+    """Every rule of the existing service and worker roles, added again (the broker
+    refuses those it has, "already exists"): roles made by an earlier version get what
+    this one needs (protocol v2's progress topics, the coordinators' shared
+    subscriptions) without deleting and re-creating them."""
+    grants = {name: acl.SERVICE_GRANTS[name] for name in acl.SERVICES if name in roles}
+    for worker_id in workers:
+        if acl.worker_role(worker_id) in roles:
+            grants[acl.worker_role(worker_id)] = acl.worker_grants(worker_id)
+    return [
+        {"command": "addRoleACL", "rolename": role, **rule}
+        for role, granted in grants.items()
+        for rule in role_acls(granted)
+    ]
+
+
 def _create_worker(worker_id: str, password: str) -> dict[str, Any]:
     return {
         "command": "createClient",
@@ -123,6 +142,7 @@ class ReconcileReport:
 class BrokerAccounts:
     def __init__(self, dynsec: Dynsec) -> None:
         self.dynsec = dynsec
+        self._grants_brought_up = False  # the existing roles' rules, once per process
 
     async def add_worker(self, worker_id: str, password: str) -> None:
         role = acl.worker_role(worker_id)
@@ -195,6 +215,8 @@ class BrokerAccounts:
         for name in acl.SERVICES:
             if name not in roles:
                 commands.append(_create_role(name, acl.SERVICE_GRANTS[name]))
+        if not self._grants_brought_up:
+            commands += _grants_added(roles, workers)
         if acl.COORDINATOR not in on_broker and coordinator_password:
             commands.append(
                 {
@@ -230,6 +252,7 @@ class BrokerAccounts:
                 {"command": "deleteRole", "rolename": acl.worker_role(username)},
             ]
         await self.dynsec.check(commands, tolerate=("already exists", "not found"))
+        self._grants_brought_up = True
         if created or deleted:
             log.info("broker reconciled: created %s, deleted %s", created, deleted)
         for worker_id in unrecoverable:

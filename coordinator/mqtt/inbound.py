@@ -11,18 +11,31 @@ from coordinator.jobs.stream_writes import StreamWrites
 from coordinator.jobs.streams import JobStreams
 from coordinator.mqtt.bus import Bus
 from coordinator.workers.presence import WorkerPresence
-from farm_protocol import topics
-from farm_protocol.codec import JOB_EVENT, adapter_for, decode, preview
+from farm_protocol import acl, topics
+from farm_protocol.codec import JOB_PROGRESS, adapter_for, decode, preview
 from farm_protocol.errors import ProtocolError
 from farm_protocol.payloads import MAX_WORKER_MESSAGE_BYTES, Heartbeat, WorkerStatus
+from farm_runtime.broker import Subscription
 from farm_runtime.logs import DropLog
 
 log = logging.getLogger(__name__)
 
+# Every coordinator receives every worker's status (retained: a new one learns the fleet
+# at once). Heartbeats and job progress are spread over the coordinators by a shared
+# subscription where the broker has them (Mosquitto); on a broker that refuses it (the
+# embedded amqtt), the plain filter, for the one coordinator that runs there.
 SUBSCRIPTIONS = [
-    (topics.ALL_STATUS, topics.QOS_STATUS),
-    (topics.ALL_HEARTBEATS, topics.QOS_HEARTBEAT),
-    (topics.ALL_JOB_EVENTS, topics.QOS_JOB_EVENTS),
+    Subscription(topics.ALL_STATUS, topics.QOS_STATUS),
+    Subscription(
+        topics.shared(acl.COORDINATOR_GROUP, topics.ALL_HEARTBEATS),
+        topics.QOS_HEARTBEAT,
+        fallback=topics.ALL_HEARTBEATS,
+    ),
+    Subscription(
+        topics.shared(acl.COORDINATOR_GROUP, topics.ALL_JOB_PROGRESS),
+        topics.QOS_JOB_EVENTS,
+        fallback=topics.ALL_JOB_PROGRESS,
+    ),
 ]
 
 _STATUS = adapter_for(WorkerStatus)
@@ -123,11 +136,11 @@ class Inbound:
         topic = message.topic.value
         try:
             where = topics.parse_worker_topic(topic)
-            if where.leaf == "jobs":
-                event = decode(JOB_EVENT, message.payload, MAX_WORKER_MESSAGE_BYTES)
-                if event.job_id != where.job_id:
+            if where.leaf == "progress":
+                event = decode(JOB_PROGRESS, message.payload, MAX_WORKER_MESSAGE_BYTES)
+                if event.job_id != where.job_id or where.thread_id is None:
                     raise ProtocolError(f"payload job {event.job_id} != topic job {where.job_id}")
-                await self.streams.on_event(where.worker_id, event)
+                await self.streams.on_event(where.worker_id, where.thread_id, event)
             elif where.leaf == "status":
                 status = decode(_STATUS, message.payload, MAX_WORKER_MESSAGE_BYTES)
                 await self._status(where.worker_id, status)
@@ -139,6 +152,8 @@ class Inbound:
                         await self._stop_orphans(beat)
                 else:  # an idle worker's: written with the others, in a batch
                     self._beats[beat.worker_id] = beat
+            else:
+                raise ProtocolError(f"the coordinator does not take {where.leaf} messages")
         except ProtocolError as exc:
             self._dropped.warn(
                 topics.subject(topic),
@@ -169,9 +184,11 @@ class Inbound:
 
     async def _stop_orphans(self, beat: Heartbeat) -> None:
         """A worker cut off long enough for its jobs to fail or move on still runs them
-        when it comes back: tell it to stop, so its slots serve jobs that are its own."""
+        when it comes back: tell it to stop, so its slots serve jobs that are its own.
+        A job it runs that is still only assigned here had its *accepted* lost (received
+        by a coordinator that died): it is accepted now."""
         running = [(job.job_id, job.attempt) for job in beat.running]
-        stray = await self.runner.call(self.writes.not_held, beat.worker_id, running)
+        stray = await self.runner.call(self.writes.reconcile_running, beat.worker_id, running)
         for job_id, attempt in stray:
             log.info(
                 "worker %s still runs job %s attempt %d: stopping it",

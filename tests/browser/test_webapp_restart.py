@@ -4,21 +4,16 @@ the coordinator stored (a fresh page shows the same). Nothing is lost: the coord
 not the webapp, is the system of record."""
 
 import asyncio
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.browser.test_browser import CHROME_ARGS, CHROMIUM, LAST_REPLY
 from tests.support.brokers import broker_of
-from tests.support.farm import Farm, running_farm
-from tests.support.processes import broker_env
+from tests.support.farm import Farm, running_farm, webapp_process
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
@@ -26,32 +21,7 @@ pytestmark = [
 
 
 def start_webapp(farm: Farm, log: Path) -> subprocess.Popen[bytes]:
-    s = farm.webapp_settings
-    env = dict(
-        os.environ,
-        **broker_env(s.broker),
-        FARM_WEB_PORT=str(s.web_port),
-        FARM_COORDINATOR_URL=s.coordinator_url,
-        FARM_SERVICE_TOKEN=s.service_token.get_secret_value(),
-    )
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_farm.cli", "webapp"],
-            env=env,
-            cwd=log.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(farm.web_url + "/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the webapp did not come up"
-        time.sleep(0.1)
+    return webapp_process(farm, log)
 
 
 async def reply_state(page: Any) -> str:

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+import websockets
 
 from farm_protocol import topics
 from farm_protocol.chat import MemberView
 from farm_protocol.codec import encode
-from farm_protocol.payloads import JobChunk, MembersEvent
+from farm_protocol.payloads import JobCheckpoint, MembersEvent
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.support.brokers import RunningBroker, broker_of
-from tests.support.farm import new_thread, running_farm, send_and_stream
+from tests.support.farm import new_thread, running_farm, send_and_stream, ws_url
 
 
 async def test_garbage_and_spoofed_messages_are_dropped(
@@ -24,6 +25,12 @@ async def test_garbage_and_spoofed_messages_are_dropped(
     sim = SimSettings(reply="echo", ttft_ms=5, tokens_per_s=0)
     async with running_farm(tmp_path, broker, sim=sim) as farm:
         worker_id = farm.workers[0].worker_id
+        browser = farm.browser()
+        thread_id = await new_thread(browser)
+        watched = topics.thread_events(thread_id)
+        cookie = {"Cookie": f"farm_session={browser.cookies.get('farm_session')}"}
+        watching = await websockets.connect(ws_url(farm, thread_id), additional_headers=cookie)
+        assert json.loads(await watching.recv())["type"] == "snapshot"  # the webapp listens
         settings = broker.settings()
         password = settings.password.get_secret_value() if settings.password else None
         async with aiomqtt.Client(
@@ -33,36 +40,41 @@ async def test_garbage_and_spoofed_messages_are_dropped(
             password=password,
             identifier="rogue",
         ) as rogue:
+            # first (a line a source is logged in 10 s): a member list that names another
+            # thread than its topic (a spoofed topic)
+            members = MembersEvent(thread_id="t2", members=[MemberView(user_id="u", name="x")])
+            await rogue.publish(watched, encode(members), qos=1)
             junk = [b"", b"\xff\xfe not utf-8", b"{", b'{"kind":"chunk"}', b"x" * 300_000]
             for payload in junk:
-                await rogue.publish(topics.job_events(worker_id, "job1"), payload, qos=1)
+                await rogue.publish(topics.job_events(worker_id, thread_id, "job1"), payload, qos=1)
+                await rogue.publish(
+                    topics.job_progress(worker_id, thread_id, "job1"), payload, qos=1
+                )
                 await rogue.publish(topics.worker_status(worker_id), payload, qos=1)
                 await rogue.publish(topics.worker_heartbeat(worker_id), payload, qos=1)
                 await rogue.publish(topics.worker_assign(worker_id), payload, qos=1)
-                await rogue.publish(topics.thread_events("t1"), payload, qos=1)
-            # a chunk whose payload names another job than its topic (a spoofed topic)
-            spoof = JobChunk(job_id="other", attempt=1, seq=0, text="injected")
-            await rogue.publish(topics.job_events(worker_id, "job1"), encode(spoof), qos=1)
-            # a member list that names another thread than its topic (a spoofed topic)
-            members = MembersEvent(thread_id="t2", members=[MemberView(user_id="u", name="x")])
-            await rogue.publish(topics.thread_events("t3"), encode(members), qos=1)
-            # a chunk for a job nobody holds
+                await rogue.publish(watched, payload, qos=1)
+            # progress whose payload names another job than its topic (a spoofed topic)
+            spoof = JobCheckpoint(job_id="other", attempt=1, texts=["injected"])
             await rogue.publish(
-                topics.job_events(worker_id, "nojob"),
-                encode(JobChunk(job_id="nojob", attempt=1, seq=0, text="x")),
+                topics.job_progress(worker_id, thread_id, "job1"), encode(spoof), qos=1
+            )
+            # progress of a job nobody holds
+            await rogue.publish(
+                topics.job_progress(worker_id, thread_id, "nojob"),
+                encode(JobCheckpoint(job_id="nojob", attempt=1, texts=["x"])),
                 qos=1,
             )
 
-        browser = farm.browser()
-        thread_id = await new_thread(browser)
+        await watching.close()
         streamed = await send_and_stream(farm, browser, thread_id, "still alive after junk")
         assert streamed.final["state"] == "done"
         assert streamed.final["content"] == "still alive after junk"
     dropped = [r for r in caplog.records if "dropped message" in r.getMessage()]
     assert dropped, "invalid payloads are logged when dropped"
     assert all(len(r.getMessage()) < 2000 for r in dropped), "log lines stay short"
-    # 27 bad messages on one worker's topics and two threads': a line a source (a worker,
-    # a thread, a topic of the worker's own) and service in 10 s, not one a message
+    # 33 bad messages on one worker's topics and a thread's: a line a source (a worker, a
+    # thread, a topic of the worker's own) and service in 10 s, not one a message
     assert len(dropped) <= 8, [r.getMessage() for r in dropped]
     assert any("payload thread differs from topic thread" in r.getMessage() for r in dropped)
 

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from coordinator.db.database import migrate, open_database
 from coordinator.db.runner import DbRunner
 from coordinator.keys.hashing import derive_key
-from coordinator.mqtt.accounts import BrokerAccounts, Dynsec
+from coordinator.mqtt.accounts import BrokerAccounts, Dynsec, _create_role, _create_worker
 from coordinator.mqtt.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
 from coordinator.workers.registry import WorkerRegistry
@@ -72,9 +72,12 @@ async def check_isolation(
     observer_login: BrokerSettings,
     coordinator_login: BrokerSettings,
     webapp_login: BrokerSettings,
+    *,
+    shares: bool = True,
 ) -> None:
     """Worker alpha (beside a worker beta) reaches only its own topics; the observer only
-    reads; the webapp cannot assign; the coordinator can."""
+    reads; the webapp cannot assign; the coordinator can. ``shares``: the broker has
+    shared subscriptions (amqtt refuses every one, so a coordinator falls back)."""
     async with (
         make_client(alpha_login, identifier="worker-alpha") as alpha,
         make_client(observer_login, identifier="observer") as watch,
@@ -86,15 +89,27 @@ async def check_isolation(
         assert await granted(alpha, topics.worker_control("alpha")) == 1
         assert await granted(alpha, topics.worker_assign("beta")) == REFUSED
         assert await granted(alpha, "#") == REFUSED
-        assert await granted(alpha, "farm/v1/workers/+/assign") == REFUSED
+        assert await granted(alpha, "farm/v2/workers/+/assign") == REFUSED
         assert await granted(alpha, topics.ALL_JOB_EVENTS) == REFUSED
+        # The webapp may ask for one thread's topics; the coordinators' shared
+        # subscription is theirs alone.
+        assert await granted(web, topics.thread_chunks("t1")) == 1
+        assert await granted(web, topics.thread_progress("t1")) == 1
+        assert await granted(web, topics.thread_events("t1")) == 1
+        shared = topics.shared(acl.COORDINATOR_GROUP, topics.ALL_JOB_PROGRESS)
+        assert await granted(web, shared) == REFUSED
+        assert await granted(coord, shared) == (1 if shares else REFUSED)
+        assert (
+            await granted(coord, topics.shared("other-group", topics.ALL_JOB_PROGRESS)) == REFUSED
+        )
         # The observer reads everything under farm/ and nothing else.
         assert await granted(watch, "farm/#") == 1
         assert await granted(watch, "#") == REFUSED
         # Publishing: alpha's own events arrive; events for beta's jobs, assignments (even
         # its own) and thread events are dropped by the broker.
-        await alpha.publish(topics.job_events("alpha", "job1"), b"mine", qos=1)
-        await alpha.publish(topics.job_events("beta", "job2"), b"spoof", qos=1)
+        await alpha.publish(topics.job_events("alpha", "t1", "job1"), b"mine", qos=1)
+        await alpha.publish(topics.job_progress("alpha", "t1", "job1"), b"my progress", qos=1)
+        await alpha.publish(topics.job_events("beta", "t1", "job2"), b"spoof", qos=1)
         await alpha.publish(topics.worker_assign("alpha"), b"self-assign", qos=1)
         await alpha.publish(topics.worker_assign("beta"), b"assign-beta", qos=1)
         await alpha.publish(topics.thread_events("t1"), b"thread", qos=1)
@@ -103,7 +118,7 @@ async def check_isolation(
         await web.publish(topics.worker_assign("beta"), b"webapp-assign", qos=1)
         await coord.publish(topics.worker_assign("beta"), b"coordinator-assign", qos=1)
         seen = {payload for _, payload in await receives(watch)}
-        assert seen == {b"mine", b"coordinator-assign"}
+        assert seen == {b"mine", b"my progress", b"coordinator-assign"}
 
 
 async def test_each_worker_reaches_only_its_own_topics_on_mosquitto() -> None:
@@ -135,6 +150,7 @@ async def test_the_dev_broker_enforces_the_same_rules(tmp_path: Path) -> None:
         await check_isolation(
             account(broker, "alpha", alpha_key),
             *(account(broker, s, services[s]) for s in (acl.OBSERVER, acl.COORDINATOR, acl.WEBAPP)),
+            shares=False,
         )
         for login, identifier in (
             (account(broker, None, None), "worker-alpha"),
@@ -221,6 +237,27 @@ async def test_reconcile_rebuilds_lost_accounts_and_removes_unknown_ones() -> No
         assert (again.created, again.deleted) == ([], [])
         clients = await accounts.dynsec.clients()
         assert set(acl.SERVICES) <= set(clients)
+
+
+async def test_reconcile_brings_the_roles_of_an_earlier_version_up_to_date() -> None:
+    """A worker's role made before protocol v2 cannot publish progress; the coordinator's
+    first reconcile adds what the role lacks, without disconnecting anyone."""
+    async with farm_broker() as (broker, accounts, services):
+        key = "lf_" + "k" * 40
+        role = acl.worker_role("eta")
+        earlier = [g for g in acl.worker_grants("eta") if "progress" not in g.filter]
+        await accounts.dynsec.check([_create_role(role, earlier), _create_worker("eta", key)])
+        watcher = account(broker, acl.OBSERVER, services[acl.OBSERVER])
+        async with (
+            make_client(account(broker, "eta", key), identifier="worker-eta") as eta,
+            make_client(watcher, identifier="observer") as watch,
+        ):
+            await watch.subscribe(topics.ALL_JOB_PROGRESS, qos=1)
+            await eta.publish(topics.job_progress("eta", "t1", "j1"), b"before", qos=1)
+            assert await receives(watch) == []  # dropped: the role lacks it
+            await accounts.reconcile({"eta": key})
+            await eta.publish(topics.job_progress("eta", "t1", "j1"), b"after", qos=1)
+            assert [p for _, p in await receives(watch)] == [b"after"]
 
 
 async def test_the_coordinator_reprovisions_a_broker_that_lost_its_accounts(

@@ -1,8 +1,10 @@
-"""Duplicated and reordered chunks, end to end: a worker (scripted, with a real worker's
-credentials) publishes its reply's chunks out of order and some twice. The coordinator
-stores exactly the text (verified against the *done* checksum) and a browser's websocket
-gets every chunk once, so the page assembles the same text. On Mosquitto and amqtt. Also
-what the coordinator's stream of a reply survives: silence, and a message naming an
+"""Live chunks and checkpoints out of order, end to end: a worker (scripted, with a real
+worker's credentials) publishes its reply's live chunks out of order and some twice, and
+its checkpoints (which overlap) late, twice, or before the text they continue. The
+coordinator stores exactly the text (verified against the *done* checksum), a *done*
+that comes before the checkpoint it needs waits for it, a gap that does not fill is asked
+of the worker, and a browser's websocket gets every chunk once. On Mosquitto and amqtt.
+Also what the coordinator's hold on a job survives: silence, and a message naming an
 attempt the database does not know."""
 
 import asyncio
@@ -16,7 +18,14 @@ from typing import Any
 import httpx
 import websockets
 
-from farm_protocol.payloads import JobAccepted, JobAssignment, JobChunk, JobDone
+from farm_protocol.payloads import (
+    JobAccepted,
+    JobAssignment,
+    JobCheckpoint,
+    JobChunk,
+    JobDone,
+    JobReplay,
+)
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.support.brokers import RunningBroker
 from tests.support.farm import Farm, new_thread, running_farm, until_final, wait_until, ws_url
@@ -58,13 +67,25 @@ def chunk(job: JobAssignment, seq: int) -> JobChunk:
     return JobChunk(job_id=job.job_id, attempt=job.attempt, seq=seq, text=PIECES[seq])
 
 
-def done(job: JobAssignment) -> JobDone:
+def checkpoint(job: JobAssignment, first: int, last: int, attempt: int = 0) -> JobCheckpoint:
+    """The texts of chunks ``first`` to ``last``."""
+    return JobCheckpoint(
+        job_id=job.job_id,
+        attempt=attempt or job.attempt,
+        from_seq=first,
+        texts=PIECES[first : last + 1],
+    )
+
+
+def done(job: JobAssignment, tail_from: int = 8) -> JobDone:
     return JobDone(
         job_id=job.job_id,
         attempt=job.attempt,
         chunks=len(PIECES),
         chars=len(TEXT),
         sha256=hashlib.sha256(TEXT.encode()).hexdigest(),
+        from_seq=tail_from,
+        texts=PIECES[tail_from:],
     )
 
 
@@ -75,7 +96,11 @@ async def last_message(browser: httpx.AsyncClient, thread_id: str) -> dict[str, 
     return message
 
 
-async def test_duplicated_and_reordered_chunks_make_the_exact_text(
+async def ended(browser: httpx.AsyncClient, thread_id: str) -> bool:
+    return bool((await last_message(browser, thread_id))["state"] == "done")
+
+
+async def test_reordered_and_repeated_chunks_and_checkpoints_make_the_exact_text(
     tmp_path: Path, broker: RunningBroker
 ) -> None:
     async with scripted_farm(tmp_path, broker) as (farm, worker):
@@ -90,9 +115,21 @@ async def test_duplicated_and_reordered_chunks_make_the_exact_text(
             job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
             assert job.job_id == reply["job_id"]
             await worker.publish(job.job_id, accepted(job, worker))
+            # a checkpoint before the text it continues, one alone, one twice, one late
+            progress = [
+                checkpoint(job, 5, 10),
+                checkpoint(job, 0, 0),
+                checkpoint(job, 0, 4),
+                checkpoint(job, 0, 4),
+            ]
             for seq in WIRE_ORDER:
                 await worker.publish(job.job_id, chunk(job, seq))
+                if seq % 3 == 0 and progress:
+                    await worker.publish(job.job_id, progress.pop(0))
+            for late in progress:
+                await worker.publish(job.job_id, late)
             await worker.publish(job.job_id, done(job))
+            await worker.publish(job.job_id, checkpoint(job, 1, 7))  # after the end
 
             events, final = await until_final(socket, reply["message_id"], timeout_s=10)
             forwarded: dict[int, str] = {}
@@ -108,12 +145,64 @@ async def test_duplicated_and_reordered_chunks_make_the_exact_text(
         assert stored["state"] == "done"
 
 
-async def test_a_stream_silent_for_long_is_let_go_and_resumes_from_the_database(
+async def test_a_done_before_the_checkpoint_it_needs_waits_for_it(
     tmp_path: Path, broker: RunningBroker
 ) -> None:
-    """A coordinator lets go of a stream it has heard nothing of for a while, with its
-    text written (another coordinator may have stopped it); if the worker speaks again
-    the stream resumes from the stored text, and the reply still ends exact."""
+    """With several coordinators, the *done* can be handled before the last checkpoint
+    is written: it waits (the reply is not failed as incomplete), then ends exact."""
+    async with scripted_farm(tmp_path, broker) as (farm, worker):
+        browser = farm.browser()
+        thread_id = await new_thread(browser)
+        await ask(browser, thread_id)
+        job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+        await worker.publish(job.job_id, accepted(job, worker))
+        await worker.publish(job.job_id, checkpoint(job, 0, 4))
+        head = "".join(PIECES[:5])
+
+        async def written(text: str) -> bool:
+            return bool((await last_message(browser, thread_id))["content"] == text)
+
+        await wait_until(lambda: written(head), what="the first checkpoint")
+        await worker.publish(job.job_id, done(job))  # its tail starts at chunk 8
+        await asyncio.sleep(0.5)  # several flushes: the done must still be waiting
+        waiting = await last_message(browser, thread_id)
+        assert (waiting["state"], waiting["content"]) == ("generating", head)
+        await worker.publish(job.job_id, checkpoint(job, 5, 10))
+        await wait_until(lambda: ended(browser, thread_id), what="the reply to end")
+        assert (await last_message(browser, thread_id))["content"] == TEXT
+
+
+async def test_a_gap_that_does_not_fill_is_asked_of_the_worker(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    """A checkpoint that was lost (its coordinator died with it) leaves a gap: the worker
+    is asked to replay from the first chunk missing, and its replay completes the text."""
+    async with scripted_farm(tmp_path, broker) as (farm, worker):
+        browser = farm.browser()
+        thread_id = await new_thread(browser)
+        await ask(browser, thread_id)
+        job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+        await worker.publish(job.job_id, accepted(job, worker))
+        await worker.publish(job.job_id, checkpoint(job, 0, 2))
+        await worker.publish(job.job_id, checkpoint(job, 6, 10))  # 3-5 were lost
+        while True:
+            asked = await asyncio.wait_for(worker.controls.get(), timeout=10)
+            if isinstance(asked, JobReplay):
+                break
+        assert (asked.job_id, asked.attempt, asked.from_seq) == (job.job_id, job.attempt, 3)
+        await worker.publish(job.job_id, accepted(job, worker))
+        await worker.publish(job.job_id, checkpoint(job, 3, 10))
+        await worker.publish(job.job_id, done(job))
+        await wait_until(lambda: ended(browser, thread_id), what="the reply to end")
+        assert (await last_message(browser, thread_id))["content"] == TEXT
+
+
+async def test_a_silent_job_is_let_go_and_taken_up_again(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    """A coordinator lets go of a job it has heard nothing of for a while (another
+    coordinator may have ended it); if the worker speaks again it is looked up again,
+    and the reply still ends exact."""
     async with scripted_farm(tmp_path, broker) as (farm, worker):
         streams = farm.coordinator.streams
         streams.idle_s = 0.5
@@ -122,47 +211,39 @@ async def test_a_stream_silent_for_long_is_let_go_and_resumes_from_the_database(
         await ask(browser, thread_id)
         job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
         await worker.publish(job.job_id, accepted(job, worker))
-        for seq in range(6):
-            await worker.publish(job.job_id, chunk(job, seq))
+        await worker.publish(job.job_id, checkpoint(job, 0, 5))
 
         async def written(text: str) -> bool:
             return bool((await last_message(browser, thread_id))["content"] == text)
 
         await wait_until(lambda: written("".join(PIECES[:6])), what="the first text")
         await wait_until(
-            lambda: job.job_id not in streams.following(), what="the silent stream to be let go"
+            lambda: job.job_id not in streams.following(), what="the silent job to be let go"
         )
-        for seq in range(6, len(PIECES)):
-            await worker.publish(job.job_id, chunk(job, seq))
-        await worker.publish(job.job_id, done(job))
+        await worker.publish(job.job_id, done(job, tail_from=6))
         await wait_until(lambda: ended(browser, thread_id), what="the reply to end")
         assert (await last_message(browser, thread_id))["content"] == TEXT
 
 
-async def test_a_message_naming_a_later_attempt_does_not_reset_the_stream(
+async def test_a_message_naming_a_later_attempt_does_not_reset_what_waits(
     tmp_path: Path, broker: RunningBroker
 ) -> None:
-    """A chunk for an attempt the database does not know (a spoofed or confused message
-    on the worker's topic) is dropped, and the stream received so far is kept: here it
-    holds a *done* waiting for its last chunk, which then completes the reply."""
+    """A checkpoint for an attempt the database does not know (a spoofed or confused
+    message on the worker's topic) is dropped, and what this coordinator holds is kept:
+    here a *done* waiting for the checkpoint before it, which then completes the reply."""
     async with scripted_farm(tmp_path, broker) as (farm, worker):
         browser = farm.browser()
         thread_id = await new_thread(browser)
         await ask(browser, thread_id)
         job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
-        last = len(PIECES) - 1
         events = [
             accepted(job, worker),
-            *(chunk(job, seq) for seq in range(last)),
+            checkpoint(job, 0, 3),
             done(job),
-            JobChunk(job_id=job.job_id, attempt=99, seq=0, text="EVIL "),
-            chunk(job, last),
+            JobCheckpoint(job_id=job.job_id, attempt=99, from_seq=0, texts=["EVIL "]),
+            checkpoint(job, 2, 9),
         ]
         for event in events:
             await worker.publish(job.job_id, event)
         await wait_until(lambda: ended(browser, thread_id), what="the reply to end")
         assert (await last_message(browser, thread_id))["content"] == TEXT
-
-
-async def ended(browser: httpx.AsyncClient, thread_id: str) -> bool:
-    return bool((await last_message(browser, thread_id))["state"] == "done")

@@ -1,6 +1,8 @@
-"""The webapp while the coordinator does not answer: every route that needs it says so
-clearly (503, in the OpenAI API's shape on /v1, with a Retry-After), and the webapp
-serves normally again as soon as the coordinator is back, on the same client."""
+"""The webapp while the coordinator does not answer: its health check fails (a load
+balancer sends its traffic elsewhere), every route that needs it says so clearly (503,
+in the OpenAI API's shape on /v1, with a Retry-After and a code that means "down", not
+"busy"), and the webapp serves normally again as soon as the coordinator is back, on the
+same client."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -34,11 +36,11 @@ async def webapp(coordinator_port: int, token: str, broker: BrokerSettings) -> A
         async def serving() -> bool:
             try:
                 async with httpx.AsyncClient() as client:
-                    return (await client.get(url + "/healthz")).status_code == 200
+                    return (await client.get(url + "/")).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        await wait_until(serving, what="the webapp to serve")
+        await wait_until(serving, what="the webapp to serve its pages")
         yield url
     finally:
         stop.set()
@@ -54,6 +56,9 @@ async def test_while_the_coordinator_is_down_the_webapp_says_so_and_recovers(
         webapp(coordinator_port, token, broker.settings()) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as browser,
     ):
+        health = await browser.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["problems"] == ["no coordinator answers"]
         created = await browser.post("/api/threads", json={"system_prompt": ""})
         assert created.status_code == 503
         assert created.json() == {"error": "the chat service is unavailable; try again shortly"}
@@ -65,6 +70,7 @@ async def test_while_the_coordinator_is_down_the_webapp_says_so_and_recovers(
         assert completion.headers["Retry-After"] == "5"
         error = completion.json()["error"]
         assert error["type"] == "server_error"
+        assert error["code"] == "service_unavailable"
         assert "unavailable" in error["message"]
         assert (await browser.get("/v1/models", headers=api)).status_code == 503
 
@@ -73,5 +79,10 @@ async def test_while_the_coordinator_is_down_the_webapp_says_so_and_recovers(
         async with running_farm(tmp_path, broker, webapp=False, coordinator_settings=settings):
             created = await browser.post("/api/threads", json={"system_prompt": ""})
             assert created.status_code == 201, created.text
+
+            async def healthy() -> bool:
+                return (await browser.get("/healthz")).status_code == 200
+
+            await wait_until(healthy, what="the webapp's health check to pass again")
             thread = await browser.get(f"/api/threads/{created.json()['thread_id']}")
             assert thread.status_code == 200

@@ -8,15 +8,19 @@ from pathlib import Path
 import pytest
 
 from coordinator.chat.rate_limits import RateLimits, Rule
+from coordinator.db.database import migrate, open_database
 from coordinator.errors import RateLimited
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.support.brokers import broker_of
 from tests.support.farm import new_thread, running_farm, send_and_stream
 
 
-def test_a_bucket_refills_at_its_rate() -> None:
-    now = [0.0]
-    limits = RateLimits({"send": Rule(10, 3, "send another message")}, clock=lambda: now[0])
+def test_a_bucket_refills_at_its_rate(tmp_path: Path) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'farm.sqlite3'}")
+    migrate(db)
+    now = [1000.0]
+    rules = {"send": Rule(10, 3, "send another message")}
+    limits = RateLimits(db, rules, clock=lambda: now[0])
     for _ in range(3):
         limits.take("send", "u")
     with pytest.raises(RateLimited, match="in 6 s") as refused:

@@ -1,9 +1,9 @@
 """Restart safety: the coordinator is a real process, killed with SIGKILL while a reply
 streams and two more wait in the queue, then started again on the same database and
-broker session. Nothing is lost: the streaming reply continues to a verified final text
-(chunks published meanwhile wait in Mosquitto for the coordinator's persistent session;
-what the killed process had received but not written is replayed by the worker), the
-queued ones are served, and the worker is still registered."""
+broker. Nothing is lost: the streaming reply continues to a verified final text (what
+the killed process had received but not written, and what was published while no
+coordinator ran, the worker replays when the new one asks), the queued ones are served,
+and the worker is still registered."""
 
 import asyncio
 import os
@@ -62,9 +62,9 @@ async def _scenario(tmp_path: Path, broker: RunningBroker) -> None:
         "FARM_SERVICE_TOKEN": token,
         "FARM_ADMIN_TOKEN": admin_token,
         "FARM_COORDINATOR_CLIENT_ID": "farm-coordinator-restart-test",
-        # Text is written every 3 s, so the killed process surely dies holding chunks it
-        # received (and the broker counts as delivered) but never wrote; a reply missing
-        # them would stall and time out after 20 s instead of ending "done".
+        # Text is written every 3 s, so the killed process surely dies holding checkpoints
+        # it received (and the broker counts as delivered) but never wrote; a reply
+        # missing them would stall and time out after 20 s instead of ending "done".
         "FARM_FLUSH_INTERVAL_S": "3",
         "FARM_STALL_TIMEOUT_S": "20",
     }
@@ -95,7 +95,7 @@ async def _scenario(tmp_path: Path, broker: RunningBroker) -> None:
         worker_id, key = added["worker"]["id"], added["api_key"]
         await broker.add_client(worker_id, key)
         sim = SimSettings(
-            host="127.0.0.1", port=free_port(), ttft_ms=10, tokens_per_s=100, reply_tokens=600
+            host="127.0.0.1", port=free_port(), ttft_ms=10, tokens_per_s=100, reply_tokens=1500
         )
         worker = FleetWorker(
             WorkerSettings(

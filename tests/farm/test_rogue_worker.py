@@ -41,10 +41,12 @@ async def test_a_rogue_workers_chunks_never_reach_a_browser(
                 for seq in range(40):
                     for worker, attempt in (("evil", 1), ("evil", 99), ("test-worker-0", 99)):
                         chunk = JobChunk(job_id=job_id, attempt=attempt, seq=seq, text="EVIL ")
-                        await rogue.publish(topics.job_events(worker, job_id), encode(chunk), qos=1)
+                        await rogue.publish(
+                            topics.job_events(worker, thread_id, job_id), encode(chunk), qos=1
+                        )
                     await asyncio.sleep(0.02)
                 fake_done = JobDone(job_id=job_id, attempt=1, chunks=1, chars=5, sha256="0" * 64)
-                with_topic = topics.job_events("evil", job_id)
+                with_topic = topics.job_events("evil", thread_id, job_id)
                 await rogue.publish(with_topic, encode(fake_done), qos=1)
 
             injector = asyncio.create_task(inject())

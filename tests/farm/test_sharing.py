@@ -4,7 +4,6 @@ streaming reply live, and leaves; a member's new name reaches everyone in the th
 threads come 20 messages at a time; new identities are rate limited per address."""
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,14 @@ import websockets
 from farm_protocol.chat import MAX_THREAD_MEMBERS, PAGE_SIZE
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.support.brokers import broker_of
-from tests.support.farm import Farm, new_thread, running_farm, send_and_stream, ws_url
+from tests.support.farm import Farm, events, new_thread, running_farm, send_and_stream, ws_url
 
 
 async def _event(socket: Any, kind: str) -> dict[str, Any]:
-    while True:
-        event: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
+    async for event in events(socket):
         if event["type"] == kind:
             return event
+    raise AssertionError("the events ended")
 
 
 def _socket(farm: Farm, browser: httpx.AsyncClient, thread_id: str) -> Any:
@@ -65,8 +64,7 @@ async def test_join_watch_rename_and_leave_a_shared_thread(tmp_path: Path) -> No
             bob_stream = asyncio.create_task(send_and_stream(farm, bob, thread_id, "hi all"))
             chunks: list[str] = []
             reply_id = None
-            while True:
-                event = json.loads(await asyncio.wait_for(alice_socket.recv(), timeout=10))
+            async for event in events(alice_socket):
                 if event["type"] == "message" and event["message"]["role"] == "assistant":
                     reply_id = event["message"]["message_id"]
                     if event["message"]["state"] == "done":

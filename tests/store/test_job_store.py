@@ -9,7 +9,7 @@ import peewee as pw
 
 from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import Job, Message
-from coordinator.jobs.records import TextAppend
+from coordinator.jobs.records import Applied, TextAppend
 from coordinator.jobs.states import JobState
 from coordinator.jobs.stores import JobStores
 from coordinator.jobs.stream_writes import StreamWrites
@@ -176,7 +176,7 @@ class _PausingWrites(StreamWrites):
         self.barrier = barrier
         self.applied = 0
 
-    def _apply(self, item: TextAppend, stamp: float) -> bool:
+    def _apply(self, item: TextAppend, stamp: float) -> Applied:
         first = super()._apply(item, stamp)
         self.applied += 1
         if self.applied == 1:

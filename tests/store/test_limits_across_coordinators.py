@@ -15,9 +15,10 @@ from typing import TypeVar
 import peewee as pw
 import pytest
 
+from coordinator.chat.rate_limits import RateLimits, Rule
 from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import BrowserSession, Job, Message, User
-from coordinator.errors import Conflict, CoordinatorError, RateLimited
+from coordinator.errors import Busy, Conflict, CoordinatorError, RateLimited
 from coordinator.keys.api_keys import ApiKeyStore
 from farm_protocol.chat import MAX_THREAD_MEMBERS, MessageState
 
@@ -126,3 +127,31 @@ def test_a_new_browser_asking_several_coordinators_at_once_is_one_user(
     assert len({r.user_id for r in results if not isinstance(r, Exception)}) == 1
     assert BrowserSession.select().count() == 1
     assert User.select().count() == 1
+
+
+def test_a_rate_limit_is_one_bucket_however_many_coordinators(db: pw.Database) -> None:
+    """Each coordinator used to keep its own buckets in memory: N coordinators gave a
+    user N times the allowance. The buckets are rows now, spent under a row lock."""
+    limits = RateLimits(db, {"send": Rule(per_minute=1, burst=3, refusal="send")})
+    for round_ in range(ROUNDS):
+        results = at_once(db, [partial(limits.take, "send", f"user-{round_}")] * AT_ONCE)
+        assert _problems([r for r in results if not isinstance(r, RateLimited)]) == []
+        assert sum(isinstance(r, RateLimited) for r in results) == AT_ONCE - 3, results
+
+
+def test_the_queue_bound_holds_however_many_coordinators(db: pw.Database) -> None:
+    """Counted without a lock, coordinators admitting at the same moment each passed it
+    by one; near the bound they take turns now."""
+    store = ChatStores.open(db)
+    for round_ in range(ROUNDS):
+        before = Job.select().where(Job.state == "queued").count()
+        users = [store.identity.session_user(f"q-{round_}-{i}").user_id for i in range(AT_ONCE)]
+        threads = [store.threads.create_thread(u, "").thread_id for u in users]
+        sends = [
+            partial(store.requests.send_message, u, t, "hi", "llama3", max_queued=before + 2)
+            for u, t in zip(users, threads, strict=True)
+        ]
+        results = at_once(db, sends)
+        assert _problems([r for r in results if not isinstance(r, Busy)]) == []
+        assert sum(isinstance(r, Busy) for r in results) == AT_ONCE - 2, results
+        assert Job.select().where(Job.state == "queued").count() == before + 2

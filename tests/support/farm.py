@@ -49,8 +49,9 @@ class Farm:
     stop: asyncio.Event
     webapp_settings: WebappSettings
     clients: list[httpx.AsyncClient] = field(default_factory=list)
-    # the coordinators beyond the first (``coordinators=N``), as processes
+    # the coordinators beyond the first (``coordinators=N``), as processes, and their URLs
     more_coordinators: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    more_coordinator_urls: list[str] = field(default_factory=list)
 
     @property
     def coordinator_url(self) -> str:
@@ -223,9 +224,9 @@ async def running_farm(
 
         await wait_until(fleet_online, what="the fleet to come online")
         for n in range(2, coordinators + 1):
-            farm.more_coordinators.append(
-                await _coordinator_process(coordinator.settings, tmp_path, n)
-            )
+            process, url = await _coordinator_process(coordinator.settings, tmp_path, n)
+            farm.more_coordinators.append(process)
+            farm.more_coordinator_urls.append(url)
         yield farm
     finally:
         for process in farm.more_coordinators:
@@ -240,9 +241,9 @@ async def running_farm(
 
 async def _coordinator_process(
     like: CoordinatorSettings, tmp_path: Path, n: int
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], str]:
     """Coordinator number ``n``, as a process: the same database, broker account and
-    service token as ``like``, its own HTTP port and MQTT client id."""
+    service token as ``like``, its own HTTP port and MQTT client id; and its URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -255,6 +256,27 @@ async def _coordinator_process(
     log = tmp_path / f"coordinator-{n}.log"
     process = start_service(["coordinator"], env, tmp_path, log)
     await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/metrics", process, log)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def webapp_process(
+    farm: Farm, log: Path, port: int | None = None, coordinator_urls: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A webapp as a process, like the farm's own (its port unless ``port`` is given), for
+    the coordinators at ``coordinator_urls`` (the farm's first one unless given); returns
+    once its health check passes."""
+    s = farm.webapp_settings
+    port = port or s.web_port
+    env = {
+        **os.environ,
+        **broker_env(s.broker),
+        "FARM_WEB_PORT": str(port),
+        "FARM_COORDINATOR_URL": ",".join(coordinator_urls or [s.coordinator_url]),
+        "FARM_SERVICE_TOKEN": s.service_token.get_secret_value(),
+    }
+    process = start_service(["webapp"], env, log.parent, log)
+    ok: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200  # noqa: E731
+    wait_http(f"http://127.0.0.1:{port}/healthz", process, log, ok, timeout_s=20)
     return process
 
 
@@ -318,14 +340,22 @@ async def send_and_stream(
         return Streamed(reply["message_id"], chunks, final, len(chunks))
 
 
+async def events(socket: Any, timeout_s: float = 10) -> AsyncIterator[dict[str, Any]]:
+    """A thread websocket's events one by one (the webapp sends what queued up together,
+    as one list)."""
+    while True:
+        data = json.loads(await asyncio.wait_for(socket.recv(), timeout_s))
+        for event in data if isinstance(data, list) else [data]:
+            yield event
+
+
 async def until_final(
     socket: Any, message_id: str, timeout_s: float = 20
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read a thread's websocket until message ``message_id`` ends (done, failed, ...):
     the chunk events on the way, in order, and the final message."""
     chunks: list[dict[str, Any]] = []
-    while True:
-        event = json.loads(await asyncio.wait_for(socket.recv(), timeout_s))
+    async for event in events(socket, timeout_s):
         if event["type"] == "chunk":
             chunks.append(event)
         elif (
@@ -334,3 +364,4 @@ async def until_final(
             and event["message"]["state"] not in ("queued", "generating")
         ):
             return chunks, event["message"]
+    raise AssertionError("the events ended")  # events() never does

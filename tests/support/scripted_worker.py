@@ -1,6 +1,7 @@
 """A worker written out by hand for tests: it logs in with a real worker's credentials,
 announces itself like one (retained status, heartbeats) and hands the test each
-assignment, so the test decides exactly what goes on the wire (duplicates, reordering)."""
+assignment and control message, so the test decides exactly what goes on the wire
+(duplicates, reordering)."""
 
 import asyncio
 import contextlib
@@ -14,8 +15,15 @@ from pydantic import BaseModel, SecretStr
 
 from farm_protocol import topics
 from farm_protocol.acl import worker_client_id
-from farm_protocol.codec import encode
-from farm_protocol.payloads import Heartbeat, JobAssignment, RunningJob, WorkerStatus
+from farm_protocol.codec import CONTROL, encode
+from farm_protocol.payloads import (
+    ControlMessage,
+    Heartbeat,
+    JobAssignment,
+    JobChunk,
+    RunningJob,
+    WorkerStatus,
+)
 from farm_runtime.broker import BrokerSettings, make_client
 
 
@@ -25,10 +33,17 @@ class ScriptedWorker:
         self.worker_id = worker_id
         self.session_id = uuid.uuid4().hex[:16]
         self.assignments: asyncio.Queue[JobAssignment] = asyncio.Queue()
+        self.controls: asyncio.Queue[ControlMessage] = asyncio.Queue()
         self.running: dict[str, int] = {}
+        self.threads: dict[str, str] = {}  # job -> its thread (in the job's topics)
 
     async def publish(self, job_id: str, event: BaseModel) -> None:
-        topic = topics.job_events(self.worker_id, job_id)
+        """A live chunk on the job's topic; anything else on its progress topic."""
+        thread_id = self.threads[job_id]
+        if isinstance(event, JobChunk):
+            topic = topics.job_events(self.worker_id, thread_id, job_id)
+        else:
+            topic = topics.job_progress(self.worker_id, thread_id, job_id)
         await self.client.publish(topic, encode(event), qos=topics.QOS_JOB_EVENTS)
 
     async def _announce(self) -> None:
@@ -63,7 +78,10 @@ class ScriptedWorker:
             if message.topic.matches(topics.worker_assign(self.worker_id)):
                 job = JobAssignment.model_validate_json(message.payload)
                 self.running[job.job_id] = job.attempt
+                self.threads[job.job_id] = job.thread_id
                 await self.assignments.put(job)
+            elif message.topic.matches(topics.worker_control(self.worker_id)):
+                await self.controls.put(CONTROL.validate_json(message.payload))
 
 
 @asynccontextmanager
@@ -74,6 +92,7 @@ async def scripted_worker(
     async with make_client(login, identifier=worker_client_id(worker_id)) as client:
         worker = ScriptedWorker(client, worker_id)
         await client.subscribe(topics.worker_assign(worker_id), qos=1)
+        await client.subscribe(topics.worker_control(worker_id), qos=1)
         await worker._announce()
         tasks = [asyncio.create_task(worker._heartbeats()), asyncio.create_task(worker._listen())]
         try:

@@ -44,8 +44,8 @@ async def test_an_openai_stream_gets_chunks_in_order_whatever_order_they_come_in
     skip a chunk that came after a later one)."""
     bridge = Bridge(queue_size=100)
     view = generating_reply("t1", "j1", "w1")
+    follow = Follow(bridge, await bridge.subscribe("t1"), "j1", "m1")
     await bridge.handle(thread_event(view))
-    follow = Follow(bridge, "t1", "j1", "m1")
     pieces: list[str] = []
 
     async def read() -> None:
@@ -59,7 +59,7 @@ async def test_an_openai_stream_gets_chunks_in_order_whatever_order_they_come_in
     await asyncio.sleep(0)  # subscribed
     for seq in (0, 2, 1, 2, 3):
         chunk = JobChunk(job_id="j1", attempt=1, seq=seq, text=f"{seq} ")
-        await bridge.handle(mqtt(topics.job_events("w1", "j1"), encode(chunk)))
+        await bridge.handle(mqtt(topics.job_events("w1", "t1", "j1"), encode(chunk)))
     done = view.model_copy(update={"state": MessageState.DONE, "content": "0 1 2 3 "})
     await bridge.handle(thread_event(done))
     await asyncio.wait_for(reader, 5)

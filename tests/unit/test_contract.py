@@ -17,7 +17,8 @@ def test_every_worker_topic_names_the_worker() -> None:
         topics.worker_control,
     ):
         assert "/workers/w1/" in build("w1")
-    assert topics.job_events("w1", "j1") == "farm/v1/workers/w1/jobs/j1"
+    assert topics.job_events("w1", "t1", "j1") == "farm/v2/workers/w1/jobs/t1/j1"
+    assert topics.job_progress("w1", "t1", "j1") == "farm/v2/workers/w1/progress/t1/j1"
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "a b", "x" * 65, "$sys", "é"])
@@ -27,11 +28,18 @@ def test_ids_that_could_escape_a_topic_level_are_refused(bad: str) -> None:
 
 
 def test_topics_parse_back() -> None:
-    parsed = topics.parse_worker_topic(topics.job_events("w-1", "abc"))
-    assert (parsed.worker_id, parsed.leaf, parsed.job_id) == ("w-1", "jobs", "abc")
+    parsed = topics.parse_worker_topic(topics.job_events("w-1", "t-1", "abc"))
+    assert (parsed.worker_id, parsed.leaf, parsed.thread_id, parsed.job_id) == (
+        "w-1",
+        "jobs",
+        "t-1",
+        "abc",
+    )
     assert topics.parse_thread_topic(topics.thread_events("t1")) == "t1"
     with pytest.raises(TopicError):
-        topics.parse_worker_topic("farm/v1/workers/w1/jobs/a/b")
+        topics.parse_worker_topic("farm/v2/workers/w1/jobs/a")
+    with pytest.raises(TopicError):
+        topics.parse_worker_topic("farm/v2/workers/w1/jobs/a/b/c")
 
 
 def test_job_events_round_trip_by_kind() -> None:
@@ -75,6 +83,6 @@ def test_model_names_follow_ollama() -> None:
 
 
 def test_a_topics_subject_keys_the_log_lines_about_it() -> None:
-    assert topics.subject(topics.job_events("w1", "j1")) == "w1"
+    assert topics.subject(topics.job_events("w1", "t1", "j1")) == "w1"
     assert topics.subject(topics.thread_events("t1")) == "t1"
     assert topics.subject("elsewhere") == "elsewhere"

@@ -15,7 +15,7 @@ TURN = "w" * 90_000  # near the 100,000-character limit of one turn
 
 def assignment(turns: list[ChatTurn]) -> JobAssignment:
     return JobAssignment(
-        job_id="j", attempt=1, model="llama3", messages=turns, issued_at=time.time()
+        job_id="j", thread_id="t", attempt=1, model="llama3", messages=turns, issued_at=time.time()
     )
 
 
@@ -47,8 +47,8 @@ def test_an_assignment_that_cannot_fit_is_refused() -> None:
 def test_the_outbox_never_takes_a_payload_over_the_limit() -> None:
     async def put() -> int:
         outbox = Outbox()
-        await outbox.put("farm/v1/threads/t/events", b"x" * (MAX_PACKET_BYTES + 1))
-        await outbox.put("farm/v1/threads/t/events", b"small")
+        await outbox.put("farm/v2/threads/t/events", b"x" * (MAX_PACKET_BYTES + 1))
+        await outbox.put("farm/v2/threads/t/events", b"small")
         return outbox.pending()
 
     assert asyncio.run(put()) == 1

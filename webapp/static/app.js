@@ -112,8 +112,12 @@
 
   function upsert(message) {
     const known = app.messages.get(message.message_id);
-    // Keep streamed text that is ahead of a (batched) server copy while still generating.
-    if (known && message.state === "generating" && known.content_seq > message.content_seq) {
+    // Keep streamed text that is ahead of the server's copy: while generating (it stores
+    // the text about once a second), and when the reply was stopped (the worker's last
+    // text follows, and the stored copy catches up).
+    const stopped = ["cancelled", "timed_out", "failed"].includes(message.state);
+    if (known && known.job_id === message.job_id && known.content_seq > message.content_seq &&
+        (message.state === "generating" || (stopped && known.content.startsWith(message.content)))) {
       message = Object.assign({}, message, { content: known.content, content_seq: known.content_seq });
     }
     app.messages.set(message.message_id, message);
@@ -225,8 +229,13 @@
     const socket = new WebSocket(`${scheme}://${location.host}/ws/threads/${threadId}`);
     app.socket = socket;
     socket.onopen = () => { app.retryMs = 250; };
+    // One event per websocket message, or several in a list (the server batches what
+    // queued up for this page while it was sending).
     socket.onmessage = (raw) => {
-      const event = JSON.parse(raw.data);
+      const data = JSON.parse(raw.data);
+      (Array.isArray(data) ? data : [data]).forEach(handleEvent);
+    };
+    function handleEvent(event) {
       if (event.type === "snapshot") {
         $("message-list").innerHTML = ""; app.messages.clear(); app.pending.clear();
         $("thread-title").textContent = event.thread.title;
@@ -245,7 +254,7 @@
       } else if (event.type === "chunk") {
         applyChunk(event);
       }
-    };
+    }
     socket.onclose = (e) => {
       if (app.threadId !== threadId) return;
       if (e.code === 4004) { notice("This chat does not exist."); return; }
