@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks import (
     burst,
+    capacity,
     chunking,
     claims,
     fleet,
@@ -41,6 +42,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "chunking": chunking.main,
     "burst": burst.main,
     "flood": flood.main,
+    "capacity": capacity.main,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -66,7 +68,7 @@ def machine() -> str:
 
 
 def write(name: str, table: str, command: str) -> None:
-    if name in ("claims", "job_path") and os.environ.get("FARM_TEST_POSTGRES_URL"):
+    if name in ("claims", "job_path", "capacity") and os.environ.get("FARM_TEST_POSTGRES_URL"):
         command = f"FARM_TEST_POSTGRES_URL=... {command}"
     text = DOC.read_text()
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"

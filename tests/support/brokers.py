@@ -40,6 +40,8 @@ class RunningBroker:
     # ``kill=True`` SIGKILL, so it keeps only what it autosaved) and start it again on the
     # same port with the same files.
     restart: Callable[..., Awaitable[None]] | None = None
+    # Mosquitto only: the broker process's id (benchmarks pin it to a core)
+    pid: Callable[[], int] | None = None
 
     async def add_client(self, username: str, password: str) -> None:
         """An account for a worker (full access under farm/ until per-worker roles)."""
@@ -172,7 +174,13 @@ async def mosquitto() -> AsyncIterator[RunningBroker]:
         password = uuid.uuid4().hex
         await dynsec(port, admin_password, full_access_commands("farm-test", password))
         yield RunningBroker(
-            "mosquitto", port, "farm-test", password, admin_password, restart=restart
+            "mosquitto",
+            port,
+            "farm-test",
+            password,
+            admin_password,
+            restart=restart,
+            pid=lambda: processes[-1].pid,
         )
     finally:
         stop()

@@ -1,0 +1,433 @@
+"""How many concurrent streams the server side carries on one core, measured apart from
+its load, for the design before issue 18 and this one, side by side in one run.
+
+* **Server core (CPU 0)**: Mosquitto, the coordinator(s) and the webapp(s), each pinned
+  to it (its affinity set before it starts its threads). The database is SQLite in the
+  coordinator's process, or with two coordinators PostgreSQL when
+  ``FARM_TEST_POSTGRES_URL`` is set (its server is not ours to pin: its CPU is left out).
+* **Load core (CPU 1)**: the synthetic fleet (``benchmarks/synthetic_fleet.py``: 50
+  workers with their own credentials, replaying 90-token replies at 30 tokens/s under the
+  chunk rule) and the synthetic browsers (this process: one websocket reader each,
+  watching its thread, sending its next message when the last reply ends).
+* **Before**: a ``git worktree`` of the commit before issue 18 (``BASELINE``), its own
+  coordinator and webapp, the fleet speaking its protocol. **After**: this tree.
+
+Concurrent streams go up level by level; at each, after a warm-up, a window measures the
+added delay of every chunk (from the fleet's publish to the browser's receipt: the
+fleet writes the publish time into the text), each process's CPU, and the chunks and
+replies completed. A level is carried when its chunks arrive at 90% of the streams'
+rate or more (the server side neither slowed the replies nor left requests waiting)
+with p99 added delay under 100 ms; a design's capacity is the most streams carried.
+``python -m benchmarks capacity``."""
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+from benchmarks.farm_processes import cpu_seconds
+from llama_farm.ports import free_port
+from tests.support.brokers import RunningBroker, broker_of
+from tests.support.farm import service_accounts
+from tests.support.processes import broker_env, wait_http
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = "73d7021"  # the last commit before issue 18 (every chunk to every process)
+SERVER_CPUS = {0}
+LOAD_CPUS = {1}
+LEVELS = [10, 25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1000, 1400]
+WORKERS, SLOTS = 50, 30
+TOKENS, TOKENS_PER_S = 90, 30.0
+WARMUP_S, WINDOW_S = 4.0, 10.0
+TARGET_P99_S = 0.100
+# A stream's chunks a second under the chunk rule: the first token alone, then two a chunk.
+CHUNKS_PER_S = (1 + (TOKENS - 1 + 1) // 2) / (TOKENS / TOKENS_PER_S)
+CARRIED = 0.9  # a level is carried when its chunks arrive at least this close to the rate
+
+
+def baseline_tree() -> Path:
+    """A worktree of BASELINE (made once, under .farm/, which git ignores)."""
+    path = REPO / ".farm" / "baseline"
+    if not (path / "coordinator").exists():
+        path.parent.mkdir(exist_ok=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--force", "--detach", str(path), BASELINE],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+def pin_all(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+@dataclass
+class Servers:
+    coordinators: list[str]  # URLs
+    webapps: list[str]
+    admin_token: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    broker_pid: int = 0
+
+    def pids(self) -> dict[str, int]:
+        return {"mosquitto": self.broker_pid} | {n: p.pid for n, p in self.processes.items()}
+
+
+def _spawn(tree: Path, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``llama-farm ARGS`` from ``tree``, on the server core. With CAPACITY_PROFILE=DIR,
+    under cProfile, its profile written to DIR/<log name>.prof when it stops."""
+    profile = os.environ.get("CAPACITY_PROFILE")
+    python = ["-m", "cProfile", "-o", f"{profile}/{log.stem}.prof"] if profile else []
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *python, "-m", "llama_farm.cli", *args],
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1", **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPUS),
+        )
+
+
+def _database(work: Path, name: str, shared: bool) -> str:
+    base = os.environ.get("FARM_TEST_POSTGRES_URL")
+    if not (shared and base):
+        return f"sqlite:///{work / (name + '.sqlite3')}"
+    import psycopg2  # type: ignore[import-untyped]
+
+    db = f"farm_capacity_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(base)
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {db}")
+    conn.close()
+    return base.rsplit("/", 1)[0] + "/" + db
+
+
+@asynccontextmanager
+async def servers(
+    design: str, tree: Path, broker: RunningBroker, work: Path, count: int
+) -> AsyncIterator[Servers]:
+    token, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    accounts = await service_accounts(broker) if design == "after" else {}
+    database = _database(work, design, shared=count > 1)
+    ports = [free_port() for _ in range(count)]
+    found = Servers([f"http://127.0.0.1:{p}" for p in ports], [], admin)
+    assert broker.pid is not None
+    found.broker_pid = broker.pid()
+    try:
+        for n, port in enumerate(ports):
+            env = {
+                **broker_env(accounts.get("farm-coordinator", broker.settings())),
+                "FARM_DATABASE_URL": database,
+                "FARM_HTTP_PORT": str(port),
+                "FARM_SERVICE_TOKEN": token,
+                "FARM_ADMIN_TOKEN": admin,
+                "FARM_COORDINATOR_CLIENT_ID": f"capacity-{design}-{n}",
+                "FARM_MAX_QUEUED": "1000000",
+                "FARM_RATE_SEND_PER_MINUTE": "1000000",
+                "FARM_RATE_THREAD_PER_MINUTE": "1000000",
+                "FARM_RATE_NEW_USER_PER_MINUTE": "1000000",
+                "FARM_LOG_LEVEL": "WARNING",
+            }
+            log = work / f"{design}-coordinator-{n}.log"
+            process = found.processes[f"coordinator {n + 1}"] = _spawn(
+                tree, ["coordinator"], env, log
+            )
+            await asyncio.to_thread(
+                wait_http, f"http://127.0.0.1:{port}/metrics", process, log, timeout_s=60
+            )
+        for n in range(count):
+            port = free_port()
+            # before, a webapp knew one coordinator; after, every one
+            known = found.coordinators if design == "after" else [found.coordinators[n]]
+            env = {
+                **broker_env(accounts.get("farm-webapp", broker.settings())),
+                "FARM_WEB_PORT": str(port),
+                "FARM_COORDINATOR_URL": ",".join(known),
+                "FARM_SERVICE_TOKEN": token,
+                "FARM_LOG_LEVEL": "WARNING",
+            }
+            log = work / f"{design}-webapp-{n}.log"
+            process = found.processes[f"webapp {n + 1}"] = _spawn(tree, ["webapp"], env, log)
+            url = f"http://127.0.0.1:{port}"
+            await asyncio.to_thread(wait_http, url + "/healthz", process, log, timeout_s=60)
+            found.webapps.append(url)
+        yield found
+    finally:
+        for process in found.processes.values():
+            process.send_signal(signal.SIGINT)
+        for process in found.processes.values():
+            try:
+                await asyncio.to_thread(process.wait, 20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@asynccontextmanager
+async def fleet(
+    design: str, farm: Servers, broker: RunningBroker, work: Path
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    headers = {"Authorization": f"Bearer {farm.admin_token}"}
+    workers = []
+    async with httpx.AsyncClient(base_url=farm.coordinators[0], headers=headers) as admin:
+        for i in range(WORKERS):
+            made = (await admin.post("/api/v1/admin/workers", json={"name": f"synth {i}"})).json()
+            workers.append([made["worker"]["id"], made["api_key"]])
+            await broker.add_client(made["worker"]["id"], made["api_key"])
+    spec = {
+        "protocol": "old" if design == "before" else "new",
+        "broker": broker.settings().url,
+        "workers": workers,
+        "slots": SLOTS,
+        "reply_tokens": TOKENS,
+        "tokens_per_s": TOKENS_PER_S,
+    }
+    path = work / f"{design}-fleet.json"
+    path.write_text(json.dumps(spec))
+    with (work / f"{design}-fleet.log").open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.synthetic_fleet", str(path)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, LOAD_CPUS),
+        )
+    try:
+        async with httpx.AsyncClient(base_url=farm.webapps[0], timeout=10) as probe:
+            deadline = time.monotonic() + 60
+            while (await probe.get("/api/models")).json().get("workers_online", 0) < WORKERS:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the synthetic fleet did not come online")
+                await asyncio.sleep(0.2)
+        yield process
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.to_thread(process.wait, 20)
+
+
+@dataclass
+class Seen:
+    delays: list[tuple[float, float]] = field(default_factory=list)  # (when, delay)
+    replies: list[float] = field(default_factory=list)  # when each reply ended
+    failures: int = 0
+
+
+async def browser(web_url: str, seen: Seen, stop: asyncio.Event) -> None:
+    """One synthetic browser: its thread, its websocket (read all the time, as a page
+    does), one message after another."""
+    ended: dict[str, asyncio.Event] = {}
+
+    async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            now = time.time()
+            data = json.loads(message.data)
+            for event in data if isinstance(data, list) else [data]:
+                if event["type"] == "chunk":
+                    seen.delays.append((now, now - float(event["text"].split(" ", 1)[0])))
+                elif event["type"] == "message" and _final(event["message"]):
+                    reply = event["message"]
+                    if reply["role"] == "assistant":
+                        seen.replies.append(now)
+                        seen.failures += reply["state"] != "done"
+                        ended.setdefault(reply["message_id"], asyncio.Event()).set()
+        raise ConnectionError("the websocket closed")
+
+    async with aiohttp.ClientSession(base_url=web_url) as http:
+        made = await http.post("/api/threads", json={"system_prompt": ""})
+        thread_id = (await made.json())["thread_id"]
+        async with http.ws_connect(f"/ws/threads/{thread_id}", max_msg_size=0) as ws:
+            await ws.receive()  # the snapshot
+            reader = asyncio.create_task(read(ws))
+            try:
+                while not stop.is_set():
+                    sent = await http.post(
+                        f"/api/threads/{thread_id}/messages", json={"text": "go"}
+                    )
+                    if sent.status != 201:
+                        seen.failures += 1
+                        await asyncio.sleep(1.0)
+                        continue
+                    reply = (await sent.json())["reply"]["message_id"]
+                    done = ended.setdefault(reply, asyncio.Event())
+                    waiting = asyncio.create_task(done.wait())
+                    try:
+                        await asyncio.wait({waiting, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiting.cancel()
+                    if reader.done():
+                        await reader  # raises why it stopped
+                    ended.pop(reply, None)
+            finally:
+                reader.cancel()
+
+
+def _final(message: dict[str, Any]) -> bool:
+    return message["state"] not in ("queued", "generating")
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
+    seen, stop = Seen(), asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    rows: list[dict[str, Any]] = []
+    pids = farm.pids() | {"fleet": fleet_pid, "browsers": os.getpid()}
+    for pid in farm.pids().values():
+        pin_all(pid, SERVER_CPUS)
+    try:
+        for level in LEVELS:
+            while len(tasks) < level:
+                url = farm.webapps[len(tasks) % len(farm.webapps)]
+                tasks.append(asyncio.create_task(browser(url, seen, stop)))
+                if len(tasks) % 50 == 0:
+                    await asyncio.sleep(0.2)  # a ramp, not a stampede of new identities
+            await asyncio.sleep(WARMUP_S)
+            broken = [t for t in tasks if t.done()]
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            t0 = time.time()
+            await asyncio.sleep(WINDOW_S)
+            t1 = time.time()
+            cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+            delays = [d for when, d in seen.delays if t0 <= when < t1]
+            replies = sum(1 for when in seen.replies if t0 <= when < t1)
+            p99 = pct(delays, 0.99)
+            row: dict[str, Any] = {
+                "streams": level,
+                "chunks": len(delays),
+                "replies": replies,
+                "p50": pct(delays, 0.50),
+                "p99": p99,
+                "cpu": cpu,
+                "window": t1 - t0,
+                "failures": seen.failures + len(broken),
+            }
+            rows.append(row)
+            print(_row_text(row), flush=True)
+            if not carried(row) or broken:
+                break
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return rows
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    cpu = row["cpu"]
+    server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers")) / row["window"]
+    load = (cpu["fleet"] + cpu["browsers"]) / row["window"]
+    return (
+        f"{row['streams']:5d} streams: {row['chunks'] / row['window']:7.0f} chunks/s, "
+        f"{row['replies'] / row['window']:5.1f} replies/s, added p50 "
+        f"{row['p50'] * 1000:5.1f} ms p99 {row['p99'] * 1000:6.1f} ms; server core "
+        f"{server:4.0%}, load core {load:4.0%}"
+    )
+
+
+async def run_design(design: str, tree: Path, count: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="farm-capacity-") as tmp:
+        work = Path(tmp)
+        async with (
+            broker_of("mosquitto") as broker,
+            servers(design, tree, broker, work, count) as farm,
+            fleet(design, farm, broker, work) as fleet_process,
+        ):
+            print(f"--- {design}, {count} coordinator(s) + {count} webapp(s)", flush=True)
+            return await levels(farm, fleet_process.pid)
+
+
+def carried(row: dict[str, Any]) -> bool:
+    """Every stream of the level ran at its rate (the server side did not slow the
+    replies down or leave requests waiting), with p99 added delay under the target."""
+    rate = row["chunks"] / row["window"]
+    return bool(
+        row["p99"] <= TARGET_P99_S
+        and rate >= CARRIED * CHUNKS_PER_S * row["streams"]
+        and row["failures"] == 0
+    )
+
+
+def capacity(rows: list[dict[str, Any]]) -> int:
+    return max((r["streams"] for r in rows if carried(r)), default=0)
+
+
+def _table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
+    head = (
+        "| design | servers | streams | chunks/s | replies/s | added p50 / p99 | carried |"
+        " server core | coordinator CPU per reply | webapp CPU per chunk |"
+        " Mosquitto CPU per chunk | load core |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for (design, count), rows in results.items():
+        for row in rows:
+            cpu, window = row["cpu"], row["window"]
+            chunks, replies = max(row["chunks"], 1), max(row["replies"], 1)
+            coords = [v for k, v in cpu.items() if k.startswith("coordinator")]
+            webs = [v for k, v in cpu.items() if k.startswith("webapp")]
+            server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers"))
+            share = " + ".join(f"{c / replies * 1000:.2f}" for c in coords)
+            web_share = " + ".join(f"{w / chunks * 1e6:.0f}" for w in webs)
+            lines.append(
+                f"| {design} | {count}+{count} | {row['streams']} | {row['chunks'] / window:.0f}"
+                f" | {row['replies'] / window:.1f} | {row['p50'] * 1000:.1f} / "
+                f"{row['p99'] * 1000:.1f} ms | {'yes' if carried(row) else 'no'} |"
+                f" {server / window:.0%} | {share} ms |"
+                f" {web_share} µs | {cpu['mosquitto'] / chunks * 1e6:.0f} µs |"
+                f" {(cpu['fleet'] + cpu['browsers']) / window:.0%} |"
+            )
+    lines.append("")
+    for (design, count), rows in results.items():
+        lines.append(
+            f"- {design}, {count} coordinator(s) + {count} webapp(s): **{capacity(rows)}** "
+            "concurrent streams carried (every one at its rate, p99 added delay under 100 ms)."
+        )
+    return "\n".join(lines)
+
+
+async def measure() -> dict[tuple[str, int], list[dict[str, Any]]]:
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("the capacity benchmark needs two CPUs (server core, load core)")
+    os.sched_setaffinity(0, LOAD_CPUS)
+    trees = {"before": baseline_tree(), "after": REPO}
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for count in (1, 2):
+        for design, tree in trees.items():
+            results[(design, count)] = await run_design(design, tree, count)
+    return results
+
+
+def main() -> str:
+    table = _table(asyncio.run(measure()))
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
