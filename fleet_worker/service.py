@@ -113,8 +113,11 @@ class FleetWorker:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._client = client
-        await self.publish_status()
-        beats = asyncio.create_task(self._heartbeats(client), name="heartbeats")
+        beats: list[asyncio.Task[None]] = []
+
+        def subscribed() -> None:
+            beats.append(asyncio.create_task(self._heartbeats(client), name="heartbeats"))
+
         try:
             await serve_session(
                 client,
@@ -124,13 +127,21 @@ class FleetWorker:
                 ],
                 handle=self._handle,
                 outbox=self.outbox,
+                on_subscribed=subscribed,
             )
         finally:
             self._client = None
-            beats.cancel()
-            await asyncio.gather(beats, return_exceptions=True)
+            for task in beats:
+                task.cancel()
+            await asyncio.gather(*beats, return_exceptions=True)
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
+        """Heartbeats for this connection. The first goes out before the status: a worker
+        back after a long cut may still run jobs that have moved on, and a coordinator
+        told of them first stops them before it sends new work on the status (the
+        refusals "at capacity" that followed had used up a new job's attempts, and the
+        stop sent to the old connection was lost). Both follow the subscriptions, so no
+        assignment reaches a connection that does not listen yet."""
         seq = 0
         while True:
             running = [RunningJob(job_id=j, attempt=a) for j, (a, _) in self.jobs.items()]
@@ -141,6 +152,8 @@ class FleetWorker:
                     heartbeat(self.worker_id, self.session_id, seq, running),
                     qos=topics.QOS_HEARTBEAT,
                 )
+            if seq == 0:
+                await self.publish_status()
             seq += 1
             await asyncio.sleep(self.settings.heartbeat_s)
 

@@ -32,6 +32,7 @@ from farm_protocol.payloads import (
 from farm_protocol.version import TOPIC_ROOT
 from farm_runtime.chunks import ChunkSequence
 from farm_runtime.logs import DropLog
+from farm_runtime.queues import get_within
 from webapp.interest import Interest
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class JobStream:
 
 
 RESYNC = None  # in a subscriber's queue: start again from a fresh snapshot
+ABANDONED_S = 900.0  # longer than any reply: a subscriber unread this long is dropped
 
 
 class Subscriber:
@@ -80,6 +82,26 @@ class Subscriber:
         # one place more than ``size``, for the RESYNC that ends a lagging browser's queue
         self.queue: asyncio.Queue[BrowserEvent | None] = asyncio.Queue(size + 1)
         self.lagging = False
+        self.read_at = time.monotonic()  # when its reader last took an event
+
+    async def next(self, timeout_s: float | None = None) -> BrowserEvent | None:
+        """The next event (RESYNC: start again from a snapshot); TimeoutError after
+        ``timeout_s``."""
+        event = await get_within(self.queue, timeout_s)
+        self.read_at = time.monotonic()
+        return event
+
+    def take_waiting(self, most: int) -> list[BrowserEvent | None]:
+        """Up to ``most`` events that are already waiting, without waiting."""
+        taken: list[BrowserEvent | None] = []
+        while len(taken) < most and not self.queue.empty():
+            taken.append(self.queue.get_nowait())
+        return taken
+
+    def abandoned(self, now: float) -> bool:
+        """Events wait that nobody has taken for ABANDONED_S: its reader is gone without
+        saying so (an API client that hung up before its streamed response began)."""
+        return not self.queue.empty() and now - self.read_at > ABANDONED_S
 
     def resync(self) -> None:
         """Have this browser start again from a fresh snapshot (it is closed with 4000)."""
@@ -160,11 +182,20 @@ class Bridge:
         self._known(job_id).thread_id = thread_id
 
     async def run_reaper(self, interval_s: float = 2.0) -> None:
-        """Drop the subscriptions nobody has needed for the linger."""
+        """Drop the subscribers nobody reads any more, and the subscriptions nobody has
+        needed for the linger."""
         while True:
             await asyncio.sleep(interval_s)
+            self.drop_abandoned()
             await self.interest.reap()
             self._evict()
+
+    def drop_abandoned(self) -> None:
+        now = time.monotonic()
+        gone = [sub for subs in self._threads.values() for sub in subs if sub.abandoned(now)]
+        for sub in gone:
+            log.info("dropped a subscriber of thread %s nobody reads", sub.thread_id)
+            self.unsubscribe(sub)
 
     def chunks_after(self, job_id: str, attempt: int, seq: int) -> list[ChunkEvent]:
         """Chunks of ``attempt`` with a sequence number above ``seq``, in order."""

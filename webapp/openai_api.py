@@ -22,7 +22,6 @@ from farm_protocol.chat import MessageState
 from farm_protocol.ids import new_job_id
 from farm_runtime.chunks import ChunkSequence
 from farm_runtime.http_serving import request_json
-from farm_runtime.queues import get_within
 from webapp.bridge import RESYNC, Bridge, Subscriber
 from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable, Upstream
 
@@ -100,7 +99,7 @@ class Follow:
                         if view.message_id == self.message_id and view.state.final:
                             yield "end", view.model_dump(mode="json")
                             return
-                pending = [await get_within(sub.queue, _IDLE_TIMEOUT_S)]
+                pending = [await sub.next(_IDLE_TIMEOUT_S)]
         finally:
             self.bridge.unsubscribe(self.sub)
 

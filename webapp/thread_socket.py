@@ -72,9 +72,8 @@ class ThreadSocket:
     async def _live(self, sub: Subscriber) -> None:
         """Live events as they come; what queued up meanwhile goes out in one message."""
         while True:
-            batch = [await sub.queue.get()]
-            while len(batch) < MAX_BATCH and not sub.queue.empty():
-                batch.append(sub.queue.get_nowait())
+            batch = [await sub.next()]
+            batch += sub.take_waiting(MAX_BATCH - 1)
             for event in batch:
                 if event is RESYNC:
                     await self._flush()

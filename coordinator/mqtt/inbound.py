@@ -148,7 +148,10 @@ class Inbound:
                 beat = decode(_HEARTBEAT, message.payload, MAX_WORKER_MESSAGE_BYTES)
                 self._same_worker(where.worker_id, beat.worker_id)
                 if beat.running:  # at once: it may name jobs to stop (see _stop_orphans)
-                    if await self.runner.call(self.workers.record_heartbeat, beat):
+                    current = await self.runner.call(self.workers.record_heartbeat, beat)
+                    # from any session of a registered worker's: a new one announces its
+                    # jobs before its status makes it the current one
+                    if current or await self.runner.call(self.workers.registered, beat.worker_id):
                         await self._stop_orphans(beat)
                 else:  # an idle worker's: written with the others, in a batch
                     self._beats[beat.worker_id] = beat

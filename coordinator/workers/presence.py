@@ -80,6 +80,10 @@ class WorkerPresence:
         """A sign of life, if it comes from the worker's current session."""
         return bool(self.record_heartbeats([beat]))
 
+    def registered(self, worker_id: str) -> bool:
+        """A worker of the farm's, not revoked (whatever its session)."""
+        return sql.execute(self.db, q.LIVE_KEY_HASH, (worker_id,)).fetchone() is not None
+
     def record_heartbeats(self, beats: list[Heartbeat]) -> list[Heartbeat]:
         """Several signs of life in one transaction; those from a current session."""
         stamp = time.time()

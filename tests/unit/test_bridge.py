@@ -4,13 +4,14 @@ queue is full it is marked to be sent back to a fresh snapshot (the websocket cl
 with 4000 and the page reconnects), and it gets nothing more meanwhile."""
 
 import asyncio
+import time
 
 from farm_protocol import topics
 from farm_protocol.browser import ChunkEvent
 from farm_protocol.codec import encode
 from farm_protocol.payloads import JobCheckpoint, JobChunk
 from tests.support.received import generating_reply, mqtt, thread_event
-from webapp.bridge import RESYNC, Bridge
+from webapp.bridge import ABANDONED_S, RESYNC, Bridge
 
 
 async def test_a_browser_that_stops_reading_holds_up_nobody() -> None:
@@ -68,3 +69,22 @@ async def test_a_checkpoint_fills_what_a_webapp_did_not_see_live() -> None:
             sent.append((event.seq, event.text))
     assert sent == [(5, "5 "), (6, "6 "), *((s, f"{s} ") for s in range(5))]
     assert [e.text for e in bridge.chunks_after("j1", 1, -1)] == texts
+
+
+async def test_a_subscriber_nobody_reads_is_dropped_with_its_subscriptions() -> None:
+    """An API client that hangs up before its streamed response begins never reads its
+    subscriber: once events have waited unread for ABANDONED_S it is dropped, and the
+    thread's subscriptions are released. A quiet browser (nothing waiting) is not."""
+    bridge = Bridge(queue_size=100)
+    quiet = await bridge.subscribe("t-quiet")
+    gone = await bridge.subscribe("t1")
+    await bridge.handle(thread_event(generating_reply("t1", "j1", "w1")))
+    long_ago = time.monotonic() - ABANDONED_S - 1
+    quiet.read_at = gone.read_at = long_ago
+    bridge.drop_abandoned()
+    assert bridge.browsers() == 1
+    assert topics.thread_events("t1") in bridge.interest.topics()  # held for the linger
+    bridge.interest.linger_s = 0
+    await bridge.interest.reap()
+    assert topics.thread_events("t1") not in bridge.interest.topics()
+    assert topics.thread_events("t-quiet") in bridge.interest.topics()
