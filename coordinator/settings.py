@@ -13,7 +13,7 @@ class CoordinatorSettings(BaseSettings):
 
     database_url: str = "sqlite:///farm.sqlite3"
     broker: BrokerSettings = BrokerSettings()
-    # MQTT client id; the session is persistent so chunks published while we restart wait.
+    # MQTT client id, one per coordinator process (its session is clean: see service.py).
     coordinator_client_id: str = "farm-coordinator"
     http_host: str = "127.0.0.1"
     http_port: int = 8700
