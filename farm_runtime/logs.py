@@ -3,6 +3,8 @@
 import logging
 import time
 
+from farm_protocol.codec import preview
+
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(
@@ -44,3 +46,7 @@ class DropLog:
             self._last = {s: v for s, v in self._last.items() if now - v[0] < self.every_s}
         self._last[source] = (now, 0)
         self.logger.log(self.level, message, *args)
+
+    def message(self, source: str, topic: str, reason: object, payload: object) -> None:
+        """An MQTT message dropped unhandled: its topic, why, and a preview of it."""
+        self.warn(source, "dropped message on %s: %s [%s]", topic, reason, preview(payload))

@@ -7,7 +7,7 @@ import logging
 import aiomqtt
 
 from farm_protocol import topics
-from farm_protocol.codec import CONTROL, adapter_for, decode, encode, preview
+from farm_protocol.codec import CONTROL, adapter_for, decode, encode
 from farm_protocol.errors import ProtocolError
 from farm_protocol.ids import check_id, new_session_id
 from farm_protocol.models import normalize_model
@@ -167,9 +167,7 @@ class FleetWorker:
             else:
                 raise ProtocolError(f"unexpected topic {topic}")
         except ProtocolError as exc:
-            self._dropped.warn(
-                topic, "dropped message on %s: %s [%s]", topic, exc, preview(message.payload)
-            )
+            self._dropped.message(topic, topic, exc, message.payload)
 
     # --- jobs ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import aiomqtt
 
 from farm_protocol import topics
 from farm_protocol.browser import BrowserEvent, ChunkEvent, MembersChanged, MessageChanged
-from farm_protocol.codec import JOB_PROGRESS, THREAD_EVENT, adapter_for, decode, preview
+from farm_protocol.codec import JOB_PROGRESS, THREAD_EVENT, adapter_for, decode
 from farm_protocol.errors import ProtocolError
 from farm_protocol.payloads import (
     MAX_WORKER_MESSAGE_BYTES,
@@ -253,13 +253,7 @@ class Bridge:
                 else:
                     raise ProtocolError(f"the webapp does not take {where.leaf} messages")
         except ProtocolError as exc:
-            self._dropped.warn(
-                topics.subject(topic),
-                "dropped message on %s: %s [%s]",
-                topic,
-                exc,
-                preview(message.payload),
-            )
+            self._dropped.message(topics.subject(topic), topic, exc, message.payload)
         self._evict()
 
     def _stream(self, job_id: str) -> JobStream | None:

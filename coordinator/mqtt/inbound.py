@@ -12,7 +12,7 @@ from coordinator.jobs.streams import JobStreams
 from coordinator.mqtt.bus import Bus
 from coordinator.workers.presence import WorkerPresence
 from farm_protocol import acl, topics
-from farm_protocol.codec import JOB_PROGRESS, adapter_for, decode, preview
+from farm_protocol.codec import JOB_PROGRESS, adapter_for, decode
 from farm_protocol.errors import ProtocolError
 from farm_protocol.payloads import MAX_WORKER_MESSAGE_BYTES, Heartbeat, WorkerStatus
 from farm_runtime.broker import Subscription
@@ -158,13 +158,7 @@ class Inbound:
             else:
                 raise ProtocolError(f"the coordinator does not take {where.leaf} messages")
         except ProtocolError as exc:
-            self._dropped.warn(
-                topics.subject(topic),
-                "dropped message on %s: %s [%s]",
-                topic,
-                exc,
-                preview(message.payload),
-            )
+            self._dropped.message(topics.subject(topic), topic, exc, message.payload)
 
     async def _status(self, worker_id: str, status: WorkerStatus) -> None:
         self._same_worker(worker_id, status.worker_id)
