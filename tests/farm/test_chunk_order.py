@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import websockets
 
+from coordinator.db import sql
 from farm_protocol.payloads import (
     JobAccepted,
     JobAssignment,
@@ -100,6 +101,22 @@ async def ended(browser: httpx.AsyncClient, thread_id: str) -> bool:
     return bool((await last_message(browser, thread_id))["state"] == "done")
 
 
+async def written(browser: httpx.AsyncClient, thread_id: str, text: str) -> bool:
+    return bool((await last_message(browser, thread_id))["content"] == text)
+
+
+async def asked_job(
+    farm: Farm, worker: ScriptedWorker
+) -> tuple[httpx.AsyncClient, str, JobAssignment]:
+    """A browser's new thread, a message sent to it, and the scripted worker's assignment
+    of its reply."""
+    browser = farm.browser()
+    thread_id = await new_thread(browser)
+    await ask(browser, thread_id)
+    job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+    return browser, thread_id, job
+
+
 async def test_reordered_and_repeated_chunks_and_checkpoints_make_the_exact_text(
     tmp_path: Path, broker: RunningBroker
 ) -> None:
@@ -151,18 +168,12 @@ async def test_a_done_before_the_checkpoint_it_needs_waits_for_it(
     """With several coordinators, the *done* can be handled before the last checkpoint
     is written: it waits (the reply is not failed as incomplete), then ends exact."""
     async with scripted_farm(tmp_path, broker) as (farm, worker):
-        browser = farm.browser()
-        thread_id = await new_thread(browser)
-        await ask(browser, thread_id)
-        job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+        browser, thread_id, job = await asked_job(farm, worker)
         await worker.publish(job.job_id, accepted(job, worker))
         await worker.publish(job.job_id, checkpoint(job, 0, 4))
         head = "".join(PIECES[:5])
 
-        async def written(text: str) -> bool:
-            return bool((await last_message(browser, thread_id))["content"] == text)
-
-        await wait_until(lambda: written(head), what="the first checkpoint")
+        await wait_until(lambda: written(browser, thread_id, head), what="the first checkpoint")
         await worker.publish(job.job_id, done(job))  # its tail starts at chunk 8
         await asyncio.sleep(0.5)  # several flushes: the done must still be waiting
         waiting = await last_message(browser, thread_id)
@@ -178,10 +189,7 @@ async def test_a_gap_that_does_not_fill_is_asked_of_the_worker(
     """A checkpoint that was lost (its coordinator died with it) leaves a gap: the worker
     is asked to replay from the first chunk missing, and its replay completes the text."""
     async with scripted_farm(tmp_path, broker) as (farm, worker):
-        browser = farm.browser()
-        thread_id = await new_thread(browser)
-        await ask(browser, thread_id)
-        job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+        browser, thread_id, job = await asked_job(farm, worker)
         await worker.publish(job.job_id, accepted(job, worker))
         await worker.publish(job.job_id, checkpoint(job, 0, 2))
         await worker.publish(job.job_id, checkpoint(job, 6, 10))  # 3-5 were lost
@@ -206,17 +214,13 @@ async def test_a_silent_job_is_let_go_and_taken_up_again(
     async with scripted_farm(tmp_path, broker) as (farm, worker):
         streams = farm.coordinator.streams
         streams.idle_s = 0.5
-        browser = farm.browser()
-        thread_id = await new_thread(browser)
-        await ask(browser, thread_id)
-        job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+        browser, thread_id, job = await asked_job(farm, worker)
         await worker.publish(job.job_id, accepted(job, worker))
         await worker.publish(job.job_id, checkpoint(job, 0, 5))
 
-        async def written(text: str) -> bool:
-            return bool((await last_message(browser, thread_id))["content"] == text)
-
-        await wait_until(lambda: written("".join(PIECES[:6])), what="the first text")
+        await wait_until(
+            lambda: written(browser, thread_id, "".join(PIECES[:6])), what="the first text"
+        )
         await wait_until(
             lambda: job.job_id not in streams.following(), what="the silent job to be let go"
         )
@@ -232,10 +236,7 @@ async def test_a_message_naming_a_later_attempt_does_not_reset_what_waits(
     message on the worker's topic) is dropped, and what this coordinator holds is kept:
     here a *done* waiting for the checkpoint before it, which then completes the reply."""
     async with scripted_farm(tmp_path, broker) as (farm, worker):
-        browser = farm.browser()
-        thread_id = await new_thread(browser)
-        await ask(browser, thread_id)
-        job = await asyncio.wait_for(worker.assignments.get(), timeout=10)
+        browser, thread_id, job = await asked_job(farm, worker)
         events = [
             accepted(job, worker),
             checkpoint(job, 0, 3),
@@ -247,3 +248,47 @@ async def test_a_message_naming_a_later_attempt_does_not_reset_what_waits(
             await worker.publish(job.job_id, event)
         await wait_until(lambda: ended(browser, thread_id), what="the reply to end")
         assert (await last_message(browser, thread_id))["content"] == TEXT
+
+
+async def test_a_running_job_gone_quiet_is_asked_to_replay(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    """A *done* that a coordinator died with (the broker counts it delivered) leaves the
+    job running with nothing more coming: once it has been quiet for a while, the worker
+    is asked to replay from the first chunk not stored, and its replay ends the reply."""
+    async with scripted_farm(tmp_path, broker) as (farm, worker):
+        farm.coordinator.streams.quiet_s = 0.5
+        browser, thread_id, job = await asked_job(farm, worker)
+        await worker.publish(job.job_id, accepted(job, worker))
+        await worker.publish(job.job_id, checkpoint(job, 0, 3))
+        head = "".join(PIECES[:4])
+        await wait_until(lambda: written(browser, thread_id, head), what="the checkpoint")
+        # the done went to a coordinator that died: never published here
+        while True:
+            asked = await asyncio.wait_for(worker.controls.get(), timeout=10)
+            if isinstance(asked, JobReplay) and asked.from_seq == 4:
+                break
+        await worker.publish(job.job_id, done(job, tail_from=4))
+        await wait_until(lambda: ended(browser, thread_id), what="the reply to end")
+        assert (await last_message(browser, thread_id))["content"] == TEXT
+
+
+async def test_a_lost_accepted_is_made_good_by_the_workers_heartbeat(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    """An *accepted* a coordinator died with: the worker's heartbeat lists the job, and a
+    job still only assigned is accepted from it, instead of being taken back at the
+    accept deadline from a worker that runs it."""
+    async with scripted_farm(tmp_path, broker) as (farm, worker):
+        _, _, job = await asked_job(farm, worker)  # the worker never says "accepted"
+        runner = farm.coordinator.runner
+
+        def state() -> str:
+            row = sql.execute(runner.db, "SELECT state FROM job WHERE id = %s", (job.job_id,))
+            return str(row.fetchone()[0])
+
+        async def running() -> bool:
+            return await runner.call(state) == "running"
+
+        # well within the accept deadline (FARM_ACCEPT_TIMEOUT_S, 10 s)
+        await wait_until(running, timeout_s=5, what="the heartbeat to accept the job")
