@@ -9,6 +9,9 @@ always ends it.
 - A loop that publishes (heartbeats) when the stop arrives with the broker's PUBACK: with
   aiomqtt's own time limit (``asyncio.wait_for`` on CPython 3.11, gh-86296) the publish
   returned normally and the loop went on; the worker's shutdown waited for it forever.
+- ``stay_connected`` stopped while it connects (waiting for the CONNACK): aiomqtt left
+  paho's socket open, and when the broker closed it, an event-loop callback raised
+  (a traceback at the end of ``llama-farm dev``, seen in CI).
 """
 
 import asyncio
@@ -82,3 +85,43 @@ async def test_a_stop_that_arrives_with_the_puback_ends_a_publishing_loop() -> N
         assert done, f"the loop went on after it was stopped ({beats} beats)"
         assert beating.cancelled()
         assert beats == 3
+
+
+async def test_a_stop_while_connecting_leaves_nothing_behind() -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        async with broker_of("mosquitto") as broker, tcp_proxy(broker.port) as proxy:
+            proxy.cut(to_broker=False)  # the CONNACK never comes
+            settings = broker.settings().model_copy(
+                update={"url": f"mqtt://127.0.0.1:{proxy.port}"}
+            )
+            closed = asyncio.Event()
+
+            def connect() -> aiomqtt.Client:
+                client = make_client(settings, identifier="cancelled-connect")
+                release = client._client.on_socket_close  # aiomqtt's: it stops watching it
+                assert release is not None
+
+                def on_socket_close(*args: Any) -> None:
+                    release(*args)
+                    closed.set()
+
+                client._client.on_socket_close = on_socket_close
+                return client
+
+            async def session(_client: aiomqtt.Client) -> None:
+                raise AssertionError("connected through a cut")
+
+            task = asyncio.create_task(stay_connected(connect, session, name="connect test"))
+            await asyncio.wait_for(proxy.holding.wait(), 10)  # CONNECT sent, CONNACK held
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert done
+            assert task.cancelled()
+            proxy.sever()  # and the broker's side closes the connection
+            await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []

@@ -25,6 +25,7 @@ class TcpProxy:
         self.to_client = asyncio.Event()
         self.restore()
         self.connections = 0
+        self.holding = asyncio.Event()  # set once the cut holds back some bytes
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
 
@@ -81,6 +82,8 @@ class TcpProxy:
             return
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
+                if not flowing.is_set():
+                    self.holding.set()
                 await flowing.wait()
                 writer.write(data)
                 await writer.drain()
