@@ -25,6 +25,7 @@ from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.mqtt.bus import Bus
 from coordinator.workers.presence import WorkerPresence
 from farm_runtime.outbox import Outbox
+from tests.support.stores import asking
 
 STEPS = ("store request", "dispatch round", "accepted", "first text", "finish")
 
@@ -92,7 +93,7 @@ def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[fl
         for i in range(jobs):
             with step("store request"):
                 new = chat.requests.start_api_conversation(
-                    key, "llama3", [("user", f"question {i}")], max_queued=1000
+                    key, "llama3", asking([("user", f"question {i}")]), max_queued=1000
                 )
             with step("dispatch round"):
                 ((worker, assignment),) = dispatcher._round().assigned

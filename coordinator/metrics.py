@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from coordinator.jobs import reports
 from coordinator.jobs.states import FINAL
+from farm_protocol.chat import MessageView
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -78,7 +79,25 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.prompt_tokens = Counter(
+            "farm_prompt_tokens",
+            "Prompt tokens of the replies that succeeded, as their models counted them",
+            ["model"],
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "farm_completion_tokens",
+            "Tokens generated in the replies that succeeded",
+            ["model"],
+            registry=self.registry,
+        )
         self.registry.register(_FromDatabase(db, grace_s))
+
+    def count_tokens(self, reply: MessageView) -> None:
+        """A reply that succeeded here (each is handled by one coordinator: sum them)."""
+        model = reply.model or ""
+        self.prompt_tokens.labels(model).inc(reply.prompt_tokens or 0)
+        self.completion_tokens.labels(model).inc(reply.completion_tokens or 0)
 
     def render(self) -> bytes:
         """The exposition text; reads the database, so call it in the database thread."""

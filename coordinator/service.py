@@ -42,7 +42,9 @@ class Coordinator:
         db = open_database(s.database_url)
         migrate(db)
         self.runner = DbRunner(db)
-        self.chat = ChatStores.open(db, grace_s=s.worker_grace_s)
+        self.chat = ChatStores.open(
+            db, grace_s=s.worker_grace_s, key_backlog=s.api_key_backlog_per_slot
+        )
         self.jobs = JobStores.open(
             db,
             context_messages=s.context_messages,
@@ -74,6 +76,7 @@ class Coordinator:
             self.runner, jobs.writes, jobs.endings, self.bus, wake, s.flush_interval_s
         )
         self.streams.on_first_token = self.metrics.time_to_first_token.observe
+        self.streams.on_succeeded = self.metrics.count_tokens
         self.janitor = Janitor(
             self.runner, jobs.deadlines, deadlines_from(s), self.bus, self.streams.forget, wake
         )

@@ -43,6 +43,10 @@ class CoordinatorSettings(BaseSettings):
     # Load shedding: at most this many requests wait; and while a model's oldest queued
     # request has waited over the target for a whole interval, new ones are refused.
     max_queued: int = Field(default=1000, ge=1)
+    # An API key's requests beyond its concurrency wait their turn in the queue, up to this
+    # many per concurrent slot (4: a key of 4 has 4 running and up to 16 waiting); beyond
+    # that they get a 429 with Retry-After.
+    api_key_backlog_per_slot: int = Field(default=4, ge=0, le=100)
     # Admission by expected wait (coordinator.jobs.capacity): a model's queue holds only
     # what its workers can start within this fraction of the queue deadline, judged by how
     # long its jobs have taken lately, or this many seconds before any has finished.

@@ -5,7 +5,7 @@ coordinator's chat HTTP API and receives changes on thread topics.
 """
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,18 @@ class MessageState(StrEnum):
 Role = Literal["system", "user", "assistant"]
 
 
+class ToolCall(BaseModel):
+    """A model's call of a tool, as Ollama gives it: the function and its arguments."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str = Field(min_length=1, max_length=200)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+MAX_TOOL_CALLS = 64
+
+
 class _View(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -67,6 +79,12 @@ class MessageView(_View):
     # job's chunks only from this worker and attempt (a rogue worker cannot inject text).
     worker_id: str | None = None
     attempt: int | None = None
+    # Once a reply succeeded: its tokens as the model counted them, why it ended
+    # ("stop", "length" when the token limit ended it, "tool_calls"), and its tool calls.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ThreadView(_View):
@@ -112,6 +130,7 @@ class FleetModels(_View):
     unavailable: list[str] = Field(default_factory=list)
     workers_online: int
     simulated: bool  # every online worker answers from the Ollama simulator
+    loaded: list[str] = Field(default_factory=list)  # in some online worker's memory now
 
 
 class CreateThreadRequest(_View):

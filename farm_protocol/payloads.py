@@ -11,11 +11,20 @@ starting where the one before the previous checkpoint ended, so consecutive chec
 overlap: one that is lost, or handled late by another coordinator, is covered by the next.
 """
 
-from typing import Annotated, Literal
+import json
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from farm_protocol.chat import MAX_PROMPT_CHARS, MemberView, MessageView, Role
+from farm_protocol.chat import (
+    MAX_PROMPT_CHARS,
+    MAX_TOOL_CALLS,
+    MemberView,
+    MessageView,
+    Role,
+    ToolCall,
+)
 from farm_protocol.ids import TopicId
 
 MAX_CHUNK_CHARS = 65_536
@@ -33,8 +42,70 @@ class _Payload(BaseModel):
 
 
 class ChatTurn(_Payload):
-    role: Role
-    content: str = Field(max_length=MAX_PROMPT_CHARS)
+    """One message of the context. Beside the chat's roles, an API request's context may
+    hold the assistant's tool calls and the tools' results (``tool``)."""
+
+    role: Role | Literal["tool"]
+    content: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    tool_calls: list[ToolCall] = Field(default_factory=list, max_length=MAX_TOOL_CALLS)
+    tool_name: str | None = Field(default=None, max_length=200)  # a tool result's tool
+
+
+# What Ollama's ``options`` may hold here.
+OptionValue = float | int | str | bool | list[str]
+# What a job does: a chat reply (text that streams), or embeddings of ``inputs`` (their
+# vectors come back as the job's text, one JSON array per line, see ``embedding_text``).
+Task = Literal["chat", "embed"]
+MAX_EMBED_INPUTS = 256
+
+
+class Generation(_Payload):
+    """How an API client wants its reply made, beyond the model: Ollama's ``options``,
+    ``format`` and ``tools``, and the exact context it sent (with tool calls and
+    results). The webapp translates a request into this; the coordinator keeps it with
+    the job and puts it in each assignment."""
+
+    messages: list[ChatTurn] = Field(default_factory=list, max_length=MAX_TURNS)
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+    # Ollama's ``format``: "json", or a JSON schema the reply must follow
+    format: Literal["json"] | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] = Field(default_factory=list, max_length=128)
+    task: Task = "chat"
+    inputs: list[str] = Field(default_factory=list, max_length=MAX_EMBED_INPUTS)
+    # Ollama's embedding settings: vectors cut to this length; a too long input cut
+    # (true, Ollama's default) or refused
+    dimensions: int | None = Field(default=None, ge=1, le=65_536)
+    truncate: bool | None = None
+
+    @model_validator(mode="after")
+    def _asks_something(self) -> "Generation":
+        if self.task == "embed" and not self.inputs:
+            raise ValueError("an embedding request needs inputs")
+        if any(len(text) > MAX_PROMPT_CHARS for text in self.inputs):
+            raise ValueError(f"an input is longer than {MAX_PROMPT_CHARS} characters")
+        return self
+
+
+# The most text an embedding job may make: its reply, stored and sent on whole in one
+# MQTT message, must stay under the broker's MAX_PACKET_BYTES.
+MAX_EMBEDDING_TEXT_CHARS = 3 * 1024 * 1024
+
+
+def embedding_text(vectors: list[list[float]]) -> str:
+    """Embeddings as a job's text: one JSON array per line, each number with 9 significant
+    digits (Ollama's vectors are float32: 9 digits give each back exactly, in half the
+    text Python's float64 repr takes). ValueError for a number JSON cannot carry."""
+    lines = []
+    for vector in vectors:
+        if not all(math.isfinite(x) for x in vector):
+            raise ValueError("an embedding holds a value that is not a finite number")
+        lines.append("[" + ",".join(format(x, ".9g") for x in vector) + "]\n")
+    return "".join(lines)
+
+
+def embeddings_of(text: str) -> list[list[float]]:
+    """The vectors of an embedding job's text (``embedding_text``)."""
+    return [json.loads(line) for line in text.splitlines() if line]
 
 
 # --- coordinator -> worker (assign topic) ---------------------------------------------
@@ -47,7 +118,13 @@ class JobAssignment(_Payload):
     attempt: int = Field(ge=1)
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatTurn] = Field(min_length=1, max_length=MAX_TURNS)
-    options: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+    format: Literal["json"] | dict[str, Any] | None = None  # see Generation
+    tools: list[dict[str, Any]] = Field(default_factory=list)  # Ollama's (OpenAI's) shape
+    task: Task = "chat"  # see Generation
+    inputs: list[str] = Field(default_factory=list, max_length=MAX_EMBED_INPUTS)
+    dimensions: int | None = Field(default=None, ge=1, le=65_536)
+    truncate: bool | None = None
     issued_at: float
 
 
@@ -136,7 +213,12 @@ class JobDone(_Texts):
     chunks: int = Field(ge=0)
     chars: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    eval_count: int | None = None
+    # Ollama's counts: the prompt's tokens and the reply's; why it ended ("stop", or
+    # "length" when num_predict ended it); and the tools it called instead of answering.
+    prompt_eval_count: int | None = Field(default=None, ge=0)
+    eval_count: int | None = Field(default=None, ge=0)
+    done_reason: str | None = Field(default=None, max_length=32)
+    tool_calls: list[ToolCall] = Field(default_factory=list, max_length=MAX_TOOL_CALLS)
     total_duration_ns: int | None = None
 
 

@@ -22,7 +22,7 @@ from farm_protocol.payloads import (
 from farm_runtime.outbox import Outbox
 from farm_runtime.queues import get_within
 from fleet_worker.coalesce import DELIMITERS, Coalescer
-from fleet_worker.llm import LlmError, OllamaBackend
+from fleet_worker.llm import LlmError, OllamaBackend, Outcome
 from fleet_worker.settings import WorkerSettings
 from fleet_worker.transcripts import Transcripts
 
@@ -99,6 +99,7 @@ class JobRunner:
             _pump(self.backend.stream(job), tokens), name=f"llm-{job.job_id}"
         )
         try:
+            outcome: Outcome | None = None
             first = True  # no token yet (the first-token timeout applies)
             started = False  # no text sent yet
             while True:
@@ -122,6 +123,9 @@ class JobRunner:
                     break
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, Outcome):
+                    outcome = item
+                    continue
                 assert isinstance(item, str)
                 first = False
                 chunk = coalescer.add(item)
@@ -131,14 +135,14 @@ class JobRunner:
                     chunk = chunk or coalescer.take()
                 await emitter.chunk(chunk)
             await emitter.chunk(coalescer.take())
-            await emitter.done()
+            await emitter.done(outcome)
         finally:
             pump.cancel()  # closes the HTTP stream to Ollama
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
 
 
-async def _pump(stream: AsyncIterator[str], out: asyncio.Queue[object]) -> None:
+async def _pump(stream: AsyncIterator[str | Outcome], out: asyncio.Queue[object]) -> None:
     try:
         async for piece in stream:
             await out.put(piece)
@@ -230,7 +234,7 @@ class _Emitter:
         self.window, self.unsaved, self.unsaved_chars = self.unsaved, self.seq, 0
         self.saved_at = time.monotonic()
 
-    async def done(self) -> None:
+    async def done(self, outcome: Outcome | None) -> None:
         final = JobDone(
             job_id=self.job.job_id,
             attempt=self.job.attempt,
@@ -239,6 +243,10 @@ class _Emitter:
             sha256=self.digest.hexdigest(),
             from_seq=self.window,
             texts=self.texts[self.window :],
+            prompt_eval_count=outcome.prompt_tokens if outcome else None,
+            eval_count=outcome.completion_tokens if outcome else None,
+            done_reason=outcome.done_reason if outcome else None,
+            tool_calls=outcome.tool_calls if outcome else [],
         )
         self.transcript.final = final
         await self._progress(final)

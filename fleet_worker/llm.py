@@ -3,16 +3,24 @@
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import ollama
 
+from farm_protocol.chat import ToolCall
 from farm_protocol.models import normalize_model
-from farm_protocol.payloads import JobAssignment
+from farm_protocol.payloads import (
+    MAX_EMBEDDING_TEXT_CHARS,
+    ChatTurn,
+    JobAssignment,
+    embedding_text,
+)
 
 log = logging.getLogger(__name__)
 
 SIMULATOR_FORMAT = "llama-farm-sim"  # what the project's simulator reports as model format
+EMBEDDING_PIECE_CHARS = 16_384  # an embedding job's text goes out in pieces this long
 
 
 class LlmError(Exception):
@@ -28,6 +36,28 @@ class LlmError(Exception):
 class OllamaUnavailable(LlmError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"the worker's Ollama is unreachable ({detail})", retryable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a generation ended, as Ollama reports it with its last part."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    done_reason: str | None
+    tool_calls: list[ToolCall]
+
+
+def _message(turn: ChatTurn) -> dict[str, Any]:
+    """A context turn as Ollama's chat API takes it."""
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {"function": {"name": c.name, "arguments": c.arguments}} for c in turn.tool_calls
+        ]
+    if turn.tool_name:
+        message["tool_name"] = turn.tool_name
+    return message
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +104,55 @@ class OllamaBackend:
         except (ConnectionError, httpx.HTTPError) as exc:
             raise OllamaUnavailable(str(exc) or type(exc).__name__) from exc
 
-    async def stream(self, job: JobAssignment) -> AsyncIterator[str]:
-        """The reply's text pieces as Ollama produces them."""
+    async def stream(self, job: JobAssignment) -> AsyncIterator[str | Outcome]:
+        """The reply's text pieces as Ollama produces them, then how it ended. An
+        embedding job's text is its vectors (``embedding_text``), in pieces."""
+        calls: list[ToolCall] = []
         try:
+            if job.task == "embed":
+                embedded = await self.client.embed(
+                    model=job.model,
+                    input=job.inputs,
+                    options=dict(job.options) or None,
+                    dimensions=job.dimensions,
+                    truncate=job.truncate,
+                )
+                try:
+                    text = embedding_text([list(v) for v in embedded.embeddings])
+                except ValueError as exc:
+                    raise LlmError(f"the model's embeddings: {exc}", retryable=False) from exc
+                if len(text) > MAX_EMBEDDING_TEXT_CHARS:
+                    vectors = embedded.embeddings
+                    raise LlmError(
+                        f"{len(vectors)} embeddings of {len(vectors[0])} dimensions are too"
+                        " large for one request: send fewer inputs at once",
+                        retryable=False,
+                    )
+                for start in range(0, len(text), EMBEDDING_PIECE_CHARS):
+                    yield text[start : start + EMBEDDING_PIECE_CHARS]
+                yield Outcome(embedded.prompt_eval_count, 0, "stop", [])
+                return
             parts = await self.client.chat(
                 model=job.model,
-                messages=[t.model_dump() for t in job.messages],
+                messages=[_message(t) for t in job.messages],
                 stream=True,
                 options=dict(job.options) or None,
+                format=job.format,
+                tools=job.tools or None,
             )
             async for part in parts:
                 if part.message.content:
                     yield part.message.content
+                for call in part.message.tool_calls or ():
+                    arguments = dict(call.function.arguments or {})
+                    calls.append(ToolCall(name=call.function.name, arguments=arguments))
+                if part.done:
+                    yield Outcome(
+                        part.prompt_eval_count,
+                        part.eval_count,
+                        part.done_reason,
+                        calls,
+                    )
         except ollama.ResponseError as exc:
             retryable = exc.status_code != 404
             raise LlmError(f"the model failed: {exc.error}", retryable=retryable) from exc

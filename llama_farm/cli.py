@@ -7,9 +7,15 @@ that installed only ``llama-farm[worker]``.
 import argparse
 import asyncio
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from farm_runtime.lifecycle import run_with_signals
 from farm_runtime.logs import configure_logging
+
+if TYPE_CHECKING:
+    from coordinator.settings import CoordinatorSettings
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -50,18 +56,42 @@ def _worker(args: argparse.Namespace) -> int:
     return cli.run(args)
 
 
-def _workers(args: argparse.Namespace) -> int:
-    from coordinator.cli import workers as workers_admin
+DEV_DATABASE = Path(".farm") / "dev.sqlite3"  # where `make run` (llama-farm dev) keeps it
+
+
+def _admin_settings() -> "CoordinatorSettings":
+    """The coordinator's settings for a command that works on its database. With no
+    database configured (FARM_DATABASE_URL, or .env) and a dev farm's database here, that
+    one: a key made beside `make run` then works on it. Says which database it uses."""
     from coordinator.settings import CoordinatorSettings
 
-    return workers_admin.run(args, CoordinatorSettings())
+    settings = CoordinatorSettings()
+    if "database_url" not in settings.model_fields_set and DEV_DATABASE.exists():
+        url = f"sqlite:///{DEV_DATABASE}"
+        settings = settings.model_copy(update={"database_url": url})
+        print(f"database: {url} (the dev farm's; set FARM_DATABASE_URL for another)")
+    else:
+        print(f"database: {_without_password(settings.database_url)}")
+    return settings
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from coordinator.cli import workers as workers_admin
+
+    return workers_admin.run(args, _admin_settings())
 
 
 def _api_keys(args: argparse.Namespace) -> int:
     from coordinator.cli import api_keys as api_keys_cli
-    from coordinator.settings import CoordinatorSettings
 
-    return api_keys_cli.run(args, CoordinatorSettings())
+    return api_keys_cli.run(args, _admin_settings())
 
 
 def _broker(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import httpx
 from pydantic import SecretStr
 
 from coordinator.errors import NotFound
+from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.workers.registry import WorkerRegistry
@@ -88,6 +89,18 @@ def _dev_worker_key(workers: WorkerRegistry) -> str:
         return workers.add("dev worker", DEV_WORKER_ID)[1]
 
 
+DEV_API_KEY_NAME = "llama-farm dev"
+
+
+def _dev_api_key(keys: ApiKeyStore) -> str:
+    """A fresh API key for OpenAI clients each run (keys are only stored hashed, so last
+    run's cannot be shown again: it is revoked)."""
+    for old in keys.list_keys():
+        if old.name == DEV_API_KEY_NAME and old.revoked_at is None:
+            keys.revoke(old.id)
+    return keys.create(DEV_API_KEY_NAME, max_concurrent=8)[1]
+
+
 async def _announce(host: str, port: int, lines: list[str], stop: asyncio.Event) -> None:
     """Print the URL once the chat answers, then stay until stop (a service, like the rest)."""
     for _ in range(400):
@@ -114,10 +127,10 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
     else:
         sim = SimSettings(host="127.0.0.1", port=free_port())
         services["simulator"] = serve_app(create_sim_app(sim), sim.host, sim.port, stop)
-        replies = (
-            f"simulated (no Ollama at {ollama_host})" if options.llm == "auto" else "simulated"
-        )
         ollama_host = f"http://{sim.host}:{sim.port}"
+        replies = f"simulated by {ollama_host}" + (
+            f" (no Ollama at {ollama_host_from_env()})" if options.llm == "auto" else ""
+        )
 
     broker_port = options.broker_port or free_port()
     broker = BrokerSettings(url=f"mqtt://127.0.0.1:{broker_port}")
@@ -140,6 +153,7 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
         )
     )
     key = await coordinator.runner.call(_dev_worker_key, coordinator.registry)
+    api_key = await coordinator.runner.call(_dev_api_key, ApiKeyStore(coordinator.runner.db))
     worker = FleetWorker(
         WorkerSettings(
             broker=BrokerSettings(url=broker.url),
@@ -165,6 +179,7 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
         "llama-farm dev is running",
         f"  Chat:     {url}",
         f"  Replies:  {replies}",
+        f"  API:      {url}v1 (OpenAI-compatible; API key {api_key})",
         f"  Broker:   {broker.url} (embedded amqtt; watch it read-only with",
         f"            mosquitto_sub -p {broker_port} -u {acl.OBSERVER} "
         f"-P {passwords[acl.OBSERVER]} -t 'farm/#' -v)",

@@ -13,6 +13,7 @@ from farm_runtime.http_serving import finish_reading_requests
 from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient
 from webapp.forwarding import install_forwarding
+from webapp.ollama_api import OLLAMA_PATHS, create_ollama_blueprint
 from webapp.openai_api import create_openai_blueprint, openai_error
 from webapp.responses import json_error
 from webapp.settings import WebappSettings
@@ -35,7 +36,8 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     _install_health(app, bridge, coordinator)
     install_forwarding(app, settings, coordinator)
     _install_errors(app, settings)
-    app.register_blueprint(create_openai_blueprint(bridge, coordinator))
+    app.register_blueprint(create_openai_blueprint(bridge, coordinator, settings.sse_keepalive_s))
+    app.register_blueprint(create_ollama_blueprint(bridge, coordinator))
 
     @app.websocket("/ws/threads/<thread_id>")
     async def thread_socket(thread_id: str) -> None:
@@ -53,7 +55,7 @@ def _install_sessions(app: Quart, settings: WebappSettings) -> None:
 
     @app.before_request
     async def _session() -> None:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith("/v1/") or request.path in OLLAMA_PATHS:
             # An API client is known by its key: no browser session, no cookie.
             g.new_session, g.session = False, ""
             return
@@ -126,7 +128,7 @@ def _install_errors(app: Quart, settings: WebappSettings) -> None:
     """JSON errors for the APIs (OpenAI's shape under /v1), whatever went wrong."""
 
     def api_error(status: int, message: str, code: str | None = None) -> Response:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith("/v1/") or request.path in OLLAMA_PATHS:
             return openai_error(status, message, code=code)
         return json_error(status, message)
 

@@ -8,28 +8,34 @@ through the same MQTT bridge the browsers use. Errors come in OpenAI's shape, wi
 ``Retry-After`` when the farm is busy (429) or overloaded (503).
 """
 
-import functools
+import base64
 import json
+import struct
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from aiomqtt import MqttError
 from quart import Blueprint, Response, request
 
-from farm_protocol.browser import BrowserEvent, ChunkEvent, MessageChanged
 from farm_protocol.chat import MessageState
-from farm_protocol.ids import new_job_id
-from farm_runtime.chunks import ChunkSequence
+from farm_protocol.models import normalize_model
+from farm_protocol.payloads import Generation, embeddings_of
 from farm_runtime.http_serving import request_json
-from webapp.bridge import RESYNC, Bridge, Subscriber
-from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable, Upstream
+from webapp.bridge import Bridge
+from webapp.coordinator_client import CoordinatorClient
+from webapp.openai_request import Refused, translate, translate_embeddings
+from webapp.replies import (
+    UNAVAILABLE,
+    UNSTARTED_RETRY_S,
+    Farm,
+    Follow,
+    Refusal,
+    Route,
+    add_routes,
+    failure,
+)
 
-# The code of a 503 when no coordinator answers: not "server_busy", which tells a client
-# the farm is overloaded; this one says the service is down, so try another address.
-UNAVAILABLE = "service_unavailable"
-_IDLE_TIMEOUT_S = 900.0  # longer than any reply deadline the coordinator enforces
-UNSTARTED_RETRY_S = 30  # Retry-After for a request that ended without starting
 _ERROR_KINDS = {
     400: ("invalid_request_error", None),
     401: ("authentication_error", "invalid_api_key"),
@@ -45,213 +51,233 @@ _ERROR_KINDS = {
 
 
 def openai_error(
-    status: int, message: str, retry_after: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    retry_after: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
 ) -> Response:
     kind, usual_code = _ERROR_KINDS.get(status, ("server_error", None))
     code = code or usual_code
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     response = Response(json.dumps(body), status=status, content_type="application/json")
     if retry_after:
         response.headers["Retry-After"] = retry_after
     return response
 
 
-def _key() -> str:
-    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-
-
-class Follow:
-    """One reply's text as it streams: catch-up from the bridge's buffer, then live.
-    ``sub`` watches the reply's thread since before the request was queued (the webapp
-    chose the thread's id), so none of its events is missed; it is released at the end."""
-
-    def __init__(self, bridge: Bridge, sub: Subscriber, job_id: str, message_id: str) -> None:
-        self.bridge = bridge
-        self.sub = sub
-        self.job_id = job_id
-        self.message_id = message_id
-
-    async def events(self) -> AsyncIterator[tuple[str, Any]]:
-        """("text", str) pieces in order, then one ("end", message view dict)."""
-        sub = self.sub
-        attempt, order = 0, ChunkSequence()
-        pending: list[BrowserEvent | None] = []
-        try:
-            self.bridge.watch_job(self.job_id, sub.thread_id)
-            pending += self.bridge.chunks_after(
-                self.job_id, self.bridge.attempt_of(self.job_id), -1
-            )
-            while True:
-                for event in pending:
-                    if event is RESYNC:
-                        # this webapp lost the broker a moment: listen afresh (the
-                        # final message carries the whole text, for what was missed)
-                        self.bridge.unsubscribe(sub)
-                        sub = self.sub = await self.bridge.subscribe(sub.thread_id)
-                    elif isinstance(event, ChunkEvent) and event.job_id == self.job_id:
-                        if event.attempt > attempt:  # a new attempt starts from empty
-                            attempt, order = event.attempt, ChunkSequence()
-                        if event.attempt == attempt:
-                            for text in order.add(event.seq, event.text) or ():
-                                yield "text", text
-                    elif isinstance(event, MessageChanged):
-                        view = event.message
-                        if view.message_id == self.message_id and view.state.final:
-                            yield "end", view.model_dump(mode="json")
-                            return
-                pending = [await sub.next(_IDLE_TIMEOUT_S)]
-        finally:
-            self.bridge.unsubscribe(self.sub)
-
-
 # The coordinator's reasons for a 503, as OpenAI clients know them.
 _BUSY_CODES = {"no_worker": "model_not_available"}
 
 
-async def _upstream_error(response: Upstream) -> Response:
-    try:
-        body = response.json()
-        message, reason = body.get("error", response.text), body.get("code")
-    except (ValueError, AttributeError):
-        message, reason = response.text, None
-    code = _BUSY_CODES.get(str(reason)) if reason else None
-    retry = response.headers.get("Retry-After")
-    return openai_error(response.status_code, str(message), retry, code=code)
+def _refused(refusal: Refusal) -> Response:
+    code = refusal.reason if refusal.reason == UNAVAILABLE else None
+    code = _BUSY_CODES.get(refusal.reason or "", code)
+    return openai_error(refusal.status, refusal.message, refusal.retry_after, code=code)
 
 
-async def models(bridge: Bridge, coordinator: CoordinatorClient) -> Response:
+@dataclass(frozen=True, slots=True)
+class _Api:
+    farm: Farm
+    keepalive_s: float
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llama-farm"}
+
+
+async def models(api: _Api) -> Response:
     """``GET /v1/models``: what the fleet serves, for a client with a valid key."""
     try:
-        checked = await coordinator.programmatic("POST", "/keys/check", {"api_key": _key()})
-        if checked.status_code != 200:
-            return await _upstream_error(checked)
-        fleet = (await coordinator.programmatic("GET", "/models")).json()
-    except CoordinatorUnavailable:
-        return openai_error(503, "the farm is unavailable; try again shortly", "5", UNAVAILABLE)
-    data = [
-        {"id": m, "object": "model", "created": 0, "owned_by": "llama-farm"}
-        for m in fleet["models"]
-    ]
-    return Response(json.dumps({"object": "list", "data": data}), content_type="application/json")
+        fleet = await api.farm.fleet()
+    except Refusal as refusal:
+        return _refused(refusal)
+    body = {"object": "list", "data": [_model(m) for m in fleet["models"]]}
+    return Response(json.dumps(body), content_type="application/json")
 
 
-async def completions(bridge: Bridge, coordinator: CoordinatorClient) -> Response:
-    """``POST /v1/chat/completions``: queued by the coordinator, then streamed (SSE) or
-    answered whole from the bridge."""
-    body = await request_json(request)
-    if not isinstance(body, dict):
-        return openai_error(400, "the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return openai_error(400, "messages must be a list of {role, content} objects")
-    turns = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in messages]
-    thread_id = new_job_id()  # the reply's thread: watched before the request is queued
+async def model(api: _Api, model_id: str) -> Response:
+    """``GET /v1/models/{id}``: one model the fleet serves (404 if none serves it)."""
     try:
-        sub = await bridge.subscribe(thread_id)
-    except MqttError:
-        return openai_error(503, "the farm is unavailable; try again shortly", "5", UNAVAILABLE)
+        fleet = await api.farm.fleet()
+    except Refusal as refusal:
+        return _refused(refusal)
+    if normalize_model(model_id) not in {normalize_model(m) for m in fleet["models"]}:
+        return openai_error(404, f"the model {model_id!r} does not exist on this farm")
+    return Response(json.dumps(_model(model_id)), content_type="application/json")
+
+
+class _Asked(Protocol):
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def generation(self) -> Generation: ...
+
+
+A = TypeVar("A", bound=_Asked)
+
+
+async def _queued(api: _Api, translator: Callable[[Any], A]) -> tuple[A, Follow] | Response:
+    """The request translated (a 400 naming the field if it cannot be) and queued."""
     try:
-        queued = await coordinator.programmatic(
-            "POST",
-            "/completions",
-            {
-                "api_key": _key(),
-                "model": body.get("model") or "",
-                "messages": turns,
-                "thread_id": thread_id,
-            },
-        )
-    except CoordinatorUnavailable:
-        bridge.unsubscribe(sub)
-        return openai_error(503, "the farm is unavailable; try again shortly", "5", UNAVAILABLE)
-    if queued.status_code != 201:
-        bridge.unsubscribe(sub)
-        return await _upstream_error(queued)
-    reply = queued.json()["reply"]
-    follow = Follow(bridge, sub, reply["job_id"], reply["message_id"])
-    ident, created, model = f"chatcmpl-{reply['job_id']}", int(time.time()), reply["model"]
-    if body.get("stream"):
+        asked = translator(await request_json(request))
+    except Refused as refused:
+        return openai_error(400, refused.message, param=refused.param)
+    try:
+        return asked, await api.farm.queue(asked.model, asked.generation)
+    except Refusal as refusal:
+        return _refused(refusal)
+
+
+async def completions(api: _Api) -> Response:
+    """``POST /v1/chat/completions``: translated (``webapp.openai_request``), queued by
+    the coordinator, then streamed (SSE) or answered whole from the bridge."""
+    queued = await _queued(api, translate)
+    if isinstance(queued, Response):
+        return queued
+    asked, follow = queued
+    shape = _Shape(f"chatcmpl-{follow.job_id}", int(time.time()), follow.model)
+    if asked.stream:
         return Response(
-            _sse(follow, ident, created, model),
+            _sse(follow, shape, asked.include_usage, api.keepalive_s),
             content_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     async for kind, value in follow.events():
         if kind == "end":
-            return _whole(value, ident, created, model)
+            return _whole(value, shape)
     return openai_error(502, "the reply was lost")
 
 
-def create_openai_blueprint(bridge: Bridge, coordinator: CoordinatorClient) -> Blueprint:
+async def embeddings(api: _Api) -> Response:
+    """``POST /v1/embeddings``: a job of its own on a worker that serves the model; its
+    vectors come back as the job's text (``farm_protocol.payloads.embedding_text``)."""
+    queued = await _queued(api, translate_embeddings)
+    if isinstance(queued, Response):
+        return queued
+    asked, follow = queued
+    async for kind, view in follow.events():
+        if kind != "end":
+            continue
+        if view["state"] != MessageState.DONE.value:
+            status, message, code = failure(view)
+            retry = str(UNSTARTED_RETRY_S) if status == 503 else None
+            return openai_error(status, message, retry, code=code)
+        vectors = embeddings_of(view["content"])
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encoded(v, asked.base64)}
+            for i, v in enumerate(vectors)
+        ]
+        tokens = view.get("prompt_tokens") or 0
+        body = {
+            "object": "list",
+            "data": data,
+            "model": follow.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(json.dumps(body), content_type="application/json")
+    return openai_error(502, "the reply was lost")
+
+
+def _encoded(vector: list[float], as_base64: bool) -> list[float] | str:
+    if not as_base64:
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def create_openai_blueprint(
+    bridge: Bridge, coordinator: CoordinatorClient, keepalive_s: float = 15.0
+) -> Blueprint:
     bp = Blueprint("openai", __name__, url_prefix="/v1")
-    for method, rule, view in (
+    api = _Api(Farm(bridge, coordinator), keepalive_s)
+    routes: list[Route] = [
         ("GET", "/models", models),
+        ("GET", "/models/<path:model_id>", model),
         ("POST", "/chat/completions", completions),
-    ):
-        bp.add_url_rule(
-            rule, view.__name__, functools.partial(view, bridge, coordinator), methods=[method]
-        )
+        ("POST", "/embeddings", embeddings),
+    ]
+    add_routes(bp, routes, api)
     return bp
 
 
-def _text(content: Any) -> str:
-    """OpenAI content: a string, or a list of parts of which the text ones count."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What every part of one completion's answer repeats."""
+
+    ident: str
+    created: int
+    model: str
 
 
-def _failure(view: dict[str, Any]) -> tuple[int, str, str]:
-    """How a reply that did not succeed ends for an API client: (status, message, code).
-
-    One that never started (timed out in the queue, or no worker serves its model any
-    more) is the farm being busy: 503, come back later. One that timed out while
-    generating is 504; one that failed on its worker is 502."""
-    message = f"the reply {view['state']}: {view.get('error') or ''}".strip(": ")
-    if view["state"] == MessageState.TIMED_OUT.value:
-        if view.get("content_seq", -1) < 0 and not view.get("content"):
-            return 503, message, "server_busy"
-        return 504, message, "timeout"
-    return 502, message, "upstream_error"
+def _usage(view: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = view.get("prompt_tokens") or 0, view.get("completion_tokens") or 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
-def _whole(view: dict[str, Any], ident: str, created: int, model: str) -> Response:
+def _tool_calls(view: dict[str, Any], ident: str) -> list[dict[str, Any]]:
+    """The reply's tool calls in OpenAI's shape. Ollama gives them no ids: each is made
+    from the completion's, the same in a stream and in a whole answer."""
+    return [
+        {
+            "id": f"call_{ident.removeprefix('chatcmpl-')[:20]}_{i}",
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments") or {})},
+        }
+        for i, c in enumerate(view.get("tool_calls") or ())
+    ]
+
+
+def _whole(view: dict[str, Any], shape: _Shape) -> Response:
     if view["state"] != MessageState.DONE.value:
-        status, message, code = _failure(view)
+        status, message, code = failure(view)
         retry = str(UNSTARTED_RETRY_S) if status == 503 else None
         return openai_error(status, message, retry, code=code)
+    answer: dict[str, Any] = {"role": "assistant", "content": view["content"]}
+    calls = _tool_calls(view, shape.ident)
+    if calls:
+        answer |= {"content": view["content"] or None, "tool_calls": calls}
     body = {
-        "id": ident,
+        "id": shape.ident,
         "object": "chat.completion",
-        "created": created,
-        "model": model,
+        "created": shape.created,
+        "model": shape.model,
         "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": view["content"]},
-                "finish_reason": "stop",
-            }
+            {"index": 0, "message": answer, "finish_reason": view.get("finish_reason") or "stop"}
         ],
+        "usage": _usage(view),
     }
     return Response(json.dumps(body), content_type="application/json")
 
 
-async def _sse(follow: Follow, ident: str, created: int, model: str) -> AsyncIterator[bytes]:
-    def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
-        payload = {
-            "id": ident,
+async def _sse(
+    follow: Follow, shape: _Shape, include_usage: bool, keepalive_s: float
+) -> AsyncIterator[bytes]:
+    def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": shape.ident,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "created": shape.created,
+            "model": shape.model,
+            "choices": choices,
         }
+        if include_usage:
+            payload["usage"] = usage  # as OpenAI: null but in the last event
         return f"data: {json.dumps(payload)}\n\n".encode()
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return event([{"index": 0, "delta": delta, "finish_reason": finish}])
 
     yield chunk({"role": "assistant", "content": ""})
     streamed = ""
-    async for kind, value in follow.events():
+    async for kind, value in follow.events(keepalive_s):
+        if kind == "idle":
+            yield b": keep-alive\n\n"  # queued, or the model loading: proxies wait on
+            continue
         if kind == "text":
             streamed += value
             yield chunk({"content": value})
@@ -260,9 +286,14 @@ async def _sse(follow: Follow, ident: str, created: int, model: str) -> AsyncIte
             # Whatever the live stream missed (it never should) comes from the stored text.
             if value["content"].startswith(streamed) and len(value["content"]) > len(streamed):
                 yield chunk({"content": value["content"][len(streamed) :]})
-            yield chunk({}, "stop")
+            calls = _tool_calls(value, shape.ident)
+            if calls:
+                yield chunk({"tool_calls": [{"index": i} | c for i, c in enumerate(calls)]})
+            yield chunk({}, value.get("finish_reason") or "stop")
+            if include_usage:
+                yield event([], _usage(value))
         else:
-            _, message, code = _failure(value)
+            _, message, code = failure(value)
             error = {"message": message, "type": "server_error", "param": None, "code": code}
             yield f"data: {json.dumps({'error': error})}\n\n".encode()
         break

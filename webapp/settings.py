@@ -22,6 +22,9 @@ class WebappSettings(BaseSettings):
     cookie_secure: bool = False  # set true behind TLS
     ws_queue_size: int = 2000  # events buffered per browser before it is told to reload
     max_request_bytes: int = 1_048_576
+    # An API stream that has nothing to send (queued, or the model loading) sends an SSE
+    # comment this often, so that proxies and clients do not time it out.
+    sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
     # Behind this many reverse proxies (1 for the Caddy or nginx recipe in deploy/), the
     # browser's address is read from X-Forwarded-For; 0 trusts no such header. The
     # coordinator limits how fast new identities appear per address.

@@ -3,6 +3,7 @@ retried. This is the only writer of new job rows. Each request is one write tran
 that checks the sender's limits and the queue's bound, then stores the message, its
 empty reply and the reply's queued job together."""
 
+import json
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from coordinator.workers.presence import model_names
 from coordinator.workers.statements import AVAILABLE
 from farm_protocol.chat import MessageState, MessageView
 from farm_protocol.models import normalize_model
+from farm_protocol.payloads import ChatTurn, Generation
 
 RETRYABLE_STATES = (
     MessageState.FAILED.value,
@@ -55,16 +57,28 @@ _INSERTED = (
 )
 
 
+def _recorded(turn: ChatTurn) -> tuple[str, str]:
+    """How the thread records an API request's turn: a tool's result as a user message
+    that names the tool, an assistant's tool calls as the calls in words."""
+    if turn.role == "tool":
+        return "user", f"[{turn.tool_name or 'tool'} returned] {turn.content}"
+    calls = "; ".join(f"{c.name}({json.dumps(c.arguments)})" for c in turn.tool_calls)
+    return turn.role, f"{turn.content}\n[called {calls}]".strip() if calls else turn.content
+
+
 def _inserted_view(row: dict[str, Any]) -> MessageView:
     """The view of a message just inserted (no chunk applied, no error)."""
     columns = ("id", "thread_id", "role", "author", "content", "state", "model", "job_id")
-    return message_view([*(row[c] for c in columns), -1, None, row["created_at"]])
+    return message_view([*(row[c] for c in columns), -1, None, row["created_at"], *[None] * 4])
 
 
 class RequestStore:
-    def __init__(self, db: pw.Database, *, grace_s: float = 10.0) -> None:
+    def __init__(self, db: pw.Database, *, grace_s: float = 10.0, key_backlog: int = 4) -> None:
         self.db = db
         self.grace_s = grace_s  # a worker silent this long is not online
+        # An API key's requests beyond its concurrency wait in the queue (the dispatcher
+        # starts at most max_concurrent of them at once), up to this many per slot more.
+        self.key_backlog = key_backlog
 
     def send_message(
         self,
@@ -99,19 +113,25 @@ class RequestStore:
         self,
         api_key: ApiKeyInfo,
         model: str,
-        turns: list[tuple[str, str]],
+        generation: Generation,
         *,
         max_queued: int | None = None,
         limit: AdmitLimit | None = None,
         thread_id: str | None = None,
     ) -> NewReply:
         """A programmatic request (OpenAI-style ``messages``) as a thread of its own, owned
-        by the key's user: the earlier turns as history, the last user turn as the
-        message, and a queued reply (its job counts against the key's limit).
+        by the key's user: the earlier turns as history, the last turn as the message,
+        and a queued reply (its job counts against the key's limit). The job keeps the
+        request (``generation``): its context is exactly the turns the client sent, tool
+        calls and results included, which the thread records as text.
         ``thread_id``: the new thread's id, chosen by the webapp so that it can subscribe
         to the thread's events before the request is queued."""
-        if not turns or turns[-1][0] != "user":
-            raise ValueError("messages must end with a user message")
+        turns = [_recorded(t) for t in generation.messages]
+        if generation.task == "embed":
+            first, more = generation.inputs[0], len(generation.inputs) - 1
+            turns = [("user", f"[embed] {first}" + (f" (and {more} more)" if more else ""))]
+        elif not turns or generation.messages[-1].role not in ("user", "tool"):
+            raise ValueError("messages must end with a user or tool message")
         user_id, question = api_key.user_id, turns[-1][1]
         with write_transaction(self.db):
             name = self._lock_user(user_id)
@@ -126,7 +146,15 @@ class RequestStore:
                 for i, (role, content) in enumerate(turns[:-1])
             ]
             return self._queue_reply(
-                thread_id, user_id, name, question, model, api_key, stamp, history
+                thread_id,
+                user_id,
+                name,
+                question,
+                model,
+                api_key,
+                stamp,
+                history,
+                request=generation.model_dump_json(exclude_defaults=True),
             )
 
     @staticmethod
@@ -173,8 +201,11 @@ class RequestStore:
         api_key: ApiKeyInfo | None,
         stamp: float,
         history: list[dict[str, Any]] | None = None,
+        *,
+        request: str | None = None,
     ) -> NewReply:
-        """Insert (after ``history``) the user's message, its empty reply and the job."""
+        """Insert (after ``history``) the user's message, its empty reply and the job
+        (with an API client's ``request``, see ``Generation``)."""
         job_id = new_id()
         mine = self._row(thread_id, user_id, "user", name, text, stamp)
         reply = self._row(
@@ -190,7 +221,8 @@ class RequestStore:
         )
         self._insert_messages([*(history or []), mine, reply])
         owner_key = api_key.id if api_key else None
-        sql.execute(self.db, q.NEW_JOB, (job_id, reply["id"], user_id, model, owner_key, stamp))
+        job = (job_id, reply["id"], user_id, model, owner_key, request, stamp)
+        sql.execute(self.db, q.NEW_JOB, job)
         return NewReply(_inserted_view(mine), _inserted_view(reply), job_id, False)
 
     def _insert_messages(self, rows: list[dict[str, Any]]) -> None:
@@ -233,7 +265,7 @@ class RequestStore:
             self._admit(user_id, None, max_queued, limit, str(reply.model))
             stamp = now()
             job_id = new_id()
-            new_job = (job_id, message_id, user_id, reply.model, None, stamp)
+            new_job = (job_id, message_id, user_id, reply.model, None, None, stamp)
             sql.execute(self.db, q.NEW_JOB, new_job)
             sql.execute(self.db, q.REPLY_REQUEUED, (job_id, stamp, message_id))
             sql.execute(self.db, q.THREAD_ACTIVE, (stamp, thread_id))
@@ -289,8 +321,13 @@ class RequestStore:
         if api_key is None:
             if mine:
                 raise Conflict("a reply to your previous message is still being generated")
-        elif mine >= api_key.max_concurrent:
-            raise RateLimited(f"this API key has {mine} replies in progress, its limit", 2.0)
+        elif mine >= api_key.max_concurrent * (1 + self.key_backlog):
+            raise RateLimited(
+                f"this API key has {mine} requests in progress or waiting, its limit"
+                f" ({api_key.max_concurrent} at once, {api_key.max_concurrent * self.key_backlog}"
+                " more waiting)",
+                2.0,
+            )
         if max_queued is not None and queued >= max_queued:
             raise Busy(f"the farm's queue is full ({queued} requests waiting)", 10.0, "queue_full")
         if limit is not None:

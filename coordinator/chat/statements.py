@@ -34,12 +34,12 @@ INSERT_MESSAGES = (
 MESSAGE_VALUES = "(%s, %s, %s, %s, %s, %s, -1, %s, %s, %s, NULL, %s, %s)"
 NEW_JOB = (
     "INSERT INTO job (id, message_id, user_id, model, state, attempt, chunks, api_key_id,"
-    f" created_at) VALUES (%s, %s, %s, %s, '{JobState.QUEUED}', 0, 0, %s, %s)"
+    f" request, created_at) VALUES (%s, %s, %s, %s, '{JobState.QUEUED}', 0, 0, %s, %s, %s)"
 )
 REPLY_REQUEUED = (
     f"UPDATE message SET job_id = %s, state = '{MessageState.QUEUED}', content = '',"
-    " content_seq = -1,"
-    " error = NULL, updated_at = %s WHERE id = %s"
+    " content_seq = -1, prompt_tokens = NULL, completion_tokens = NULL, finish_reason = NULL,"
+    " tool_calls = NULL, error = NULL, updated_at = %s WHERE id = %s"
 )
 HOLDERS = "SELECT id, worker_id, attempt FROM job WHERE id IN {ids} AND state IN " + sql_list(
     (JobState.ASSIGNED, JobState.RUNNING)

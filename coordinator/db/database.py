@@ -76,6 +76,20 @@ def _v6_to_v7(db: pw.Database) -> None:
     db.create_tables([RateBucket])
 
 
+def _v7_to_v8(db: pw.Database) -> None:
+    """What an API client asked for beyond the messages (the model's options, a format,
+    tools, its exact context), and what the model reported (token counts, why it ended,
+    the tools it called)."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(
+        m.add_column("job", "request", pw.TextField(null=True)),
+        m.add_column("message", "prompt_tokens", pw.IntegerField(null=True)),
+        m.add_column("message", "completion_tokens", pw.IntegerField(null=True)),
+        m.add_column("message", "finish_reason", pw.CharField(max_length=32, null=True)),
+        m.add_column("message", "tool_calls", pw.TextField(null=True)),
+    )
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -85,6 +99,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _v4_to_v5,
     5: _v5_to_v6,
     6: _v6_to_v7,
+    7: _v7_to_v8,
 }
 
 

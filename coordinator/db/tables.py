@@ -11,7 +11,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def now() -> float:
@@ -121,6 +121,12 @@ class Message(_Base):
     error = pw.TextField(null=True)
     created_at = pw.DoubleField(default=now)
     updated_at = pw.DoubleField(default=now)
+    # A reply's tokens as its model counted them, why it ended ("stop", "length",
+    # "tool_calls"), and the tool calls it made (JSON), once it succeeded.
+    prompt_tokens = pw.IntegerField(null=True)
+    completion_tokens = pw.IntegerField(null=True)
+    finish_reason = pw.CharField(max_length=32, null=True)
+    tool_calls = pw.TextField(null=True)
 
     class Meta:
         indexes = ((("thread", "created_at"), False),)
@@ -147,6 +153,8 @@ class Job(_Base):
     # The worker the previous attempt failed on: a retry goes elsewhere when it can.
     avoid_worker_id = pw.CharField(max_length=64, null=True)
     error = pw.TextField(null=True)
+    # An API request's generation settings and exact context (JSON: JobRequest)
+    request = pw.TextField(null=True)
     created_at = pw.DoubleField(default=now)
     assigned_at = pw.DoubleField(null=True)
     accepted_at = pw.DoubleField(null=True)

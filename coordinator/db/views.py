@@ -4,6 +4,7 @@ Every query that returns messages selects :data:`MESSAGE_COLUMNS` (hand-written
 statements) or :func:`message_fields` (the query builder), in that order, and hands the
 rows here."""
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -14,7 +15,8 @@ from farm_protocol.chat import MessageView, ThreadView
 
 # The columns a MessageView is built from, in order.
 MESSAGE_COLUMNS = (
-    "id, thread_id, role, author, content, state, model, job_id, content_seq, error, created_at"
+    "id, thread_id, role, author, content, state, model, job_id, content_seq, error, created_at,"
+    " prompt_tokens, completion_tokens, finish_reason, tool_calls"
 )
 _VIEW_FIELDS = (
     "message_id",
@@ -28,6 +30,10 @@ _VIEW_FIELDS = (
     "content_seq",
     "error",
     "created_at",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "tool_calls",
 )
 
 
@@ -45,12 +51,19 @@ def message_fields() -> list[pw.Field]:
         Message.content_seq,
         Message.error,
         Message.created_at,
+        Message.prompt_tokens,
+        Message.completion_tokens,
+        Message.finish_reason,
+        Message.tool_calls,
     ]
 
 
 def message_view(row: Sequence[Any]) -> MessageView:
     """The view of a row selected as :data:`MESSAGE_COLUMNS`."""
-    return MessageView.model_validate(dict(zip(_VIEW_FIELDS, row, strict=True)))
+    fields = dict(zip(_VIEW_FIELDS, row, strict=True))
+    if fields["tool_calls"] is not None:
+        fields["tool_calls"] = json.loads(fields["tool_calls"])
+    return MessageView.model_validate(fields)
 
 
 def message_views(rows: Iterable[Sequence[Any]]) -> list[MessageView]:

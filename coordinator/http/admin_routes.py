@@ -14,6 +14,7 @@ from coordinator.http.context import HttpContext
 from coordinator.http.responses import error, json_response, read_body, wrong_token
 from coordinator.http.routing import Route, blueprint
 from coordinator.jobs import reports
+from coordinator.keys import usage
 from coordinator.keys.hashing import hash_key
 from farm_protocol.ids import check_id
 
@@ -104,6 +105,21 @@ async def revoke_key(ctx: HttpContext, key_id: str) -> Response:
     return json_response(asdict(await ctx.runner.call(ctx.api_keys.get, kid)))
 
 
+async def key_usage(ctx: HttpContext, key_id: str) -> Response:
+    """Replies and tokens per day (UTC) for the last ``days`` days (default 30)."""
+    kid = check_id(key_id, "API key id")
+    try:
+        days = int(request.args.get("days", "30"))
+    except ValueError:
+        raise ValueError("days must be a whole number") from None
+    if not 1 <= days <= 366:
+        raise ValueError("days must be between 1 and 366")
+    key = asdict(await ctx.runner.call(ctx.api_keys.get, kid))
+    found = await ctx.runner.call(usage.key_usage, ctx.runner.db, kid, days)
+    per_day = [asdict(d) | {"total_tokens": d.total_tokens} for d in found]
+    return json_response({"api_key": key, "days": days, "usage": per_day})
+
+
 # --- jobs and the queue ------------------------------------------------------------------
 
 
@@ -150,6 +166,7 @@ ROUTES = [
     Route("GET", "/api-keys", list_keys),
     Route("POST", "/api-keys", add_key),
     Route("POST", "/api-keys/<key_id>/revoke", revoke_key),
+    Route("GET", "/api-keys/<key_id>/usage", key_usage),
     Route("GET", "/jobs", list_jobs),
     Route("GET", "/jobs/<job_id>", get_job),
     Route("POST", "/jobs/<job_id>/cancel", cancel_job),

@@ -10,26 +10,22 @@ from coordinator.http.admission import admit_limit, refused
 from coordinator.http.context import HttpContext
 from coordinator.http.responses import error, json_response, read_body, wrong_token
 from coordinator.http.routing import Route, blueprint
+from coordinator.jobs import reports
 from coordinator.keys.api_keys import ApiKeyInfo, check_api_key
 from farm_protocol.chat import SendMessageResponse
 from farm_protocol.ids import TopicId
-
-_MAX_TURNS = 200
+from farm_protocol.payloads import Generation
 
 
 class InvalidKey(CoordinatorError):
     """No such live API key."""
 
 
-class Turn(BaseModel):
-    role: str = Field(pattern="^(system|user|assistant)$")
-    content: str = Field(max_length=100_000)
+class CompletionRequest(Generation):
+    """An API client's request, translated by the webapp (``Generation``), with its key."""
 
-
-class CompletionRequest(BaseModel):
     api_key: str = Field(max_length=200)
     model: str = Field(min_length=1, max_length=200)
-    messages: list[Turn] = Field(min_length=1, max_length=_MAX_TURNS)
     # the new thread's id, from the webapp (it subscribes to the thread's events first)
     thread_id: TopicId | None = None
 
@@ -71,7 +67,7 @@ async def completions(ctx: HttpContext) -> Response:
             ctx.chat.requests.start_api_conversation,
             info,
             model,
-            [(t.role, t.content) for t in req.messages],
+            Generation.model_validate(req.model_dump(include=set(Generation.model_fields))),
             max_queued=ctx.max_queued,
             limit=limit,
             thread_id=req.thread_id,
@@ -83,7 +79,25 @@ async def completions(ctx: HttpContext) -> Response:
     return json_response(SendMessageResponse(user_message=new.user_message, reply=new.reply), 201)
 
 
+class CancelRequest(BaseModel):
+    api_key: str = Field(max_length=200)
+    job_id: TopicId
+    reason: str = Field(default="the client went away", max_length=200)
+
+
+async def cancel(ctx: HttpContext) -> Response:
+    """An API client hung up: stop its job (only a job its own key asked for)."""
+    req = await read_body(CancelRequest)
+    info = await _checked(ctx, req.api_key)
+    found = await ctx.runner.call(reports.job, ctx.runner.db, req.job_id)
+    if found is None or found.api_key_id != info.id:
+        return error(404, f"no job {req.job_id} for this key")
+    view = await ctx.cancel(req.job_id, req.reason)
+    return json_response({"cancelled": view is not None})
+
+
 ROUTES = [
+    Route("POST", "/cancel", cancel),
     Route("POST", "/keys/check", check),
     Route("GET", "/models", models),
     Route("POST", "/completions", completions),

@@ -14,7 +14,15 @@ from coordinator.db.database import write_transaction
 from coordinator.db.views import message_views
 from coordinator.jobs import statements as q
 from coordinator.jobs.health import WorkerHealth
-from coordinator.jobs.records import ActiveJob, Cancel, Expected, Finished, TextAppend, Where
+from coordinator.jobs.records import (
+    ActiveJob,
+    Cancel,
+    Expected,
+    Finished,
+    Landed,
+    TextAppend,
+    Where,
+)
 from coordinator.jobs.states import ACTIVE, JobState
 from coordinator.jobs.stream_writes import apply_text
 from farm_protocol.chat import MessageView
@@ -56,13 +64,13 @@ class Endings:
         writing them)."""
         with write_transaction(self.db):
             stamp = time.time()
-            self._apply(tail, stamp)
+            started = self._apply(tail, stamp)
             row = sql.execute(self.db, q.STORED_TEXT, (job.message_id,)).fetchone()
             if row is None:
                 return Finished()
             stored_seq, content = int(row[0]), str(row[1])
             if stored_seq + 1 < expected.chunks:
-                return Finished(missing_after=stored_seq)
+                return Finished(missing_after=stored_seq, started=started)
             exact = (
                 stored_seq + 1 == expected.chunks
                 and len(content) == expected.chars
@@ -77,16 +85,21 @@ class Endings:
                     len(content),
                     expected.chars,
                 )
+            if exact:
+                sql.execute(self.db, q.REPLY_USAGE, (*expected.usage, job.message_id))
             outcome = JobState.SUCCEEDED if exact else JobState.FAILED
             error = None if exact else "the reply arrived incomplete or corrupted"
             where = Where.held(job.job_id, job.attempt, job.worker_id)
-            return Finished(view=self.end(where, outcome, error, stamp))
+            return Finished(view=self.end(where, outcome, error, stamp), started=started)
 
-    def _apply(self, tail: Tail, stamp: float) -> None:
+    def _apply(self, tail: Tail, stamp: float) -> bool:
+        """Write ``tail``; whether that started the reply (its first text)."""
         if tail is None:
-            return
+            return False
+        started = False
         for item in [tail] if isinstance(tail, TextAppend) else tail:
-            apply_text(self.db, item, stamp)
+            started |= apply_text(self.db, item, stamp).landed is Landed.STARTED
+        return started
 
     def fail_or_retry(
         self,

@@ -18,6 +18,7 @@ class QueuedJob:
     created_at: float
     owner: str  # the API key, else the user
     avoid_worker: str | None = None  # the worker the previous attempt failed on
+    cap: int | None = None  # the most the owner may have running at once (an API key's)
 
 
 def fair_order(jobs: Iterable[QueuedJob], running: Mapping[str, int]) -> list[QueuedJob]:
@@ -30,6 +31,22 @@ def fair_order(jobs: Iterable[QueuedJob], running: Mapping[str, int]) -> list[Qu
         ranked.append((turn, job.created_at, job.id, job))
     ranked.sort(key=lambda r: r[:3])
     return [r[3] for r in ranked]
+
+
+def startable(order: Sequence[QueuedJob], running: Mapping[str, int]) -> list[QueuedJob]:
+    """The jobs of ``order`` that may start now: an owner with a cap (an API key's
+    concurrency) gets at most that many running; the rest of its jobs wait their turn."""
+    room: dict[str, int] = {}
+    out = []
+    for job in order:
+        if job.cap is None:
+            out.append(job)
+            continue
+        left = room.setdefault(job.owner, job.cap - running.get(job.owner, 0))
+        if left > 0:
+            room[job.owner] = left - 1
+            out.append(job)
+    return out
 
 
 def positions(order: Sequence[QueuedJob]) -> dict[str, int]:

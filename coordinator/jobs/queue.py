@@ -2,6 +2,7 @@
 for workers. A claim is one conditional UPDATE (the job must still be queued) whose row
 count is checked, and it respects the worker's free slots as the database sees them."""
 
+import json
 import time
 from collections.abc import Sequence
 
@@ -12,12 +13,12 @@ from coordinator.db.database import write_transaction
 from coordinator.db.views import message_views
 from coordinator.jobs import statements as q
 from coordinator.jobs.endings import Endings
-from coordinator.jobs.fairness import QueuedJob, fair_order
+from coordinator.jobs.fairness import QueuedJob, fair_order, startable
 from coordinator.jobs.records import Pick, Where
 from coordinator.jobs.states import JobState
 from farm_protocol.chat import MessageView
 from farm_protocol.codec import encode
-from farm_protocol.payloads import MAX_PACKET_BYTES, ChatTurn, JobAssignment
+from farm_protocol.payloads import MAX_PACKET_BYTES, ChatTurn, Generation, JobAssignment
 
 
 def active_by_owner(db: pw.Database) -> dict[str, int]:
@@ -33,13 +34,16 @@ def active_counts(db: pw.Database) -> dict[str, int]:
 def queued_in_order(db: pw.Database, limit: int = 1000, *, lock: bool = False) -> list[QueuedJob]:
     """The oldest ``limit`` queued jobs, in serving order (round-robin by owner).
 
-    With ``lock`` (inside a dispatch round's transaction, on PostgreSQL) the rows are
-    locked ``FOR UPDATE SKIP LOCKED``: a second coordinator dispatching at the same moment
-    skips them and takes the next jobs instead of racing for the same ones."""
+    With ``lock`` (inside a dispatch round's transaction) only the jobs that may start
+    now (``startable``), and on PostgreSQL the rows are locked ``FOR UPDATE SKIP
+    LOCKED``: a second coordinator dispatching at the same moment skips them and takes
+    the next jobs instead of racing for the same ones."""
     locking = lock and not sql.is_sqlite(db)
     rows = sql.execute(db, q.QUEUED_OLDEST + (q.SKIP_LOCKED if locking else ""), (limit,))
-    jobs = [QueuedJob(j, m, c, str(o), a) for j, m, c, o, a in rows]
-    return fair_order(jobs, active_by_owner(db))
+    jobs = [QueuedJob(j, m, c, str(o), a, cap) for j, m, c, o, a, cap in rows]
+    running = active_by_owner(db)
+    order = fair_order(jobs, running)
+    return startable(order, running) if lock else order
 
 
 class JobQueue:
@@ -129,9 +133,11 @@ class JobQueue:
         }
         assigned: list[tuple[str, JobAssignment]] = []
         for pick in landed:
-            job_id, attempt, model, api_key_id, thread_id, asked_at = rows[pick.job_id]
+            job_id, attempt, model, api_key_id, thread_id, asked_at, request = rows[pick.job_id]
+            # An API request's own context and settings; a chat reply's is its thread's.
+            asked = Generation.model_validate_json(request) if request else Generation()
             limit = self.api_context_messages if api_key_id else self.context_messages
-            context = self._context(thread_id, asked_at, limit)
+            context = asked.messages or self._context(thread_id, asked_at, limit)
             if not context:  # nothing to answer (the question was deleted): fail it
                 where = Where(job_id, " AND attempt = %s", (attempt,))
                 self.endings.end(where, JobState.FAILED, "there is nothing to reply to", stamp)
@@ -143,6 +149,13 @@ class JobQueue:
                     attempt=attempt,
                     model=model,
                     messages=context,
+                    options=asked.options,
+                    format=asked.format,
+                    tools=asked.tools,
+                    task=asked.task,
+                    inputs=asked.inputs,
+                    dimensions=asked.dimensions,
+                    truncate=asked.truncate,
                     issued_at=stamp,
                 )
             )
@@ -172,7 +185,10 @@ def fit_assignment(assignment: JobAssignment) -> JobAssignment | None:
     are left out (the system prompt and the question stay); None if even that is too
     long."""
     turns = list(assignment.messages)
-    if sum(len(t.content) for t in turns) * 6 + 4096 < ASSIGNMENT_BYTES:
+    settings = len(
+        json.dumps([assignment.tools, assignment.format, assignment.options, assignment.inputs])
+    )
+    if sum(len(t.content) for t in turns) * 6 + settings + 4096 < ASSIGNMENT_BYTES:
         return assignment  # fits whatever its characters (6 bytes is the most JSON takes)
     while len(encode(assignment)) > ASSIGNMENT_BYTES:
         dropped = next((i for i, t in enumerate(turns[:-1]) if t.role != "system"), None)

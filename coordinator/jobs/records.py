@@ -92,6 +92,8 @@ class Expected:
     chunks: int
     chars: int
     sha256: str
+    # what the model reported, kept with a reply that holds exactly this text
+    usage: tuple[int | None, int | None, str | None, str | None] = (None, None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ class Finished:
 
     view: MessageView | None = None
     missing_after: int | None = None
+    started: bool = False  # the reply's first text was written with the done
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,7 +150,7 @@ class FarmWorker(BaseModel):
     capacity: int
     replies_served: int
     chars_served: int
-    recent_chars_per_s: float  # over the last minute
+    recent_tokens_per_s: float  # generated, over the last minute
     simulated: bool
 
 
@@ -160,7 +160,7 @@ class FarmView(BaseModel):
     workers: list[FarmWorker]
     queue_depth: int
     replies_last_minute: int
-    chars_per_s_last_minute: float
+    tokens_per_s_last_minute: float  # generated, as the models counted them
 
 
 def farm_view(
@@ -173,9 +173,9 @@ def farm_view(
     since = stamp - window_s
     recent: dict[str, int] = {}
     replies = 0
-    for worker_id, chars in _rows(
+    for worker_id, tokens in _rows(
         db,
-        Job.select(Job.worker_id, pw.fn.LENGTH(Message.content))
+        Job.select(Job.worker_id, Message.completion_tokens)
         .join(Message)
         .where(
             (Job.state == JobState.SUCCEEDED)
@@ -183,7 +183,7 @@ def farm_view(
             & (Job.finished_at >= since)
         ),
     ):
-        recent[str(worker_id)] = recent.get(str(worker_id), 0) + int(chars or 0)
+        recent[str(worker_id)] = recent.get(str(worker_id), 0) + int(tokens or 0)
         replies += 1
     held = active_counts(db)
     rows = Worker.select().where(
@@ -200,7 +200,7 @@ def farm_view(
             capacity=w.capacity,
             replies_served=w.jobs_succeeded,
             chars_served=w.chars_generated,
-            recent_chars_per_s=round(recent.get(w.id, 0) / window_s, 1),
+            recent_tokens_per_s=round(recent.get(w.id, 0) / window_s, 1),
             simulated=w.simulated,
         )
         for w in rows.order_by(Worker.name).execute(db)
@@ -209,5 +209,5 @@ def farm_view(
         workers=workers,
         queue_depth=Job.select().where(Job.state == JobState.QUEUED).count(db),
         replies_last_minute=replies,
-        chars_per_s_last_minute=round(sum(recent.values()) / window_s, 1),
+        tokens_per_s_last_minute=round(sum(recent.values()) / window_s, 1),
     )

@@ -28,7 +28,8 @@ ACTIVE_BY_WORKER = (
     f"SELECT worker_id, COUNT(*) FROM job WHERE state IN {_ACTIVE} GROUP BY worker_id"
 )
 QUEUED_OLDEST = (
-    "SELECT id, model, created_at, COALESCE(api_key_id, user_id), avoid_worker_id FROM job"
+    "SELECT id, model, created_at, COALESCE(api_key_id, user_id), avoid_worker_id,"
+    " (SELECT max_concurrent FROM api_key WHERE api_key.id = job.api_key_id) FROM job"
     f" WHERE state = {_QUEUED} ORDER BY created_at, id LIMIT %s"
 )
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
@@ -43,7 +44,7 @@ CLAIM = (
     f"chunks = 0 WHERE id = %s AND state = {_QUEUED}"
 )
 CLAIMED = (
-    "SELECT j.id, j.attempt, j.model, j.api_key_id, m.thread_id, m.created_at"
+    "SELECT j.id, j.attempt, j.model, j.api_key_id, m.thread_id, m.created_at, j.request"
     " FROM job j JOIN message m ON m.id = j.message_id WHERE j.id IN {ids}"
 )
 # The thread's latest system prompt before the reply, then its last N completed turns.
@@ -107,6 +108,10 @@ TEXT_CONTINUES = (
 )
 STORED_UP_TO = "SELECT content_seq FROM message WHERE id = %s"
 STORED_TEXT = "SELECT content_seq, content FROM message WHERE id = %s"
+REPLY_USAGE = (
+    "UPDATE message SET prompt_tokens = %s, completion_tokens = %s, finish_reason = %s,"
+    " tool_calls = %s WHERE id = %s"
+)
 # Running jobs quiet since a moment: the last of their progress may have been lost.
 QUIET_JOBS = (
     "SELECT j.id, m.thread_id, j.attempt, j.worker_id, m.content_seq FROM job j"

@@ -12,6 +12,7 @@ at the next flush (the text before it is usually being written by another coordi
 that moment); still missing after ``gap_s``, it is asked of the worker again."""
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from coordinator.jobs.endings import Endings
 from coordinator.jobs.records import ActiveJob, Expected, TextAppend
 from coordinator.jobs.stream_writes import StreamWrites
 from coordinator.mqtt.bus import Bus
-from farm_protocol.chat import MessageView
+from farm_protocol.chat import MessageState, MessageView
 from farm_protocol.payloads import (
     JobAccepted,
     JobCheckpoint,
@@ -36,6 +37,19 @@ from farm_runtime.logs import DropLog
 log = logging.getLogger(__name__)
 
 _MAX_WAITING = 64  # appends one job may keep waiting for a gap to fill
+
+
+def usage_of(done: JobDone) -> tuple[int | None, int | None, str | None, str | None]:
+    """What a *done* says the model did, as the reply keeps it: its token counts, why it
+    ended (OpenAI's words: "tool_calls" when it called tools), and the calls (JSON)."""
+    reason = done.done_reason
+    calls = None
+    if done.tool_calls:
+        reason = "tool_calls"
+        calls = json.dumps([c.model_dump() for c in done.tool_calls])
+    elif reason not in (None, "stop", "length"):
+        reason = "stop"  # Ollama's "load" or "unload" end no reply of ours
+    return done.prompt_eval_count, done.eval_count, reason, calls
 
 
 def text_append(job: ActiveJob, texts: JobCheckpoint | JobDone | JobFailed) -> TextAppend | None:
@@ -107,6 +121,7 @@ class JobStreams:
         self._next_quiet_check = 0.0
         self._ignored = DropLog(log, level=logging.INFO)
         self.on_first_token: Callable[[float], None] = lambda seconds: None
+        self.on_succeeded: Callable[[MessageView], None] = lambda view: None
 
     async def on_event(self, worker_id: str, thread_id: str, event: JobProgress) -> None:
         """``event`` from ``worker_id``, on its topic for ``thread_id``."""
@@ -166,8 +181,10 @@ class JobStreams:
         last = text_append(held.job, done)
         if last is not None:
             tail.append(last)
-        expected = Expected(done.chunks, done.chars, done.sha256)
+        expected = Expected(done.chunks, done.chars, done.sha256, usage_of(done))
         finished = await self.runner.call(self.endings.finish_checked, held.job, expected, tail)
+        if finished.started:  # a short reply: its first text came with its done
+            self.on_first_token(time.time() - held.job.created_at)
         if finished.missing_after is not None:
             self._note_gap(held, finished.missing_after, time.monotonic())
             return  # tried again at each flush until the text before it is stored
@@ -195,6 +212,8 @@ class JobStreams:
         self._asked.pop(job_id, None)
         if view is not None:
             log.info("job %s ended: message %s is %s", job_id, view.message_id, view.state)
+            if view.state is MessageState.DONE:
+                self.on_succeeded(view)
             await self.bus.message(view)
         self.wake_dispatcher()
 

@@ -124,8 +124,10 @@ class WorkerPresence:
             if is_online(r, stamp, self.grace_s)
         ]
         served: set[str] = set()
+        loaded: set[str] = set()
         for row in rows:
             served.update(json.loads(row.models))
+            loaded.update(json.loads(row.loaded_models))
         order = [normalize_model(m) for m in preferred]
         ranked = [m for m in order if m in served] + sorted(served - set(order))
         models = [display_model(m) for m in ranked]
@@ -135,6 +137,7 @@ class WorkerPresence:
             default_model=models[0] if models else None,
             workers_online=len(rows),
             simulated=bool(rows) and all(r.simulated for r in rows),
+            loaded=[display_model(m) for m in sorted(loaded)],
         )
 
     def offered_model(self, requested: str | None, preferred: list[str]) -> str | None:

@@ -4,7 +4,9 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +14,14 @@ from quart import Quart, Response, request
 
 from farm_protocol.models import normalize_model
 from farm_runtime.http_serving import request_json
-from llama_farm.ollama_sim.replies import lorem_tokens, parse_directives, tokenize
+from llama_farm.ollama_sim.replies import (
+    call_of,
+    embedding,
+    json_reply,
+    lorem_tokens,
+    parse_directives,
+    tokenize,
+)
 from llama_farm.ollama_sim.settings import SimSettings
 
 VERSION = "0.0.0-llama-farm-sim"
@@ -56,6 +65,9 @@ class SimState:
         self.streams = {"active": 0, "completed": 0, "aborted": 0}
         # ``[[sim:faults=N]]``: how many requests with each such message have faulted.
         self.faulted: dict[str, int] = {}
+        # What the latest generation requests asked for (their options, format and tools),
+        # so that tests can check what a client's parameters became on the way here.
+        self.requests: deque[dict[str, Any]] = deque(maxlen=200)
 
     def fault_now(self, message: str, times: int) -> bool:
         """Whether this request faults: only the first ``times`` with this message do."""
@@ -87,6 +99,11 @@ def create_sim_app(settings: SimSettings) -> Quart:
     async def streams() -> dict[str, int]:
         """Not Ollama's: the simulator's own counters, for tests."""
         return dict(state.streams)
+
+    @app.get("/sim/requests")
+    async def requests() -> dict[str, Any]:
+        """Not Ollama's: the latest generation requests as received, oldest first."""
+        return {"requests": list(state.requests)}
 
     @app.get("/api/version")
     async def version() -> dict[str, str]:
@@ -179,6 +196,41 @@ def create_sim_app(settings: SimSettings) -> Quart:
             return Response(json.dumps({"status": "success"}), content_type="application/json")
         return Response(progress(), content_type="application/x-ndjson")
 
+    @app.post("/api/embed")
+    async def embed() -> Response:
+        """Deterministic vectors (``replies.embedding``): the same input, the same vector."""
+        body = await _body()
+        name = normalize_model(str(body.get("model") or ""))
+        if name not in state.installed:
+            return _error(404, f'model "{body.get("model")}" not found, try pulling it first')
+        given = body.get("input")
+        inputs = [given] if isinstance(given, str) else given
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            return _error(400, "input must be a string or a list of strings")
+        dims = body.get("dimensions")
+        size = dims if isinstance(dims, int) and dims > 0 else settings.embedding_dims
+        state.requests.append(
+            {
+                "path": "/api/embed",
+                "model": name,
+                "input": inputs,
+                **{k: body[k] for k in ("options", "dimensions", "truncate") if body.get(k)},
+            }
+        )
+        state.touch(name)
+        return Response(
+            json.dumps(
+                {
+                    "model": body.get("model"),
+                    "embeddings": [embedding(name, text, size) for text in inputs],
+                    "total_duration": 1_000_000,
+                    "load_duration": 0,
+                    "prompt_eval_count": sum(len(tokenize(text)) for text in inputs),
+                }
+            ),
+            content_type="application/json",
+        )
+
     @app.post("/api/chat")
     async def chat() -> Response:
         return await _generate(await _body(), chat=True)
@@ -198,6 +250,18 @@ def create_sim_app(settings: SimSettings) -> Quart:
         )
         if not isinstance(messages, list):
             return _error(400, "messages must be a list")
+        state.requests.append(
+            {
+                "path": "/api/chat" if chat else "/api/generate",
+                "model": name,
+                "messages": messages,
+                **{
+                    k: body[k]
+                    for k in ("options", "format", "tools", "stream")
+                    if body.get(k) not in (None, [], {}, "")  # what a client left out
+                },
+            }
+        )
         plan = _plan(settings, state, name, messages, body)
         if plan.fault == "http_error":
             return _error(500, "simulated failure: the model runner crashed")
@@ -205,11 +269,14 @@ def create_sim_app(settings: SimSettings) -> Quart:
             await asyncio.Event().wait()  # never answers; ends when the client goes away
         key = "message" if chat else "response"
 
-        def part(text: str) -> dict[str, Any]:
+        def part(text: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = calls
             return {
                 "model": body.get("model"),
                 "created_at": _stamp(),
-                key: {"role": "assistant", "content": text} if chat else text,
+                key: message if chat else text,
             }
 
         async def tokens() -> AsyncIterator[dict[str, Any]]:
@@ -223,16 +290,18 @@ def create_sim_app(settings: SimSettings) -> Quart:
                 if i and plan.delay_s:
                     await asyncio.sleep(plan.delay_s)
                 yield part(token)
+            if plan.tool_calls and chat:
+                yield part("", plan.tool_calls)
             state.touch(name)
             total = time.monotonic_ns() - started
             final = part("") | {
                 "done": True,
-                "done_reason": "stop",
+                "done_reason": plan.done_reason,
                 "total_duration": total,
                 "load_duration": load_ns,
                 "prompt_eval_count": plan.prompt_tokens,
                 "prompt_eval_duration": 1_000_000,
-                "eval_count": len(plan.tokens),
+                "eval_count": plan.eval_count,
                 "eval_duration": max(total - load_ns, 0),
             }
             if not chat:
@@ -248,6 +317,8 @@ def create_sim_app(settings: SimSettings) -> Quart:
                 last = item
             if chat:
                 last[key] = {"role": "assistant", "content": "".join(text)}
+                if plan.tool_calls:
+                    last[key]["tool_calls"] = plan.tool_calls
             else:
                 last[key] = "".join(text)
             return Response(json.dumps(last), content_type="application/json")
@@ -270,39 +341,48 @@ def create_sim_app(settings: SimSettings) -> Quart:
     return app
 
 
+@dataclass(slots=True)
 class _Plan:
-    def __init__(
-        self,
-        tokens: list[str],
-        first_token_s: float,
-        load_s: float,
-        delay_s: float,
-        fault: str | None,
-        prompt_tokens: int,
-    ) -> None:
-        self.tokens = tokens
-        self.first_token_s = first_token_s
-        self.load_s = load_s
-        self.delay_s = delay_s
-        self.fault = fault
-        self.prompt_tokens = prompt_tokens
+    tokens: list[str]
+    first_token_s: float
+    load_s: float
+    delay_s: float
+    fault: str | None
+    prompt_tokens: int
+    done_reason: str = "stop"
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    eval_count: int = 0
 
 
 def _plan(
     settings: SimSettings, state: SimState, name: str, messages: list[Any], body: dict[str, Any]
 ) -> _Plan:
+    """What to answer, as a model would: the reply text (or a tool call, or JSON when a
+    format is asked for), cut by ``num_predict`` (done_reason "length") and at the first
+    ``stop`` sequence; its pace; any fault asked for."""
     last_user = ""
     for message in messages:
         if isinstance(message, dict) and message.get("role") == "user":
             last_user = str(message.get("content") or "")
     clean, directives = parse_directives(last_user)
-    options = body.get("options") or {}
-    limit = options.get("num_predict") if isinstance(options, dict) else None
-    count = directives.tokens or (limit if isinstance(limit, int) and limit > 0 else None)
-    if directives.echo or settings.reply == "echo":
+    given = body.get("options")
+    options: dict[str, Any] = given if isinstance(given, dict) else {}
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    tool_calls: list[dict[str, Any]] = []
+    if last.get("role") == "tool":
+        tool = last.get("tool_name") or "the tool"
+        tokens = tokenize(f"{tool} returned: {last.get('content') or ''}")
+    elif tools and isinstance(tools[0], dict):
+        tool_calls = [call_of(tools[0], _plain(messages))]
+        tokens = []
+    elif body.get("format"):
+        tokens = tokenize(json_reply(body["format"], name, _plain(messages)))
+    elif directives.echo or settings.reply == "echo":
         tokens = tokenize(clean) or ["…"]
     else:
-        tokens = lorem_tokens(name, _plain(messages), count or settings.reply_tokens)
+        tokens = lorem_tokens(name, _plain(messages), directives.tokens or settings.reply_tokens)
+    tokens, done_reason = _cut(tokens, options)
     tps = directives.tps if directives.tps is not None else settings.tokens_per_s
     load_s = 0.0 if state.is_loaded(name) else settings.load_ms / 1000
     fault = directives.fault or (None if settings.fault == "none" else settings.fault)
@@ -318,7 +398,25 @@ def _plan(
         1 / tps if tps > 0 else 0.0,
         fault,
         prompt_tokens,
+        done_reason,
+        tool_calls,
+        eval_count=len(tokens) + sum(len(json.dumps(c)) // 4 for c in tool_calls),
     )
+
+
+def _cut(tokens: list[str], options: dict[str, Any]) -> tuple[list[str], str]:
+    """The tokens up to the first ``stop`` sequence (left out, as Ollama does), and at
+    most ``num_predict`` of them; and why the reply ended."""
+    stop = options.get("stop")
+    stops = [stop] if isinstance(stop, str) else [s for s in stop or () if isinstance(s, str)]
+    text = "".join(tokens)
+    ends = [text.find(s) for s in stops if s and s in text]
+    if ends:
+        tokens = tokenize(text[: min(ends)])
+    limit = options.get("num_predict")
+    if isinstance(limit, int) and 0 <= limit < len(tokens):
+        return tokens[:limit], "length"
+    return tokens, "stop"
 
 
 def _plain(messages: list[Any]) -> list[dict[str, Any]]:

@@ -24,3 +24,6 @@ class SimSettings(BaseSettings):
     tokens_per_s: float = Field(default=30.0, ge=0)  # 0 = as fast as possible
     keep_alive_s: float = 300.0  # how long a model stays "loaded" after a request
     fault: Fault = "none"  # applied to every chat/generate request
+    # The length of the vectors /api/embed gives (any model embeds, unless asked for
+    # ``dimensions``)
+    embedding_dims: int = Field(default=8, ge=1, le=8192)

@@ -158,7 +158,7 @@ def test_the_farm_page_shows_the_workers_and_their_work(dev_farm: str) -> None:
         assert "llama3" in cells[1]
         assert cells[2] == "idle"
         assert cells[3] == "1"  # the reply just served
-        assert float(cells[4]) > 0  # characters/s over the last minute
+        assert float(cells[4]) > 0  # tokens/s over the last minute
         assert farm.locator("#workers-online").inner_text() == "1"
         assert farm.locator("#replies-minute").inner_text() == "1"
         screenshot(farm, "llama-farm-farm.png")

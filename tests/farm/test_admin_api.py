@@ -127,6 +127,10 @@ async def test_admin_api(
         assert (
             await admin.post("/api-keys", json={"name": "x", "max_concurrent": 0})
         ).status_code == 400
+        usage = (await admin.get(f"/api-keys/{key_id}/usage", params={"days": 7})).json()
+        assert (usage["days"], usage["usage"], usage["api_key"]["id"]) == (7, [], key_id)
+        assert (await admin.get(f"/api-keys/{key_id}/usage?days=0")).status_code == 400
+        assert (await admin.get("/api-keys/nope/usage")).status_code == 404
         assert (await admin.post(f"/api-keys/{key_id}/revoke")).json()["revoked_at"] is not None
 
         # Metrics (Prometheus text), after one completed reply.

@@ -19,7 +19,7 @@ from coordinator.mqtt.bus import Bus
 from coordinator.workers.presence import WorkerLoad, WorkerPresence
 from coordinator.workers.registry import WorkerRegistry
 from farm_runtime.outbox import Outbox
-from tests.support.stores import add_worker
+from tests.support.stores import add_worker, asking
 
 
 def dispatcher(store: JobStores, db: pw.Database) -> Dispatcher:
@@ -49,7 +49,7 @@ def test_fair_order_takes_turns_between_owners() -> None:
 def test_one_heavy_client_does_not_starve_a_chat_user(db: pw.Database) -> None:
     """An API key with six replies queued first; the chat user's one reply queued last
     still goes out in the first round with a free slot after the key's first."""
-    chat = ChatStores.open(db)
+    chat = ChatStores.open(db, key_backlog=0)
     key, _ = ApiKeyStore(db).create("batch job", max_concurrent=6)
     thread = chat.threads.create_thread(key.user_id, "")
     heavy = [
@@ -66,6 +66,27 @@ def test_one_heavy_client_does_not_starve_a_chat_user(db: pw.Database) -> None:
     got = [a.job_id for _, a in dispatcher(store, db)._round().assigned]
     assert got == [heavy[0], light]
     assert positions(store.queue.queued_jobs())[heavy[1]] == 1
+
+
+def test_a_key_past_its_concurrency_waits_its_turn_up_to_its_backlog(db: pw.Database) -> None:
+    """A key of 2 at once with a backlog of 2 per slot: 6 requests are taken, the 7th is
+    refused (429); only 2 run at once however many slots are free, and when one ends the
+    next of the key's starts."""
+    chat = ChatStores.open(db, key_backlog=2)
+    key, _ = ApiKeyStore(db).create("bursty", max_concurrent=2)
+    jobs = [
+        chat.requests.start_api_conversation(key, "llama3", asking([("user", f"q{i}")])).job_id
+        for i in range(6)
+    ]
+    with pytest.raises(RateLimited, match="2 at once, 4 more waiting"):
+        chat.requests.start_api_conversation(key, "llama3", asking([("user", "q7")]))
+    add_worker("w", capacity=8)
+    store = JobStores.open(db, context_messages=5, max_attempts=3)
+    first = [a.job_id for _, a in dispatcher(store, db)._round().assigned]
+    assert first == jobs[:2]
+    assert dispatcher(store, db)._round().assigned == []  # the key is at its concurrency
+    store.endings.finish(jobs[0], 1, "w", JobState.SUCCEEDED)
+    assert [a.job_id for _, a in dispatcher(store, db)._round().assigned] == [jobs[2]]
 
 
 def test_a_full_queue_refuses_at_once(db: pw.Database) -> None:
@@ -329,11 +350,13 @@ def test_a_programmatic_request_keeps_its_whole_conversation(db: pw.Database) ->
     key, _ = ApiKeyStore(db).create("bot", max_concurrent=1)
     turns = [("system", "be brief")]
     turns += [("user" if i % 2 == 0 else "assistant", f"turn {i}") for i in range(9)]
-    new = chat.requests.start_api_conversation(key, "llama3", turns)
+    new = chat.requests.start_api_conversation(key, "llama3", asking(turns))
     add_worker("w")
     store = JobStores.open(db, context_messages=5, max_attempts=3)
     assignment = store.queue.claim(new.job_id, "w", 1)
     assert assignment is not None
     assert [(t.role, t.content) for t in assignment.messages] == turns
-    with pytest.raises(ValueError, match="end with a user message"):
-        chat.requests.start_api_conversation(key, "llama3", [("user", "q"), ("assistant", "a")])
+    with pytest.raises(ValueError, match="end with a user or tool message"):
+        chat.requests.start_api_conversation(
+            key, "llama3", asking([("user", "q"), ("assistant", "a")])
+        )

@@ -21,6 +21,7 @@ from coordinator.db.tables import BrowserSession, Job, Message, User
 from coordinator.errors import Busy, Conflict, CoordinatorError, RateLimited
 from coordinator.keys.api_keys import ApiKeyStore
 from farm_protocol.chat import MAX_THREAD_MEMBERS, MessageState
+from tests.support.stores import asking
 
 T = TypeVar("T")
 AT_ONCE = 6
@@ -70,16 +71,19 @@ def test_a_chat_user_has_one_reply_generating_however_many_coordinators(db: pw.D
 
 
 def test_an_api_key_has_its_limit_however_many_coordinators(db: pw.Database) -> None:
+    """A key of 2 at once, with a backlog of one more per slot: 4 taken in all."""
     keys = ApiKeyStore(db)
-    store = ChatStores.open(db)
+    store = ChatStores.open(db, key_backlog=1)
     for round_ in range(ROUNDS):
         key, _ = keys.create(f"client {round_}", max_concurrent=2)
-        ask = partial(store.requests.start_api_conversation, key, "llama3", [("user", "hi")])
+        ask = partial(
+            store.requests.start_api_conversation, key, "llama3", asking([("user", "hi")])
+        )
         results = at_once(db, [ask] * AT_ONCE)
         refused = [r for r in results if isinstance(r, RateLimited)]
         assert [r for r in results if isinstance(r, Exception) and r not in refused] == []
-        assert len(refused) == AT_ONCE - 2, results
-        assert Job.select().where(Job.api_key_id == key.id).count() == 2
+        assert len(refused) == AT_ONCE - 4, results
+        assert Job.select().where(Job.api_key_id == key.id).count() == 4
 
 
 def test_a_reply_retried_by_several_members_at_once_gets_one_job(db: pw.Database) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import peewee as pw
 
-from coordinator.db.database import open_database
+from coordinator.db.database import migrate, open_database
 from coordinator.db.tables import Worker, database_proxy
 from coordinator.keys.hashing import verify_key
 
@@ -94,3 +94,34 @@ def test_adds_of_one_name_at_once_each_get_an_id(tmp_path: Path) -> None:
         if line.startswith("worker id:")
     )
     assert ids == ["gpu-box", "gpu-box-2", "gpu-box-3"]
+
+
+def test_beside_a_dev_farm_the_commands_use_its_database(tmp_path: Path) -> None:
+    """`llama-farm api-keys add` run where `make run` keeps its database, with no database
+    configured, makes its key there (it used to make ./farm.sqlite3 and a key that worked
+    nowhere), and says so; a configured database wins."""
+    dev = tmp_path / ".farm" / "dev.sqlite3"
+    dev.parent.mkdir()
+    made = open_database(f"sqlite:///{dev}")
+    migrate(made)  # as `llama-farm dev` leaves it
+    made.close()
+    env = {k: v for k, v in os.environ.items() if k != "FARM_DATABASE_URL"}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llama_farm.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env | extra,
+            cwd=tmp_path,
+            timeout=30,
+        )
+
+    added = run("api-keys", "add", "--name", "beside dev")
+    assert added.returncode == 0, added.stderr
+    assert f"database: sqlite:///{Path('.farm') / 'dev.sqlite3'} (the dev farm's" in added.stdout
+    assert not (tmp_path / "farm.sqlite3").exists()
+    assert "beside dev" in run("api-keys", "list").stdout
+    elsewhere = run("workers", "list", FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert f"database: sqlite:///{tmp_path / 'other.db'}" in elsewhere.stdout

@@ -4,6 +4,7 @@ import json
 import time
 
 from coordinator.db.tables import Worker
+from farm_protocol.payloads import Generation
 
 
 def add_worker(
@@ -24,3 +25,8 @@ def add_worker(
         models=json.dumps(list(models)),
         loaded_models=json.dumps(list(loaded)),
     )
+
+
+def asking(turns: list[tuple[str, str]]) -> Generation:
+    """An API request's context from (role, content) pairs."""
+    return Generation.model_validate({"messages": [{"role": r, "content": c} for r, c in turns]})

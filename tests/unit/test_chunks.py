@@ -11,7 +11,8 @@ from farm_protocol.payloads import JobChunk
 from farm_runtime.chunks import ChunkSequence
 from tests.support.received import generating_reply, mqtt, thread_event
 from webapp.bridge import Bridge
-from webapp.openai_api import Follow
+from webapp.coordinator_client import CoordinatorClient
+from webapp.replies import Follow
 
 
 def test_chunks_are_released_in_order_once_each() -> None:
@@ -44,7 +45,9 @@ async def test_an_openai_stream_gets_chunks_in_order_whatever_order_they_come_in
     skip a chunk that came after a later one)."""
     bridge = Bridge(queue_size=100)
     view = generating_reply("t1", "j1", "w1")
-    follow = Follow(bridge, await bridge.subscribe("t1"), "j1", "m1")
+    nobody = CoordinatorClient("http://127.0.0.1:9", "token")  # the reply ends: no cancel
+    reply = {"job_id": "j1", "message_id": "m1", "model": "llama3"}
+    follow = Follow(bridge, nobody, await bridge.subscribe("t1"), reply, "key")
     await bridge.handle(thread_event(view))
     pieces: list[str] = []
 

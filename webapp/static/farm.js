@@ -14,7 +14,7 @@
     $("workers-online").textContent = farm.workers.length;
     $("queue-depth").textContent = farm.queue_depth;
     $("replies-minute").textContent = farm.replies_last_minute;
-    $("chars-per-s").textContent = farm.chars_per_s_last_minute;
+    $("tokens-per-s").textContent = farm.tokens_per_s_last_minute;
     const body = $("workers").querySelector("tbody");
     body.replaceChildren(...farm.workers.map((w) => {
       const row = document.createElement("tr");
@@ -25,7 +25,7 @@
         cell(w.models.join(", ")),
         cell(now, `state-${w.state}`),
         cell(String(w.replies_served)),
-        cell(String(w.recent_chars_per_s)),
+        cell(String(w.recent_tokens_per_s)),
       );
       return row;
     }));
