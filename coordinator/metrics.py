@@ -13,8 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from coordinator.jobs import reports
-from coordinator.jobs.states import FINAL
+from coordinator.jobs.states import FINAL, JobState
 from farm_protocol.chat import MessageView
+from farm_runtime.metrics import add_process_collectors
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -25,7 +26,7 @@ class _FromDatabase(Collector):
         self.grace_s = grace_s
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        stats = reports.queue_stats(self.db, self.grace_s)
+        stats = reports.queue_stats(self.db, self.grace_s, totals=False)
         depth = GaugeMetricFamily("farm_queue_depth", "Jobs waiting for a worker", labels=["model"])
         for model, queue in stats.by_model.items():
             depth.add_metric([model], queue.queued)
@@ -39,12 +40,6 @@ class _FromDatabase(Collector):
             oldest.add_metric([model], queue.oldest_wait_s)
         yield oldest
         yield GaugeMetricFamily("farm_jobs_running", "Jobs held by a worker", value=stats.running)
-        finished = CounterMetricFamily(
-            "farm_jobs_finished", "Jobs that ended, by final state", labels=["state"]
-        )
-        for state in FINAL:
-            finished.add_metric([state], stats.jobs_by_state[state])
-        yield finished
         yield GaugeMetricFamily(
             "farm_workers_online", "Workers online and heartbeating", value=stats.workers_online
         )
@@ -91,7 +86,19 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.jobs_finished = Counter(
+            "farm_jobs_finished",
+            "Jobs this coordinator ended, by final state (sum over coordinators)",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in FINAL:
+            self.jobs_finished.labels(state.value)  # every state from the start, at 0
         self.registry.register(_FromDatabase(db, grace_s))
+        add_process_collectors(self.registry)
+
+    def job_ended(self, state: JobState) -> None:
+        self.jobs_finished.labels(state.value).inc()
 
     def count_tokens(self, reply: MessageView) -> None:
         """A reply that succeeded here (each is handled by one coordinator: sum them)."""

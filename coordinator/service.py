@@ -77,6 +77,7 @@ class Coordinator:
         )
         self.streams.on_first_token = self.metrics.time_to_first_token.observe
         self.streams.on_succeeded = self.metrics.count_tokens
+        jobs.endings.on_ended = self.metrics.job_ended
         self.janitor = Janitor(
             self.runner, jobs.deadlines, deadlines_from(s), self.bus, self.streams.forget, wake
         )

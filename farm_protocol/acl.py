@@ -11,7 +11,8 @@ Accounts:
   ``jobs/+`` and ``progress/+``. Nothing of any other worker, no wildcards.
 * ``farm-coordinator``: subscribes to every worker's status, and to heartbeats and job
   progress, shared with the other coordinators (group :data:`COORDINATOR_GROUP`) or
-  plain; publishes assignments, control messages and thread events.
+  plain; publishes assignments, control messages and thread events, and clears the
+  retained status of a worker that is revoked or deleted.
 * ``farm-webapp``: subscribes to live chunks, job progress and thread events (any
   narrower filter of these: one job's, one thread's); publishes nothing.
 * ``farm-observer``: read-only on everything under ``farm/`` (for ``mosquitto_sub``).
@@ -78,6 +79,8 @@ SERVICE_GRANTS: dict[str, list[Grant]] = {
         Grant(Action.PUBLISH, topics.ALL_ASSIGN),
         Grant(Action.PUBLISH, topics.ALL_CONTROL),
         Grant(Action.PUBLISH, topics.ALL_THREAD_EVENTS),
+        # only to clear a revoked worker's retained status (an empty retained message)
+        Grant(Action.PUBLISH, topics.ALL_STATUS),
     ],
     WEBAPP: [
         Grant(Action.SUBSCRIBE, topics.ALL_JOB_EVENTS),

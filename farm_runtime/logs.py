@@ -1,17 +1,43 @@
 """Logging, configured once by each command's entry point."""
 
+import json
 import logging
+import os
 import time
+from datetime import UTC, datetime
 
 from farm_protocol.codec import preview
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log collectors: time (ISO 8601, UTC), level, logger,
+    message, and the exception's traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str = "INFO", log_format: str | None = None) -> None:
+    """Text lines with the date and time (journald adds its own; a log file has only
+    this), or JSON lines with ``log_format="json"`` (default: FARM_LOG_FORMAT)."""
+    handler = logging.StreamHandler()
+    if (log_format or os.environ.get("FARM_LOG_FORMAT", "text")).lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
+            )
+        )
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     for noisy in ("httpx", "hypercorn.access", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

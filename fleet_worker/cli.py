@@ -7,6 +7,13 @@ import sys
 
 from farm_protocol.errors import TopicError
 from farm_runtime.broker import BrokerAuthError
+from farm_runtime.entry import (
+    EXIT_CONFIG,
+    EXIT_CREDENTIALS,
+    ConfigError,
+    add_common_options,
+    load_settings,
+)
 from farm_runtime.lifecycle import run_with_signals
 from farm_runtime.logs import configure_logging
 from fleet_worker.service import FleetWorker, WorkerConfigError
@@ -39,11 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = WorkerSettings(_env_file=args.env_file) if args.env_file else WorkerSettings()
+    given = {"_env_file": args.env_file} if args.env_file else {}
     if args.action == "doctor":
         from fleet_worker import doctor
 
-        return doctor.run(settings, login=not args.no_login)
+        return doctor.run(given, login=not args.no_login)
+    try:
+        settings = load_settings(WorkerSettings, **given)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"fleet-worker: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.action == "install-service":
         from fleet_worker import install_service
 
@@ -52,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         worker = FleetWorker(settings, drain_grace_s=args.drain_grace)
     except (WorkerConfigError, TopicError) as exc:
         print(f"fleet-worker: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     failure: list[BaseException] = []
 
     async def main(stop: asyncio.Event) -> None:
@@ -68,16 +81,16 @@ def run(args: argparse.Namespace) -> int:
             "(`llama-farm workers rotate ID` issues a new key).",
             file=sys.stderr,
         )
-        return 3
+        return EXIT_CREDENTIALS
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleet-worker", description=__doc__)
     add_arguments(parser)
-    parser.add_argument("--log-level", default="INFO")
+    add_common_options(parser)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     return run(args)
 
 

@@ -1,7 +1,9 @@
 """``fleet-worker doctor``: check what this worker needs, and say plainly what to fix.
 
 Checks, in order: the settings, the broker (reachable, and our login accepted), Ollama
-(reachable), and the models this worker is configured to serve. Each check prints one
+(reachable), the models this worker is configured to serve, and Ollama's parallelism
+against the worker's. Every check runs whatever failed before it (a wrong setting is
+taken at its default for the rest), so one run lists every problem. Each check prints one
 line, ``ok`` or ``FAIL`` with the fix; the exit status is 0 when everything is ok.
 
 Logging in uses this worker's client id, which the broker binds to its credentials: a
@@ -10,8 +12,11 @@ reconnects by itself). ``--no-login`` skips that step.
 """
 
 import asyncio
+import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 
@@ -20,6 +25,7 @@ from farm_protocol.errors import TopicError
 from farm_protocol.ids import check_id
 from farm_protocol.models import normalize_model
 from farm_runtime.broker import is_auth_failure, make_client, parse_broker_url
+from farm_runtime.entry import ConfigError, load_settings
 from fleet_worker.llm import LlmError, OllamaBackend
 from fleet_worker.settings import WorkerSettings
 
@@ -36,38 +42,89 @@ class Finding:
         )
 
 
-async def diagnose(settings: WorkerSettings, *, login: bool = True) -> list[Finding]:
-    findings = [*_settings(settings)]
-    if not findings[-1].ok:
-        return findings
+async def diagnose(
+    settings: WorkerSettings, *, login: bool = True, env: Mapping[str, str] = os.environ
+) -> list[Finding]:
+    """Every check, whatever fails before it: a person fixes everything in one go."""
+    findings = _settings(settings)
     broker = await _broker(settings)
     findings.append(broker)
-    if broker.ok and login:
+    if broker.ok and login and all(f.ok for f in findings):
         findings.append(await _login(settings))
     findings += await _ollama(settings)
+    findings.append(_parallel(settings, env))
     return findings
 
 
+def settings_or_findings(given: dict[str, Any]) -> tuple[WorkerSettings, list[Finding]]:
+    """The worker's settings, and a FAIL for each that cannot be used; the checks then run
+    with those at their defaults (a wrong FARM_MODELS still lets Ollama be checked)."""
+    try:
+        return load_settings(WorkerSettings, **given), []
+    except ConfigError as exc:
+        problems = exc.problems
+    findings = [Finding(False, problem, "fix it in the settings file") for problem in problems]
+    # The rest of the checks with the wrong settings left out (at their defaults).
+    wrong = {p.split(":", 1)[0] for p in problems}
+    kept = {k: v for k, v in os.environ.items() if k.upper() not in wrong}
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(kept)
+        return load_settings(WorkerSettings, **given), findings
+    except ConfigError:  # wrong in the settings file itself: defaults for everything
+        return WorkerSettings.model_construct(), findings
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _settings(settings: WorkerSettings) -> list[Finding]:
+    found = []
     try:
         check_id(settings.worker_id, "worker id")
     except TopicError:
-        return [
+        found.append(
             Finding(
                 False,
                 f"worker id {settings.worker_id!r}",
                 "set FARM_WORKER_ID to the id `llama-farm workers add` printed",
             )
-        ]
+        )
     if not settings.api_key.get_secret_value().startswith("lf_"):
-        return [
+        found.append(
             Finding(
                 False,
                 "API key",
                 "set FARM_API_KEY to the key `llama-farm workers add` printed (it starts lf_)",
             )
-        ]
-    return [Finding(True, f"settings: worker {settings.worker_id}, key present")]
+        )
+    if not found:
+        found.append(Finding(True, f"settings: worker {settings.worker_id}, key present"))
+    return found
+
+
+def _parallel(settings: WorkerSettings, env: Mapping[str, str]) -> Finding:
+    """Ollama runs OLLAMA_NUM_PARALLEL requests of a model at once; jobs beyond it wait
+    inside Ollama, holding a farm slot and counting as slow."""
+    want = settings.concurrency
+    given = env.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if not given:
+        if want == 1:
+            return Finding(True, "FARM_CONCURRENCY 1: one job at a time")
+        return Finding(
+            True,
+            f"FARM_CONCURRENCY {want}; OLLAMA_NUM_PARALLEL is not set here (Ollama then picks"
+            f" 1 or 4 by memory): where Ollama runs, set it to at least {want}",
+        )
+    if not given.isdigit() or int(given) < want:
+        return Finding(
+            False,
+            f"OLLAMA_NUM_PARALLEL={given} is below FARM_CONCURRENCY={want}",
+            f"set FARM_CONCURRENCY={given if given.isdigit() else 1}, or start Ollama with"
+            f" OLLAMA_NUM_PARALLEL={want}",
+        )
+    return Finding(True, f"OLLAMA_NUM_PARALLEL={given} covers FARM_CONCURRENCY={want}")
 
 
 async def _broker(settings: WorkerSettings) -> Finding:
@@ -147,8 +204,9 @@ async def _ollama(settings: WorkerSettings) -> list[Finding]:
     return found
 
 
-def run(settings: WorkerSettings, *, login: bool) -> int:
-    findings = asyncio.run(diagnose(settings, login=login))
+def run(given: dict[str, Any], *, login: bool) -> int:
+    settings, findings = settings_or_findings(given)
+    findings += asyncio.run(diagnose(settings, login=login))
     print(f"fleet-worker doctor ({settings.worker_id or 'no worker id'}):")
     for finding in findings:
         print(finding.line())

@@ -15,8 +15,12 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
+from pydantic import SecretStr
+
+from farm_runtime.broker import BrokerSettings
 from fleet_worker.settings import WorkerSettings
 
 UNIT = "fleet-worker.service"
@@ -41,20 +45,53 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def env_values(settings: WorkerSettings) -> dict[str, str]:
+    """Every setting the worker runs with that is not its default (and always the broker,
+    the login, Ollama and the concurrency), as FARM_ variables: nothing is left out."""
+    always = {"worker_id", "api_key", "ollama_host", "concurrency"}
+    found: dict[str, str] = {"FARM_BROKER__URL": settings.broker.url}
+    for name, info in BrokerSettings.model_fields.items():
+        value = getattr(settings.broker, name)
+        if name not in ("username", "password") and value != info.default:
+            found[f"FARM_BROKER__{name.upper()}"] = _env_value(value)
+    for name, info in WorkerSettings.model_fields.items():
+        if name == "broker" or info.exclude:
+            continue
+        value = getattr(settings, name)
+        if name in always or value != info.default:
+            found[f"FARM_{name.upper()}"] = _env_value(value)
+    return found
+
+
 def env_lines(settings: WorkerSettings) -> list[str]:
     """The settings a worker needs, as an env file."""
-    lines = [
-        f"FARM_BROKER__URL={settings.broker.url}",
-        f"FARM_WORKER_ID={settings.worker_id}",
-        f"FARM_API_KEY={settings.api_key.get_secret_value()}",
-        f"FARM_OLLAMA_HOST={settings.ollama_host}",
-        f"FARM_CONCURRENCY={settings.concurrency}",
-    ]
-    if settings.models:
-        lines.append(f"FARM_MODELS={json.dumps(settings.models)}")
-    if settings.broker.ca_file:
-        lines.append(f"FARM_BROKER__CA_FILE={settings.broker.ca_file}")
-    return lines
+    return [f"{key}={value}" for key, value in env_values(settings).items()]
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            found[key.strip()] = value
+    return found
+
+
+def _write_env(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)  # it holds the API key: only its owner reads it
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
 
 
 def install(
@@ -66,19 +103,20 @@ def install(
     env_file: Path | None = None,
     python: str = sys.executable,
 ) -> Installed:
-    env_path = env_file or home / ".config" / "llama-farm" / "worker.env"
-    written = False
-    if not env_path.exists():
+    env_path = (env_file or home / ".config" / "llama-farm" / "worker.env").absolute()
+    if env_path.exists():
+        # Installed before: what is set now is written over what the file holds (a key
+        # rotated, a model added), and the rest of the file stays.
+        values = _read_env(env_path) | env_values(settings)
+        written = values != _read_env(env_path)
+    else:
         if not settings.worker_id or not settings.api_key.get_secret_value():
             raise ValueError(
                 f"{env_path} does not exist and FARM_WORKER_ID / FARM_API_KEY are not set: "
                 "set them (or pass --env-file with a file that has them)"
             )
-        env_path.parent.mkdir(parents=True, exist_ok=True)
-        env_path.touch(mode=0o600)
-        env_path.write_text("\n".join(env_lines(settings)) + "\n")
-        os.chmod(env_path, 0o600)  # it holds the API key
-        written = True
+        values, written = env_values(settings), True
+    _write_env(env_path, values)
     grace = f"{drain_grace_s:g}"
     stop_timeout = str(int(drain_grace_s) + 30)
     args = [python, "-m", "fleet_worker.cli", "--env-file", str(env_path), "--drain-grace", grace]
@@ -105,7 +143,12 @@ def install(
                 "log_file": escape(str(log_file)),
             },
         )
-        steps = [f"launchctl load -w {path}", f"tail -f {log_file}      # its log"]
+        agent = f"gui/$(id -u)/{AGENT}"
+        steps = [
+            f"launchctl bootout {agent} 2>/dev/null; launchctl bootstrap gui/$(id -u) {path}",
+            f"launchctl kickstart -k {agent}      # restart it after a change",
+            f"tail -f {log_file}      # its log",
+        ]
     else:
         raise ValueError(
             f"install-service knows Linux (systemd) and macOS (launchd), not {platform}"
@@ -124,7 +167,7 @@ def run(settings: WorkerSettings, *, drain_grace_s: float, env_file: str | None)
             platform=platform,
             home=Path.home(),
             drain_grace_s=drain_grace_s,
-            env_file=Path(env_file) if env_file else None,
+            env_file=Path(env_file).absolute() if env_file else None,
         )
     except (ValueError, OSError) as exc:
         print(f"fleet-worker install-service: {exc}", file=sys.stderr)
@@ -132,7 +175,7 @@ def run(settings: WorkerSettings, *, drain_grace_s: float, env_file: str | None)
     print(f"wrote {done.service_file}")
     print(
         f"{'wrote' if done.env_written else 'kept'} {done.env_file}"
-        + (" (only you can read it: it holds the API key)" if done.env_written else "")
+        " (only you can read it: it holds the API key)"
     )
     print("start it with:")
     for step in done.next_steps:

@@ -8,7 +8,7 @@ from farm_protocol import PROTOCOL_VERSION, topics
 from farm_protocol.codec import encode
 from farm_protocol.models import normalize_model
 from farm_protocol.payloads import Heartbeat, RunningJob, WorkerState, WorkerStatus
-from fleet_worker import __version__
+from farm_runtime.entry import version
 from fleet_worker.llm import Inventory
 
 
@@ -36,7 +36,7 @@ def status_payload(
         models=models,
         loaded_models=list(inventory.loaded) if inventory else [],
         capacity=capacity,
-        version=__version__,
+        version=version(),
         protocol=PROTOCOL_VERSION,
         simulated=bool(inventory and inventory.simulated),
         reason=reason,

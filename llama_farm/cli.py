@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from farm_runtime.entry import EXIT_CONFIG, ConfigError, add_common_options, load_settings
 from farm_runtime.lifecycle import run_with_signals
 from farm_runtime.logs import configure_logging
 
@@ -22,13 +23,13 @@ def _coordinator(args: argparse.Namespace) -> int:
     from coordinator.service import Coordinator
     from coordinator.settings import CoordinatorSettings
 
-    settings = CoordinatorSettings()
+    settings = load_settings(CoordinatorSettings)
     if not settings.service_token.get_secret_value():
         print(
             "llama-farm coordinator: set FARM_SERVICE_TOKEN (shared with the webapp)",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_CONFIG
 
     async def main(stop: asyncio.Event) -> None:
         await Coordinator(settings).run(stop)
@@ -41,7 +42,7 @@ def _webapp(args: argparse.Namespace) -> int:
     from webapp.service import Webapp
     from webapp.settings import WebappSettings
 
-    settings = WebappSettings()
+    settings = load_settings(WebappSettings)
 
     async def main(stop: asyncio.Event) -> None:
         await Webapp(settings).run(stop)
@@ -65,7 +66,7 @@ def _admin_settings() -> "CoordinatorSettings":
     one: a key made beside `make run` then works on it. Says which database it uses."""
     from coordinator.settings import CoordinatorSettings
 
-    settings = CoordinatorSettings()
+    settings = load_settings(CoordinatorSettings)
     if "database_url" not in settings.model_fields_set and DEV_DATABASE.exists():
         url = f"sqlite:///{DEV_DATABASE}"
         settings = settings.model_copy(update={"database_url": url})
@@ -98,7 +99,7 @@ def _broker(args: argparse.Namespace) -> int:
     from coordinator.cli import broker as broker_cli
     from coordinator.settings import CoordinatorSettings
 
-    return broker_cli.run(args, CoordinatorSettings())
+    return broker_cli.run(args, load_settings(CoordinatorSettings))
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -109,7 +110,7 @@ def _sim(args: argparse.Namespace) -> int:
     overrides = {
         k: v for k, v in vars(args).items() if k in SimSettings.model_fields and v is not None
     }
-    settings = SimSettings(**overrides)
+    settings = load_settings(SimSettings, **overrides)
     print(
         f"Ollama simulator on http://{settings.host}:{settings.port} "
         f"(reply={settings.reply}, {settings.tokens_per_s} tokens/s)",
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fleet_worker import cli as worker_cli
 
     parser = argparse.ArgumentParser(prog="llama-farm", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    add_common_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="the whole farm in one process (embedded broker, SQLite)")
@@ -207,8 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    result: int = args.func(args)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"llama-farm {args.command}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     return result
 
 

@@ -5,6 +5,7 @@ import json
 import secrets
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart, Response, g, request, send_from_directory, websocket
 
 from farm_protocol.errors import TopicError
@@ -13,6 +14,7 @@ from farm_runtime.http_serving import finish_reading_requests
 from webapp.bridge import Bridge
 from webapp.coordinator_client import CoordinatorClient
 from webapp.forwarding import install_forwarding
+from webapp.metrics import WebappMetrics
 from webapp.ollama_api import OLLAMA_PATHS, create_ollama_blueprint
 from webapp.openai_api import create_openai_blueprint, openai_error
 from webapp.responses import json_error
@@ -21,6 +23,8 @@ from webapp.thread_socket import ThreadSocket
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "farm_session"
+# Paths for programs (besides /v1/): known by a key or a token, never given a cookie.
+NO_SESSION = OLLAMA_PATHS | {"/metrics"}
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -34,6 +38,9 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     _install_sessions(app, settings)
     _install_pages(app)
     _install_health(app, bridge, coordinator)
+    _install_metrics(
+        app, WebappMetrics(bridge, coordinator, settings.metrics_token.get_secret_value())
+    )
     install_forwarding(app, settings, coordinator)
     _install_errors(app, settings)
     app.register_blueprint(create_openai_blueprint(bridge, coordinator, settings.sse_keepalive_s))
@@ -55,7 +62,7 @@ def _install_sessions(app: Quart, settings: WebappSettings) -> None:
 
     @app.before_request
     async def _session() -> None:
-        if request.path.startswith("/v1/") or request.path in OLLAMA_PATHS:
+        if request.path.startswith("/v1/") or request.path in NO_SESSION:
             # An API client is known by its key: no browser session, no cookie.
             g.new_session, g.session = False, ""
             return
@@ -104,6 +111,23 @@ def _install_pages(app: Quart) -> None:
         return await send_from_directory(STATIC, name)
 
 
+def _install_metrics(app: Quart, metrics: WebappMetrics) -> None:
+    @app.get("/metrics")
+    async def scrape() -> Response:
+        if not metrics.allowed(request.headers.get("Authorization", "")):
+            return json_error(404, "no metrics here without FARM_METRICS_TOKEN as the bearer")
+        return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.after_request
+    async def _count(response: Response) -> Response:
+        path = request.path
+        if path.startswith("/v1/"):
+            metrics.api.count("openai", response.status_code)
+        elif path in OLLAMA_PATHS:
+            metrics.api.count("ollama", response.status_code)
+        return response
+
+
 def _install_health(app: Quart, bridge: Bridge, coordinator: CoordinatorClient) -> None:
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -128,7 +152,7 @@ def _install_errors(app: Quart, settings: WebappSettings) -> None:
     """JSON errors for the APIs (OpenAI's shape under /v1), whatever went wrong."""
 
     def api_error(status: int, message: str, code: str | None = None) -> Response:
-        if request.path.startswith("/v1/") or request.path in OLLAMA_PATHS:
+        if request.path.startswith("/v1/") or request.path in NO_SESSION:
             return openai_error(status, message, code=code)
         return json_error(status, message)
 

@@ -12,6 +12,7 @@ in between come with the next checkpoint, which overlaps the one before it."""
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -133,6 +134,7 @@ class Bridge:
         self._unknown = 0  # streams of jobs the coordinator never spoke of
         self._unverified_chars = 0
         self._dropped = DropLog(log)
+        self.received: Counter[str] = Counter()  # MQTT messages by kind, for /metrics
 
     def connected(self, client: aiomqtt.Client | None = None) -> None:
         """A broker session started (``client``: None in tests without a broker)."""
@@ -229,6 +231,7 @@ class Bridge:
         topic = message.topic.value
         try:
             if topic.startswith(TOPIC_ROOT + "/threads/"):
+                self.received["thread"] += 1
                 thread_id = topics.parse_thread_topic(topic)
                 event = decode(THREAD_EVENT, message.payload)
                 if isinstance(event, MembersEvent):
@@ -240,11 +243,13 @@ class Bridge:
             else:
                 where = topics.parse_worker_topic(topic)
                 if where.leaf == "jobs":
+                    self.received["chunk"] += 1
                     chunk = decode(_CHUNK, message.payload, MAX_WORKER_MESSAGE_BYTES)
                     if chunk.job_id != where.job_id:
                         raise ProtocolError("payload job differs from topic job")
                     self._on_chunk(where.worker_id, chunk, where.thread_id)
                 elif where.leaf == "progress":
+                    self.received["progress"] += 1
                     progress = decode(JOB_PROGRESS, message.payload, MAX_WORKER_MESSAGE_BYTES)
                     if progress.job_id != where.job_id:
                         raise ProtocolError("payload job differs from topic job")
@@ -253,6 +258,7 @@ class Bridge:
                 else:
                     raise ProtocolError(f"the webapp does not take {where.leaf} messages")
         except ProtocolError as exc:
+            self.received["dropped"] += 1
             self._dropped.message(topics.subject(topic), topic, exc, message.payload)
         self._evict()
 

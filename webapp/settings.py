@@ -25,6 +25,8 @@ class WebappSettings(BaseSettings):
     # An API stream that has nothing to send (queued, or the model loading) sends an SSE
     # comment this often, so that proxies and clients do not time it out.
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
+    # /metrics answers a scraper sending this as its bearer token; unset, it answers no one
+    metrics_token: SecretStr = Field(default=SecretStr(""))
     # Behind this many reverse proxies (1 for the Caddy or nginx recipe in deploy/), the
     # browser's address is read from X-Forwarded-For; 0 trusts no such header. The
     # coordinator limits how fast new identities appear per address.

@@ -4,9 +4,11 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import peewee as pw
+from playhouse import db_url
 from playhouse import migrate as schema
 
 from coordinator.db.tables import (
@@ -122,24 +124,31 @@ class _WalSqliteDatabase(pw.SqliteDatabase):
 
 
 def open_database(url: str) -> pw.Database:
-    """``sqlite:///path`` (WAL) or ``postgresql://user@host:port/db``."""
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else parts.path
+    """``sqlite:///path`` (WAL) or ``postgresql://user:password@host:port/db?options``.
+
+    Parsed by ``playhouse.db_url``: query parameters reach the driver (``sslmode=require``,
+    ``connect_timeout=5``, ``application_name=...``), and the user and password are
+    percent-decoded (a password holding ``@`` or ``/`` is written ``%40``, ``%2F``)."""
+    scheme = urlsplit(url).scheme
+    if scheme not in ("sqlite", "postgres", "postgresql"):
+        raise ValueError(
+            f"unsupported database URL {url!r}: use sqlite:///file or postgresql://..."
+        )
+    params: dict[str, Any] = db_url.parse(url)
+    database = params.pop("database", None)
+    if scheme == "sqlite":
         return _WalSqliteDatabase(
-            path or ":memory:",
+            database or ":memory:",
             pragmas={"synchronous": "normal", "foreign_keys": 1, "busy_timeout": 10_000},
             check_same_thread=False,
+            **params,
         )
-    if parts.scheme in ("postgres", "postgresql"):
-        return pw.PostgresqlDatabase(
-            (parts.path or "/").lstrip("/") or "postgres",
-            user=parts.username,
-            password=parts.password,
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 5432,
-        )
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file or postgresql://...")
+    for secret in ("user", "password"):
+        if isinstance(params.get(secret), str):
+            params[secret] = unquote(params[secret])
+    params.setdefault("host", "127.0.0.1")
+    params.setdefault("port", 5432)
+    return pw.PostgresqlDatabase(database or "postgres", **params)
 
 
 def write_transaction(db: pw.Database) -> pw._atomic:

@@ -73,6 +73,7 @@ async def revoke(ctx: HttpContext, worker_id: str) -> Response:
     # delete its broker account, which disconnects it.
     await ctx.bus.drain(wid, "this worker's key was revoked")
     await ctx.provisioner.worker_revoked(wid)
+    await ctx.bus.clear_status(wid)  # nobody subscribing later sees it "online"
     return json_response(asdict(await ctx.runner.call(ctx.registry.get, wid)))
 
 

@@ -5,7 +5,7 @@ same end in the same transaction."""
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import peewee as pw
 
@@ -38,6 +38,8 @@ class Endings:
         self.db = db
         self.max_attempts = max_attempts
         self.health = health
+        # told of every job this process ends (in the database thread, in the transaction)
+        self.on_ended: Callable[[JobState], None] = lambda state: None
 
     def finish(
         self,
@@ -153,6 +155,7 @@ class Endings:
         ).rowcount
         if ended != 1:
             return None
+        self.on_ended(outcome)
         message_id, worker_id = sql.execute(self.db, q.ENDED_JOB, (where.job_id,)).fetchone()
         reply_state = outcome.reply_state.value
         sql.execute(self.db, q.REPLY_ENDED, (reply_state, error, stamp, message_id))

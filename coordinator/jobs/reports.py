@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from coordinator.db.tables import Job, Message, Worker
 from coordinator.jobs.fairness import positions
 from coordinator.jobs.queue import active_counts, queued_in_order
-from coordinator.jobs.states import JobState
+from coordinator.jobs.states import ACTIVE, JobState
 from farm_protocol.models import display_model, normalize_model
 
 
@@ -96,15 +96,21 @@ def job(db: pw.Database, job_id: str) -> JobInfo | None:
     return _info(found, places)
 
 
-def jobs_by_state(db: pw.Database) -> dict[str, int]:
+def jobs_by_state(db: pw.Database, states: tuple[JobState, ...] = ()) -> dict[str, int]:
+    """How many jobs are in each state (only in ``states``, when given: the live ones are
+    a few rows of the (state, created_at) index; all of them is every job ever)."""
     counts: dict[str, Any] = {str(s): 0 for s in JobState}
     query = Job.select(Job.state, pw.fn.COUNT(Job.id)).group_by(Job.state)
+    if states:
+        query = query.where(Job.state.in_([s.value for s in states]))
     for state, count in _rows(db, query):
         counts[str(state)] = int(count)
     return counts
 
 
-def queue_stats(db: pw.Database, grace_s: float) -> QueueStats:
+def queue_stats(db: pw.Database, grace_s: float, *, totals: bool = True) -> QueueStats:
+    """The queue and the fleet now; with ``totals``, also every job ever by final state
+    (a count over the whole job table: for the admin API, not for every scrape)."""
     stamp = time.time()
     by_model: dict[str, ModelQueue] = {}
     rows = _rows(
@@ -120,7 +126,7 @@ def queue_stats(db: pw.Database, grace_s: float) -> QueueStats:
             queued=known.queued + int(count),
             oldest_wait_s=max(known.oldest_wait_s, round(stamp - float(oldest), 3)),
         )
-    states = jobs_by_state(db)
+    states = jobs_by_state(db, () if totals else tuple(ACTIVE))
     live = Worker.select().where(
         Worker.revoked_at.is_null()
         & (Worker.state == "online")

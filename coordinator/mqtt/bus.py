@@ -48,5 +48,12 @@ class Bus:
     async def cancel(self, worker_id: str, job_id: str, attempt: int, reason: str) -> None:
         await self.control(worker_id, JobCancel(job_id=job_id, attempt=attempt, reason=reason))
 
+    async def clear_status(self, worker_id: str) -> None:
+        """Remove a worker's retained status from the broker (an empty retained message):
+        a revoked worker must not be listed online by whoever subscribes later."""
+        await self.outbox.put(
+            topics.worker_status(worker_id), b"", qos=topics.QOS_STATUS, retain=True
+        )
+
     async def drain(self, worker_id: str, reason: str) -> None:
         await self.control(worker_id, Drain(reason=reason))

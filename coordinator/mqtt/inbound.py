@@ -142,8 +142,10 @@ class Inbound:
                     raise ProtocolError(f"payload job {event.job_id} != topic job {where.job_id}")
                 await self.streams.on_event(where.worker_id, where.thread_id, event)
             elif where.leaf == "status":
+                if not message.payload:
+                    return  # a retained status cleared (clear_status): nothing to learn
                 status = decode(_STATUS, message.payload, MAX_WORKER_MESSAGE_BYTES)
-                await self._status(where.worker_id, status)
+                await self._status(where.worker_id, status, retained=bool(message.retain))
             elif where.leaf == "heartbeat":
                 beat = decode(_HEARTBEAT, message.payload, MAX_WORKER_MESSAGE_BYTES)
                 self._same_worker(where.worker_id, beat.worker_id)
@@ -160,7 +162,7 @@ class Inbound:
         except ProtocolError as exc:
             self._dropped.message(topics.subject(topic), topic, exc, message.payload)
 
-    async def _status(self, worker_id: str, status: WorkerStatus) -> None:
+    async def _status(self, worker_id: str, status: WorkerStatus, *, retained: bool) -> None:
         self._same_worker(worker_id, status.worker_id)
         if await self.runner.call(self.workers.record_status, status):
             log.info(
@@ -172,6 +174,10 @@ class Inbound:
                 status.capacity,
             )
             self.fleet_changed()
+        elif retained and not await self.runner.call(self.workers.registered, worker_id):
+            # a revoked or deleted worker's last word, kept by the broker for ever: gone
+            log.info("cleared the retained status of worker %s (revoked or unknown)", worker_id)
+            await self.bus.clear_status(worker_id)
         else:
             log.info(
                 "ignored %s status of worker %s (unknown, revoked or stale session)",

@@ -34,7 +34,7 @@ async def test_doctor_finds_what_is_wrong(tmp_path: Path) -> None:
             models=["llama3", "mistral"],
             pull_missing=False,
         )
-        findings = await diagnose(good)
+        findings = await diagnose(good, env={})
         assert all(f.ok for f in findings), [f.line() for f in findings]
         assert any("accepted this worker's login" in f.what for f in findings)
 
@@ -48,10 +48,15 @@ async def test_doctor_finds_what_is_wrong(tmp_path: Path) -> None:
             "worker id": good.model_copy(update={"worker_id": "../etc"}),
         }
         for expected, settings in cases.items():
-            failed = [f for f in await diagnose(settings) if not f.ok]
+            failed = [f for f in await diagnose(settings, env={}) if not f.ok]
             assert failed, expected
             assert expected in failed[0].what, [f.line() for f in failed]
             assert failed[0].fix
+        busy = good.model_copy(update={"concurrency": 4})
+        (parallel,) = [
+            f for f in await diagnose(busy, env={"OLLAMA_NUM_PARALLEL": "2"}) if not f.ok
+        ]
+        assert "OLLAMA_NUM_PARALLEL=2 is below FARM_CONCURRENCY=4" in parallel.what
 
 
 def test_doctor_command_exit_status(tmp_path: Path) -> None:
@@ -62,6 +67,7 @@ def test_doctor_command_exit_status(tmp_path: Path) -> None:
         FARM_BROKER__URL=f"mqtt://127.0.0.1:{free_port()}",
         FARM_OLLAMA_HOST=f"http://127.0.0.1:{free_port()}",
     )
+    env |= {"FARM_MODELS": "llama3", "FARM_CONCURRENCY": "2", "OLLAMA_NUM_PARALLEL": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "fleet_worker.cli", "doctor"],
         env=env,
@@ -71,20 +77,30 @@ def test_doctor_command_exit_status(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    # Every problem at once: a setting, the broker, Ollama, and the parallelism.
+    assert "FAIL  FARM_MODELS: must be written as JSON" in done.stdout
     assert "FAIL  broker 127.0.0.1" in done.stdout
     assert "fix: check FARM_BROKER__URL" in done.stdout
-    assert "problem(s) to fix" in done.stdout
+    assert "FAIL  Ollama at" in done.stdout
+    assert "FAIL  OLLAMA_NUM_PARALLEL=1 is below FARM_CONCURRENCY=2" in done.stdout
+    assert "4 problem(s) to fix" in done.stdout
 
 
-def install(tmp_path: Path, platform: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        HOME=str(tmp_path),
-        FARM_SERVICE_PLATFORM=platform,
-        FARM_WORKER_ID="box",
-        FARM_API_KEY="lf_secret-key",
-        FARM_MODELS='["llama3"]',
-        FARM_CONCURRENCY="2",
+def install(
+    tmp_path: Path, platform: str, *args: str, home: Path | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = (
+        os.environ
+        | {
+            "HOME": str(home or tmp_path),
+            "FARM_SERVICE_PLATFORM": platform,
+            "FARM_WORKER_ID": "box",
+            "FARM_API_KEY": "lf_secret-key",
+            "FARM_MODELS": '["llama3"]',
+            "FARM_CONCURRENCY": "2",
+        }
+        | extra
     )
     return subprocess.run(
         [sys.executable, "-m", "fleet_worker.cli", "install-service", *args],
@@ -116,9 +132,21 @@ def test_install_service_writes_a_systemd_user_unit(tmp_path: Path) -> None:
             ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
         )
         assert checked.returncode == 0, checked.stderr
-    # Installing again keeps the existing settings file.
+    # Installing again keeps the existing settings file; what is set now is written over
+    # it (a rotated key), the rest stays; every setting given is written, none dropped.
     again = install(tmp_path, "linux")
     assert "kept" in again.stdout
+    rotated = install(tmp_path, "linux", FARM_API_KEY="lf_rotated", FARM_CHECKPOINT_S="2.5")
+    assert "wrote" in rotated.stdout
+    reloaded = WorkerSettings(_env_file=env_file)
+    assert reloaded.api_key.get_secret_value() == "lf_rotated"
+    assert (reloaded.checkpoint_s, reloaded.models) == (2.5, ["llama3"])
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    # A relative --env-file is stored as an absolute path: the service runs elsewhere.
+    (tmp_path / "here").mkdir()
+    relative = install(tmp_path / "here", "linux", "--env-file", "worker.env", home=tmp_path)
+    assert relative.returncode == 0, relative.stderr
+    assert f"--env-file {tmp_path / 'here' / 'worker.env'}" in unit.read_text()
 
 
 def test_install_service_writes_a_launchd_agent(tmp_path: Path) -> None:
@@ -128,9 +156,9 @@ def test_install_service_writes_a_launchd_agent(tmp_path: Path) -> None:
     plist = plistlib.loads(agent.read_bytes())
     assert plist["Label"] == "org.llama-farm.fleet-worker"
     assert plist["ProgramArguments"][:3] == [sys.executable, "-m", "fleet_worker.cli"]
-    assert plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert plist["KeepAlive"] == {"Crashed": True}  # an exit it printed stays an exit
     assert plist["ExitTimeOut"] == 60  # longer than the default 30 s drain grace
-    assert "launchctl load -w" in done.stdout
+    assert "launchctl bootstrap gui/$(id -u) " in done.stdout  # not the legacy load
 
 
 def test_install_service_refuses_without_credentials(tmp_path: Path) -> None:

@@ -68,6 +68,9 @@ def render_config(workdir: Path, port: int) -> Path:
         text,
     )
     text = re.sub(r"(?m)^persistence_location .*$", f"persistence_location {workdir}/", text)
+    found = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
+    if found:  # this machine's architecture (the config names x86_64's)
+        text = re.sub(r"(?m)^plugin /.*$", f"plugin {found[0]}", text)
     assert f"listener {port}" in text, "the project config no longer has the expected listener"
     path = workdir / "mosquitto.conf"
     path.write_text(text)

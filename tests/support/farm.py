@@ -152,6 +152,7 @@ async def running_farm(
     coordinator_settings: dict[str, Any] | None = None,
     webapp: bool = True,
     coordinators: int = 1,
+    webapp_settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[Farm]:
     """A whole farm in this process. With ``webapp=False`` the test runs the webapp
     itself (``farm.webapp_settings`` says how), e.g. as a process it can kill. With
@@ -190,16 +191,17 @@ async def running_farm(
         )
         fleet.append(FleetWorker(settings, drain_grace_s=1.0))
     web_port = free_port()
-    webapp_settings = WebappSettings(
+    webapp_config = WebappSettings(
         web_port=web_port,
         coordinator_url=f"http://127.0.0.1:{coordinator.settings.http_port}",
         service_token=token,
         broker=accounts.get(acl.WEBAPP, broker.settings()),
+        **(webapp_settings or {}),
     )
     services = {
         "simulator": serve_app(create_sim_app(sim), sim.host, sim.port, stop),
         "coordinator": coordinator.run(stop),
-        **({"webapp": Webapp(webapp_settings).run(stop)} if webapp else {}),
+        **({"webapp": Webapp(webapp_config).run(stop)} if webapp else {}),
         **{f"worker-{i}": w.run(stop) for i, w in enumerate(fleet)},
     }
     task = asyncio.create_task(run_services(services, stop))
@@ -210,7 +212,7 @@ async def running_farm(
         fleet,
         broker,
         stop,
-        webapp_settings,
+        webapp_config,
     )
     try:
         probe = farm.browser() if webapp else farm.coordinator_client()
