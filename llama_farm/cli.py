@@ -60,13 +60,19 @@ def _worker(args: argparse.Namespace) -> int:
 DEV_DATABASE = Path(".farm") / "dev.sqlite3"  # where `make run` (llama-farm dev) keeps it
 
 
-def _admin_settings() -> "CoordinatorSettings":
-    """The coordinator's settings for a command that works on its database. With no
-    database configured (FARM_DATABASE_URL, or .env) and a dev farm's database here, that
-    one: a key made beside `make run` then works on it. Says which database it uses."""
+def _admin_settings(args: argparse.Namespace, *, database: bool = True) -> "CoordinatorSettings":
+    """The coordinator's settings for a command that works on its database or broker:
+    from ``--env-file`` (the coordinator's own, e.g. /etc/llama-farm/coordinator.env) and
+    the environment. With no database configured and a dev farm's database here, that one:
+    a key made beside `make run` then works on it. Says which database it uses."""
     from coordinator.settings import CoordinatorSettings
 
-    settings = load_settings(CoordinatorSettings)
+    env_file = getattr(args, "env_file", None)
+    if env_file and not Path(env_file).is_file():
+        raise ConfigError([f"--env-file {env_file}: no such file"])
+    settings = load_settings(CoordinatorSettings, **({"_env_file": env_file} if env_file else {}))
+    if not database:
+        return settings
     if "database_url" not in settings.model_fields_set and DEV_DATABASE.exists():
         url = f"sqlite:///{DEV_DATABASE}"
         settings = settings.model_copy(update={"database_url": url})
@@ -86,20 +92,19 @@ def _without_password(url: str) -> str:
 def _workers(args: argparse.Namespace) -> int:
     from coordinator.cli import workers as workers_admin
 
-    return workers_admin.run(args, _admin_settings())
+    return workers_admin.run(args, _admin_settings(args))
 
 
 def _api_keys(args: argparse.Namespace) -> int:
     from coordinator.cli import api_keys as api_keys_cli
 
-    return api_keys_cli.run(args, _admin_settings())
+    return api_keys_cli.run(args, _admin_settings(args))
 
 
 def _broker(args: argparse.Namespace) -> int:
     from coordinator.cli import broker as broker_cli
-    from coordinator.settings import CoordinatorSettings
 
-    return broker_cli.run(args, load_settings(CoordinatorSettings))
+    return broker_cli.run(args, _admin_settings(args, database=False))
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -137,16 +142,31 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(options)
 
 
+def _admin_options(parser: argparse.ArgumentParser, *, create: bool = True) -> None:
+    parser.add_argument(
+        "--env-file",
+        help="the coordinator's settings file (e.g. /etc/llama-farm/coordinator.env)",
+    )
+    if create:
+        parser.add_argument(
+            "--create",
+            action="store_true",
+            help="make the database if it does not exist (never done silently)",
+        )
+
+
 def _workers_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     add = sub.add_parser("add", help="register a worker and print its key (once)")
     add.add_argument("--name", required=True, help='a human name, e.g. "laptop A"')
     add.add_argument("--id", dest="worker_id", help="the worker id (default: from the name)")
-    sub.add_parser("list", help="list workers")
+    listed = sub.add_parser("list", help="list workers")
     rotate = sub.add_parser("rotate", help="issue a new key; the old one stops working")
     rotate.add_argument("worker_id")
     revoke = sub.add_parser("revoke", help="revoke a worker for good")
     revoke.add_argument("worker_id")
+    for action in (add, listed, rotate, revoke):
+        _admin_options(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,15 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_key = keys_sub.add_parser("add", help="make a key and print it (once)")
     add_key.add_argument("--name", required=True)
     add_key.add_argument("--max-concurrent", type=int, default=4, help="replies at once")
-    keys_sub.add_parser("list", help="list keys")
+    list_keys = keys_sub.add_parser("list", help="list keys")
     revoke_key = keys_sub.add_parser("revoke", help="revoke a key for good")
     revoke_key.add_argument("key_id")
+    for action in (add_key, list_keys, revoke_key):
+        _admin_options(action)
     keys.set_defaults(func=_api_keys)
     broker = sub.add_parser("broker", help="broker service accounts (Mosquitto dynsec)")
     broker_sub = broker.add_subparsers(dest="action", required=True)
-    broker_sub.add_parser(
+    setup = broker_sub.add_parser(
         "setup", help="create the coordinator, webapp and observer accounts; print passwords"
     )
+    _admin_options(setup, create=False)
     broker.set_defaults(func=_broker)
     sim = sub.add_parser("sim-ollama", help="run the Ollama-API-compatible simulator")
     sim.add_argument("--host")

@@ -5,15 +5,18 @@ import argparse
 import datetime
 import sys
 
-from coordinator.db.database import migrate, open_database
+from coordinator.db.database import NoDatabase, open_for_admin
 from coordinator.errors import NotFound
 from coordinator.keys.api_keys import ApiKeyStore
 from coordinator.settings import CoordinatorSettings
 
 
 def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
-    db = open_database(settings.database_url)
-    migrate(db)
+    try:
+        db = open_for_admin(settings.database_url, create=args.create)
+    except NoDatabase as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     store = ApiKeyStore(db)
     try:
         with db.connection_context():

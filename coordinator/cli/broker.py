@@ -17,6 +17,13 @@ from farm_protocol import acl
 
 
 def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
+    if "url" not in settings.broker.model_fields_set:
+        print(
+            "error: say which broker: set FARM_BROKER__URL (e.g. mqtt://127.0.0.1:1883 on the"
+            " broker's host), in the environment or the --env-file",
+            file=sys.stderr,
+        )
+        return 2
     admin = settings.broker_admin()
     if admin is None:
         print(
@@ -30,13 +37,12 @@ def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
     except BrokerAdminError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("Service accounts created on the broker. Store these now: they are shown once.\n")
-    for name, where in (
-        (acl.COORDINATOR, "the coordinator's settings"),
-        (acl.WEBAPP, "the webapp's settings"),
-        (acl.OBSERVER, "mosquitto_sub -u farm-observer -P ... (read-only)"),
-    ):
-        print(f"# {where}")
+    url = settings.broker.url
+    print(f"Service accounts created on {url}. Store these now: they are shown once.\n")
+    for name, where in ((acl.COORDINATOR, "coordinator.env"), (acl.WEBAPP, "webapp.env")):
+        print(f"# in {where}")
         print(f"FARM_BROKER__USERNAME={name}")
         print(f"FARM_BROKER__PASSWORD={passwords[name]}\n")
+    print("# the read-only observer, for watching the farm (docs/OPERATIONS.md)")
+    print(f"mosquitto_sub -u {acl.OBSERVER} -P '{passwords[acl.OBSERVER]}' -t 'farm/#' -v")
     return 0

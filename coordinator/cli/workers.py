@@ -9,7 +9,7 @@ import asyncio
 import datetime
 import sys
 
-from coordinator.db.database import migrate, open_database
+from coordinator.db.database import NoDatabase, open_for_admin
 from coordinator.errors import Conflict, NotFound
 from coordinator.keys.hashing import hash_key
 from coordinator.mqtt.accounts import BrokerAdminError
@@ -20,8 +20,11 @@ from farm_protocol.errors import TopicError
 
 
 def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
-    db = open_database(settings.database_url)
-    migrate(db)
+    try:
+        db = open_for_admin(settings.database_url, create=args.create)
+    except NoDatabase as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     store = WorkerRegistry(
         db, grace_s=settings.worker_grace_s, key_secret=settings.key_secret.get_secret_value()
     )

@@ -4,6 +4,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -207,3 +208,37 @@ def _current_version(db: pw.Database) -> int | None:
             f"database schema {version} is newer than this coordinator's {SCHEMA_VERSION}"
         )
     return version
+
+
+class NoDatabase(Exception):
+    """An admin command pointed at a database that does not exist (yet)."""
+
+
+def open_for_admin(url: str, *, create: bool) -> pw.Database:
+    """The coordinator's database for a command run by hand, brought up to date. A
+    database that does not exist, or holds no llama-farm schema, is made only with
+    ``create``: a wrong or missing FARM_DATABASE_URL must not make a new, empty farm whose
+    keys work nowhere (NoDatabase says which database and what to do)."""
+    if not create:
+        parts = urlsplit(url)
+        if parts.scheme == "sqlite":
+            path = db_url.parse(url).get("database") or ":memory:"
+            if path != ":memory:" and not Path(path).exists():
+                raise NoDatabase(_missing(url))
+    db = open_database(url)
+    database_proxy.initialize(db)
+    if not create:
+        with db.connection_context():
+            if _current_version(db) is None:
+                db.close()
+                raise NoDatabase(_missing(url))
+    migrate(db)
+    return db
+
+
+def _missing(url: str) -> str:
+    shown = url.split("@")[-1] if "@" in url else url
+    return (
+        f"no llama-farm database at {shown}: set FARM_DATABASE_URL (or --env-file with the"
+        " coordinator's settings) to the farm's, or pass --create to make a new one"
+    )

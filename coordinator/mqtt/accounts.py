@@ -72,8 +72,22 @@ class Dynsec:
                             continue
                         responses: list[dict[str, Any]] = json.loads(payload)["responses"]
                         return sorted(responses, key=lambda r: int(r.get("correlationData", 0)))
-        except (aiomqtt.MqttError, TimeoutError, ValueError, KeyError) as exc:
-            raise BrokerAdminError(f"the broker's dynamic-security API failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise BrokerAdminError(
+                f"the broker at {self.settings.url} did not answer the dynamic-security API"
+                f" within {self.timeout_s:g} s: is the dynamic security plugin loaded"
+                " (mosquitto.conf's plugin line), and is this its admin account?"
+            ) from exc
+        except aiomqtt.MqttError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise BrokerAdminError(
+                f"the broker at {self.settings.url} refused or dropped the admin connection"
+                f" ({reason}): check FARM_BROKER__URL and the admin account"
+            ) from exc
+        except (ValueError, KeyError) as exc:
+            raise BrokerAdminError(
+                f"the broker's dynamic-security API answered what it should not: {exc!r}"
+            ) from exc
         raise BrokerAdminError("the broker closed the admin connection without replying")
 
     async def check(

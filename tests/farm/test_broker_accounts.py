@@ -344,7 +344,8 @@ async def test_the_cli_sets_up_services_and_provisions_workers(tmp_path: Path) -
         async with make_client(coordinator_login, identifier="c1") as coord:
             assert await granted(coord, topics.ALL_STATUS) == 1
 
-        key = (await cli("workers", "add", "--name", "Box")).split("api key:")[1].split()[0]
+        added = await cli("workers", "add", "--name", "Box", "--create")
+        key = added.split("api key:")[1].split()[0]
         assert key not in (tmp_path / "farm.sqlite3").read_bytes().decode(errors="ignore")
         async with make_client(account(broker, "box", key), identifier="worker-box"):
             pass

@@ -80,7 +80,9 @@ def test_log_lines_carry_the_date_or_are_json(tmp_path: Path) -> None:
     assert entry["time"].endswith("+00:00")
 
     database = f"sqlite:///{tmp_path / 'farm.sqlite3'}"
-    text = _command(tmp_path, "llama_farm.cli", "workers", "list", FARM_DATABASE_URL=database)
+    text = _command(
+        tmp_path, "llama_farm.cli", "workers", "list", "--create", FARM_DATABASE_URL=database
+    )
     (line,) = [x for x in text.stderr.splitlines() if "created database schema" in x]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO ", line), line
     as_json = _command(
@@ -90,6 +92,7 @@ def test_log_lines_carry_the_date_or_are_json(tmp_path: Path) -> None:
         "json",
         "workers",
         "list",
+        "--create",
         FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'other.sqlite3'}",
     )
     (created,) = [json.loads(x) for x in as_json.stderr.splitlines() if "schema" in x]

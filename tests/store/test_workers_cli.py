@@ -36,7 +36,11 @@ def stored_hash(tmp_path: Path, worker_id: str) -> str:
 
 
 def test_add_rotate_revoke(tmp_path: Path) -> None:
-    added = cli(tmp_path, "add", "--name", "Laptop A")
+    missing = cli(tmp_path, "list")  # no database here yet: none is made silently
+    assert missing.returncode == 2
+    assert "pass --create to make a new one" in missing.stderr
+    assert not (tmp_path / "farm.sqlite3").exists()
+    added = cli(tmp_path, "add", "--name", "Laptop A", "--create")
     assert added.returncode == 0, added.stderr
     key = key_of(added.stdout)
     assert key.startswith("lf_")
@@ -65,14 +69,14 @@ def test_add_rotate_revoke(tmp_path: Path) -> None:
 
 
 def test_database_url_is_respected(tmp_path: Path) -> None:
-    assert cli(tmp_path, "list").returncode == 0
+    assert cli(tmp_path, "list", "--create").returncode == 0
     assert isinstance(open_database(f"sqlite:///{tmp_path / 'farm.sqlite3'}"), pw.SqliteDatabase)
 
 
 def test_adds_of_one_name_at_once_each_get_an_id(tmp_path: Path) -> None:
     """Three admins adding "GPU box" at the same moment: the id made from the name is taken
     by the first; the others choose again, and every add succeeds with its own id."""
-    assert cli(tmp_path, "list").returncode == 0  # the database exists
+    assert cli(tmp_path, "list", "--create").returncode == 0  # the database exists
     env = dict(os.environ, FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'farm.sqlite3'}")
     adds = [
         subprocess.Popen(
@@ -123,5 +127,13 @@ def test_beside_a_dev_farm_the_commands_use_its_database(tmp_path: Path) -> None
     assert not (tmp_path / "farm.sqlite3").exists()
     assert "beside dev" in run("api-keys", "list").stdout
     elsewhere = run("workers", "list", FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}")
-    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert elsewhere.returncode == 2  # configured, and missing: said, not made
     assert f"database: sqlite:///{tmp_path / 'other.db'}" in elsewhere.stdout
+    assert "no llama-farm database at" in elsewhere.stderr
+    # The coordinator's settings file, as the service reads it.
+    settings = tmp_path / "coordinator.env"
+    settings.write_text(f"FARM_DATABASE_URL=sqlite:///{dev.absolute()}\n")
+    listed = run("api-keys", "list", "--env-file", str(settings))
+    assert listed.returncode == 0, listed.stderr
+    assert "beside dev" in listed.stdout
+    assert run("api-keys", "list", "--env-file", "nope.env").returncode == 2
