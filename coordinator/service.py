@@ -26,6 +26,7 @@ from coordinator.mqtt.inbound import SUBSCRIPTIONS, Inbound
 from coordinator.mqtt.provisioning import Provisioner
 from coordinator.readiness import Readiness
 from coordinator.settings import CoordinatorSettings
+from coordinator.workers.enrolment import Enrolments
 from coordinator.workers.presence import WorkerPresence
 from coordinator.workers.registry import WorkerRegistry
 from farm_runtime.broker import make_client, serve_session, stay_connected
@@ -115,6 +116,9 @@ class Coordinator:
             grace_s=s.worker_grace_s,
             job_lifetime_s=s.queue_timeout_s + s.reply_timeout_s,
             readiness=self.readiness,
+            enrolments=Enrolments(self.runner.db, s.enrol_ttl_s),
+            public_url=s.public_url,
+            public_broker_url=s.public_broker_url,
         )
 
     async def _mqtt(self) -> None:

@@ -29,6 +29,13 @@ class CoordinatorSettings(BaseSettings):
     key_secret: SecretStr = Field(default=SecretStr(""))
     # Bearer token of the admin API (/api/v1/admin); empty keeps that API closed.
     admin_token: SecretStr = Field(default=SecretStr(""))
+    # Where workers and people reach the farm from outside, for the line a new worker joins
+    # with (`llama-farm workers add`): the chat's address (https://chat.example.org) and
+    # the broker's for workers (mqtts://farm.example.org:8883). Unset: `workers add`
+    # prints the key instead, for a manual setup.
+    public_url: str = ""
+    public_broker_url: str = ""
+    enrol_ttl_s: float = Field(default=86_400.0, gt=0)  # a join line expires after this
     # Models offered when the fleet is empty, in picker order (the original's list).
     default_models: list[str] = ["llama3", "codegemma", "codellama:7b", "llama2", "mistral"]
     context_messages: int = Field(default=5, ge=1)  # successful messages sent as context

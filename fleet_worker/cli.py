@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from farm_protocol.errors import TopicError
 from farm_runtime.broker import BrokerAuthError
@@ -27,9 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "action",
         nargs="?",
         default="run",
-        choices=["run", "doctor", "install-service"],
-        help="run the worker (default); doctor: check the broker, the credentials, Ollama and "
-        "the models; install-service: run it as a systemd user unit or launchd agent",
+        choices=["run", "doctor", "install-service", "join", "leave"],
+        help="run the worker (default); join LINE: join the farm with the line its admin gave"
+        " (and run as a service); leave: stop and remove it; doctor: check the broker, the"
+        " credentials, Ollama and the models; install-service: run it as a systemd user unit"
+        " or launchd agent",
+    )
+    parser.add_argument("line", nargs="?", help="join: the line `llama-farm workers add` printed")
+    parser.add_argument(
+        "--no-start",
+        action="store_true",
+        help="join, leave: write or remove the files, but neither start nor stop the service",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="join: jobs at once (OLLAMA_NUM_PARALLEL)"
     )
     parser.add_argument("--env-file", help="read settings from this file (default: .env)")
     parser.add_argument(
@@ -46,6 +58,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("join", "leave"):
+        from fleet_worker import joining
+
+        if args.action == "leave":
+            env = Path(args.env_file) if args.env_file else None
+            return joining.leave(home=Path.home(), env_file=env, stop=not args.no_start)
+        if not args.line:
+            print(
+                "fleet-worker join: give the line `llama-farm workers add` printed", file=sys.stderr
+            )
+            return EXIT_CONFIG
+        return joining.run_join(
+            args.line, env_file=args.env_file, concurrency=args.concurrency, start=not args.no_start
+        )
     given = {"_env_file": args.env_file} if args.env_file else {}
     if args.action == "doctor":
         from fleet_worker import doctor

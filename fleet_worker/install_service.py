@@ -78,7 +78,7 @@ def env_lines(settings: WorkerSettings) -> list[str]:
     return [f"{key}={value}" for key, value in env_values(settings).items()]
 
 
-def _read_env(path: Path) -> dict[str, str]:
+def read_env(path: Path) -> dict[str, str]:
     found = {}
     for line in path.read_text().splitlines():
         key, sep, value = line.partition("=")
@@ -107,8 +107,8 @@ def install(
     if env_path.exists():
         # Installed before: what is set now is written over what the file holds (a key
         # rotated, a model added), and the rest of the file stays.
-        values = _read_env(env_path) | env_values(settings)
-        written = values != _read_env(env_path)
+        values = read_env(env_path) | env_values(settings)
+        written = values != read_env(env_path)
     else:
         if not settings.worker_id or not settings.api_key.get_secret_value():
             raise ValueError(

@@ -160,12 +160,19 @@ def _workers_arguments(parser: argparse.ArgumentParser) -> None:
     add = sub.add_parser("add", help="register a worker and print its key (once)")
     add.add_argument("--name", required=True, help='a human name, e.g. "laptop A"')
     add.add_argument("--id", dest="worker_id", help="the worker id (default: from the name)")
+    add.add_argument(
+        "--show-key",
+        action="store_true",
+        help="print the key (a manual setup) instead of a `fleet-worker join` line",
+    )
+    enrol = sub.add_parser("enrol", help="a new one-time `fleet-worker join` line for a worker")
+    enrol.add_argument("worker_id")
     listed = sub.add_parser("list", help="list workers")
     rotate = sub.add_parser("rotate", help="issue a new key; the old one stops working")
     rotate.add_argument("worker_id")
     revoke = sub.add_parser("revoke", help="revoke a worker for good")
     revoke.add_argument("worker_id")
-    for action in (add, listed, rotate, revoke):
+    for action in (add, enrol, listed, rotate, revoke):
         _admin_options(action)
 
 
@@ -195,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cli.add_arguments(worker)
     worker.set_defaults(func=_worker)
 
-    workers = sub.add_parser("workers", help="add, list, rotate or revoke worker keys")
+    workers = sub.add_parser("workers", help="add, enrol, list, rotate or revoke workers")
     _workers_arguments(workers)
     workers.set_defaults(func=_workers)
 

@@ -10,9 +10,9 @@ from quart import Quart, Response, g, request, send_from_directory, websocket
 
 from farm_protocol.errors import TopicError
 from farm_protocol.ids import check_id
-from farm_runtime.http_serving import finish_reading_requests
+from farm_runtime.http_serving import finish_reading_requests, request_json
 from webapp.bridge import Bridge
-from webapp.coordinator_client import CoordinatorClient
+from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 from webapp.forwarding import install_forwarding
 from webapp.metrics import WebappMetrics
 from webapp.ollama_api import OLLAMA_PATHS, create_ollama_blueprint
@@ -24,7 +24,7 @@ from webapp.thread_socket import ThreadSocket
 STATIC = Path(__file__).parent / "static"
 COOKIE = "farm_session"
 # Paths for programs (besides /v1/): known by a key or a token, never given a cookie.
-NO_SESSION = OLLAMA_PATHS | {"/metrics"}
+NO_SESSION = OLLAMA_PATHS | {"/metrics", "/api/enrol"}
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -38,6 +38,7 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
     _install_sessions(app, settings)
     _install_pages(app)
     _install_health(app, bridge, coordinator)
+    _install_enrolment(app, coordinator)
     _install_metrics(
         app, WebappMetrics(bridge, coordinator, settings.metrics_token.get_secret_value())
     )
@@ -109,6 +110,22 @@ def _install_pages(app: Quart) -> None:
         if name not in static_files:  # no file system look-up for whatever is asked
             return json_error(404, "no such file")
         return await send_from_directory(STATIC, name)
+
+
+def _install_enrolment(app: Quart, coordinator: CoordinatorClient) -> None:
+    @app.post("/api/enrol")
+    async def enrol() -> Response:
+        """A new worker's one-time token for its key (``fleet-worker join``): the only
+        thing a worker asks over HTTP, once, on the farm's public address."""
+        body = await request_json(request)
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str):
+            return json_error(400, 'send {"token": "lfe_..."} from the join line')
+        try:
+            answer = await coordinator.programmatic("POST", "/enrol", {"token": token})
+        except CoordinatorUnavailable:
+            return json_error(503, "the farm is unavailable; try again shortly")
+        return Response(answer.text, status=answer.status_code, content_type="application/json")
 
 
 def _install_metrics(app: Quart, metrics: WebappMetrics) -> None:

@@ -15,8 +15,10 @@ from coordinator.keys.hashing import hash_key
 from coordinator.mqtt.accounts import BrokerAdminError
 from coordinator.mqtt.provisioning import Provisioner
 from coordinator.settings import CoordinatorSettings
+from coordinator.workers.enrolment import Enrolments
 from coordinator.workers.registry import WorkerInfo, WorkerRegistry
 from farm_protocol.errors import TopicError
+from farm_protocol.joining import JoinLine
 
 
 def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
@@ -29,9 +31,10 @@ def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
         db, grace_s=settings.worker_grace_s, key_secret=settings.key_secret.get_secret_value()
     )
     provisioner = Provisioner(settings)
+    joining = Joining(settings, Enrolments(db, settings.enrol_ttl_s))
     try:
         with db.connection_context():
-            return _dispatch(args, store, provisioner)
+            return _dispatch(args, store, provisioner, joining)
     except (NotFound, Conflict, TopicError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -42,12 +45,25 @@ def run(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
         db.close()
 
 
-def _dispatch(args: argparse.Namespace, store: WorkerRegistry, provisioner: Provisioner) -> int:
+def _dispatch(
+    args: argparse.Namespace, store: WorkerRegistry, provisioner: Provisioner, joining: "Joining"
+) -> int:
     """The same steps, in the same order, as the admin API."""
     if args.action == "add":
         info, key = store.add(args.name, args.worker_id)
         _broker(asyncio.run(provisioner.worker_added(info.id, key)))
-        _print_key(info.id, key)
+        if joining.ready() and not args.show_key:
+            _print_join(info.id, joining.line(info.id))
+        else:
+            _print_key(info.id, key)
+            if not joining.ready():
+                print(joining.missing(), file=sys.stderr)
+    elif args.action == "enrol":
+        store.get(args.worker_id)
+        if not joining.ready():
+            print(f"error: {joining.missing()}", file=sys.stderr)
+            return 2
+        _print_join(args.worker_id, joining.line(args.worker_id))
     elif args.action == "rotate":
         key, nonce = store.new_key_for(args.worker_id)
         _broker(asyncio.run(provisioner.worker_rotated(args.worker_id, key)))
@@ -69,6 +85,38 @@ def _broker(outcome: str) -> None:
             "unset); see docs/OPERATIONS.md",
             file=sys.stderr,
         )
+
+
+class Joining:
+    """Join lines (farm_protocol.joining) for new workers, when the farm's public
+    addresses are known."""
+
+    def __init__(self, settings: CoordinatorSettings, enrolments: Enrolments) -> None:
+        self.settings = settings
+        self.enrolments = enrolments
+
+    def ready(self) -> bool:
+        return bool(self.settings.public_url and self.settings.public_broker_url)
+
+    def missing(self) -> str:
+        return (
+            "note: set FARM_PUBLIC_URL (the chat's address, e.g. https://chat.example.org) and"
+            " FARM_PUBLIC_BROKER_URL (the broker's for workers, e.g."
+            " mqtts://farm.example.org:8883) in the coordinator's settings, and this prints a"
+            " one-line `fleet-worker join` instead of the key"
+        )
+
+    def line(self, worker_id: str) -> str:
+        token = self.enrolments.issue(worker_id)
+        s = self.settings
+        return JoinLine(broker=s.public_broker_url, farm=s.public_url, token=token).encode()
+
+
+def _print_join(worker_id: str, line: str) -> None:
+    print(f"worker id: {worker_id}")
+    print("Give this line to the machine's owner; on that machine, with Ollama installed:")
+    print(f"  fleet-worker join {line}")
+    print("It works once, and expires (FARM_ENROL_TTL_S); the key it gets is shown to no one.")
 
 
 def _print_key(worker_id: str, key: str) -> None:

@@ -16,6 +16,7 @@ from coordinator.db.tables import (
     ALL_TABLES,
     SCHEMA_VERSION,
     ApiKey,
+    Enrolment,
     RateBucket,
     ReplyFailure,
     SchemaInfo,
@@ -93,6 +94,11 @@ def _v7_to_v8(db: pw.Database) -> None:
     )
 
 
+def _v8_to_v9(db: pw.Database) -> None:
+    """Enrolment tokens: a worker joins with a one-time line, its key never shown."""
+    db.create_tables([Enrolment])
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -103,6 +109,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     5: _v5_to_v6,
     6: _v6_to_v7,
     7: _v7_to_v8,
+    8: _v8_to_v9,
 }
 
 

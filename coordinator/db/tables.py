@@ -11,7 +11,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def now() -> float:
@@ -195,6 +195,18 @@ class RateBucket(_Base):
         primary_key = pw.CompositeKey("action", "who")
 
 
+class Enrolment(_Base):
+    """A one-time token a new worker's owner exchanges for its key (``fleet-worker join``):
+    only its hash is stored, it expires, and it is spent by its first use."""
+
+    token_hash = pw.CharField(primary_key=True, max_length=64)
+    worker = pw.ForeignKeyField(Worker, on_delete="CASCADE")
+    worker_id: str  # peewee's column accessor, declared for the type checker
+    created_at = pw.DoubleField(default=now)
+    expires_at = pw.DoubleField()
+    used_at = pw.DoubleField(null=True)
+
+
 ALL_TABLES: list[type[pw.Model]] = [
     SchemaInfo,
     User,
@@ -207,4 +219,5 @@ ALL_TABLES: list[type[pw.Model]] = [
     Job,
     ReplyFailure,
     RateBucket,
+    Enrolment,
 ]

@@ -15,8 +15,8 @@ from coordinator.http.responses import error, json_response, read_body, wrong_to
 from coordinator.http.routing import Route, blueprint
 from coordinator.jobs import reports
 from coordinator.keys import usage
-from coordinator.keys.hashing import hash_key
 from farm_protocol.ids import check_id
+from farm_protocol.joining import JoinLine
 
 
 class NewWorker(BaseModel):
@@ -46,11 +46,31 @@ async def list_workers(ctx: HttpContext) -> Response:
     return json_response([asdict(w) for w in await ctx.runner.call(ctx.registry.list_workers)])
 
 
+async def _join_line(ctx: HttpContext, worker_id: str) -> str | None:
+    """A one-time `fleet-worker join` line, when the farm's public addresses are set."""
+    if not (ctx.public_url and ctx.public_broker_url):
+        return None
+    token = await ctx.runner.call(ctx.enrolments.issue, worker_id)
+    return JoinLine(broker=ctx.public_broker_url, farm=ctx.public_url, token=token).encode()
+
+
 async def add_worker(ctx: HttpContext) -> Response:
     req = await read_body(NewWorker, empty_is_default=True)
     info, key = await ctx.runner.call(ctx.registry.add, req.name, req.worker_id)
     broker = await ctx.provisioner.worker_added(info.id, key)
-    return json_response({"worker": asdict(info), "api_key": key, "broker": broker}, 201)
+    body = {"worker": asdict(info), "api_key": key, "broker": broker}
+    return json_response(body | {"join": await _join_line(ctx, info.id)}, 201)
+
+
+async def enrol_worker(ctx: HttpContext, worker_id: str) -> Response:
+    """A new join line for a worker (the last one expired, or was lost)."""
+    info = await ctx.runner.call(ctx.registry.get, check_id(worker_id, "worker id"))
+    if info.revoked_at is not None:
+        raise Conflict(f"worker {info.id} is revoked")
+    line = await _join_line(ctx, info.id)
+    if line is None:
+        raise Conflict("set FARM_PUBLIC_URL and FARM_PUBLIC_BROKER_URL for join lines")
+    return json_response({"worker_id": info.id, "join": line}, 201)
 
 
 async def get_worker(ctx: HttpContext, worker_id: str) -> Response:
@@ -60,9 +80,7 @@ async def get_worker(ctx: HttpContext, worker_id: str) -> Response:
 
 async def rotate(ctx: HttpContext, worker_id: str) -> Response:
     wid = check_id(worker_id, "worker id")
-    key, nonce = await ctx.runner.call(ctx.registry.new_key_for, wid)
-    broker = await ctx.provisioner.worker_rotated(wid, key)  # disconnects the old key
-    await ctx.runner.call(ctx.registry.set_key, wid, key_hash=hash_key(key), nonce=nonce)
+    key, broker = await ctx.provisioner.new_key(ctx.runner, ctx.registry, wid)
     return json_response({"worker_id": wid, "api_key": key, "broker": broker})
 
 
@@ -162,6 +180,7 @@ ROUTES = [
     Route("POST", "/workers", add_worker),
     Route("GET", "/workers/<worker_id>", get_worker),
     Route("POST", "/workers/<worker_id>/rotate", rotate),
+    Route("POST", "/workers/<worker_id>/enrol", enrol_worker),
     Route("POST", "/workers/<worker_id>/revoke", revoke),
     Route("POST", "/workers/<worker_id>/drain", drain),
     Route("GET", "/api-keys", list_keys),

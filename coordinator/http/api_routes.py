@@ -14,6 +14,7 @@ from coordinator.jobs import reports
 from coordinator.keys.api_keys import ApiKeyInfo, check_api_key
 from farm_protocol.chat import SendMessageResponse
 from farm_protocol.ids import TopicId
+from farm_protocol.joining import Enrolled
 from farm_protocol.payloads import Generation
 
 
@@ -79,6 +80,24 @@ async def completions(ctx: HttpContext) -> Response:
     return json_response(SendMessageResponse(user_message=new.user_message, reply=new.reply), 201)
 
 
+class EnrolRequest(BaseModel):
+    token: str = Field(min_length=20, max_length=200)
+
+
+async def enrol(ctx: HttpContext) -> Response:
+    """A new worker's one-time token, for its key (``fleet-worker join``, through the
+    webapp). The token is spent first; if the key cannot be made (the broker did not
+    answer), it is given back for another try."""
+    req = await read_body(EnrolRequest)
+    worker_id = await ctx.runner.call(ctx.enrolments.redeem, req.token)
+    try:
+        key, _ = await ctx.provisioner.new_key(ctx.runner, ctx.registry, worker_id)
+    except BaseException:
+        await ctx.runner.call(ctx.enrolments.give_back, req.token)
+        raise
+    return json_response(Enrolled(worker_id=worker_id, api_key=key).model_dump())
+
+
 class CancelRequest(BaseModel):
     api_key: str = Field(max_length=200)
     job_id: TopicId
@@ -97,6 +116,7 @@ async def cancel(ctx: HttpContext) -> Response:
 
 
 ROUTES = [
+    Route("POST", "/enrol", enrol),
     Route("POST", "/cancel", cancel),
     Route("POST", "/keys/check", check),
     Route("GET", "/models", models),

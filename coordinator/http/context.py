@@ -13,6 +13,7 @@ from coordinator.metrics import Metrics
 from coordinator.mqtt.bus import Bus
 from coordinator.mqtt.provisioning import Provisioner
 from coordinator.readiness import Readiness
+from coordinator.workers.enrolment import Enrolments
 from coordinator.workers.presence import WorkerPresence
 from coordinator.workers.registry import WorkerRegistry
 from farm_protocol.chat import MessageView
@@ -49,4 +50,7 @@ class HttpContext:
     grace_s: float
     job_lifetime_s: float  # the queue plus the reply deadline: no job lives longer
     readiness: Readiness
+    enrolments: Enrolments
+    public_url: str  # the chat's, and the broker's for workers: for join lines
+    public_broker_url: str
     farm_page: Cached = field(default_factory=lambda: Cached(max_age_s=1.0))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from coordinator.db.runner import DbRunner
+from coordinator.keys.hashing import hash_key
 from coordinator.mqtt.accounts import BrokerAccounts, BrokerAdminError, Dynsec
 from coordinator.settings import CoordinatorSettings
 from coordinator.workers.registry import WorkerRegistry
@@ -41,6 +42,17 @@ class Provisioner:
             return "not managed"
         await self.accounts.rotate_worker(worker_id, key)
         return "provisioned"
+
+    async def new_key(
+        self, runner: DbRunner, workers: WorkerRegistry, worker_id: str
+    ) -> tuple[str, str]:
+        """A new key for an active worker: the broker learns it first (which disconnects
+        the old key's session), then the database, so a broker that cannot be reached
+        leaves the old key working. The key, and what became of the broker account."""
+        key, nonce = await runner.call(workers.new_key_for, worker_id)
+        broker = await self.worker_rotated(worker_id, key)
+        await runner.call(workers.set_key, worker_id, key_hash=hash_key(key), nonce=nonce)
+        return key, broker
 
     async def worker_revoked(self, worker_id: str) -> str:
         if self.accounts is None:

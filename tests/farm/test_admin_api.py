@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.db.tables import Worker
 from coordinator.keys.hashing import verify_key
+from farm_protocol.joining import JoinLine
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.support.brokers import RunningBroker
 from tests.support.farm import new_thread, running_farm, send_and_stream, wait_until
@@ -23,7 +24,11 @@ async def test_admin_api(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sim = SimSettings(ttft_ms=10, tokens_per_s=40, reply_tokens=1000)
-    settings = {"admin_token": TOKEN}
+    settings = {
+        "admin_token": TOKEN,
+        "public_url": "https://chat.example.org",
+        "public_broker_url": "mqtts://farm.example.org:8883",
+    }
     async with running_farm(
         tmp_path, broker, sim=sim, concurrency=1, coordinator_settings=settings
     ) as farm:
@@ -38,6 +43,11 @@ async def test_admin_api(
         # Workers: add (key shown once, stored hashed), list, get, rotate, revoke.
         added = await admin.post("/workers", json={"name": "Ada's laptop"})
         assert added.status_code == 201, added.text
+        line = JoinLine.decode(added.json()["join"])  # the line for the laptop's owner
+        assert (line.farm, line.broker) == (settings["public_url"], settings["public_broker_url"])
+        again = await admin.post(f"/workers/{added.json()['worker']['id']}/enrol")
+        assert again.status_code == 201, again.text
+        assert JoinLine.decode(again.json()["join"]).token != line.token
         new = added.json()
         assert new["worker"]["id"] == "ada-s-laptop"
         assert new["api_key"].startswith("lf_")
