@@ -19,18 +19,7 @@ import httpx
 import pytest
 
 from tests.support.dev_farm import dev_process
-
-
-def _run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "OLLAMA_"))}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        env=clean | env,
-        cwd=cwd,
-        timeout=90,
-    )
+from tests.support.processes import run_command
 
 
 @pytest.fixture
@@ -48,6 +37,26 @@ def dev(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
         yield url.rstrip("/"), broker.group(1), sim.group(1)
 
 
+def _join_line(tmp_path: Path, dev: tuple[str, str, str], name: str) -> str:
+    """The line `llama-farm workers add` prints for ``name``, beside the dev farm."""
+    url, broker, _ = dev
+    added = run_command(
+        tmp_path,
+        "llama_farm.cli",
+        "workers",
+        "add",
+        "--name",
+        name,
+        FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'farm' / 'dev.sqlite3'}",
+        FARM_PUBLIC_URL=url,
+        FARM_PUBLIC_BROKER_URL=broker,
+    )
+    assert added.returncode == 0, added.stderr
+    assert "api key" not in added.stdout  # the key is never shown to the admin
+    (line,) = re.findall(r"fleet-worker join (lfj1_\S+)", added.stdout)
+    return str(line)
+
+
 def _online(url: str, name: str) -> bool:
     farm = httpx.get(f"{url}/api/farm", timeout=5).json()
     return any(w["name"] == name and w["state"] in ("idle", "busy") for w in farm["workers"])
@@ -57,20 +66,12 @@ def test_a_laptop_joins_in_two_commands_and_leaves_in_one(
     tmp_path: Path, dev: tuple[str, str, str]
 ) -> None:
     url, broker, sim = dev
-    admin = {
-        "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm' / 'dev.sqlite3'}",
-        "FARM_PUBLIC_URL": url,
-        "FARM_PUBLIC_BROKER_URL": broker,
-    }
-    added = _run(tmp_path, "llama_farm.cli", "workers", "add", "--name", "Laptop B", **admin)
-    assert added.returncode == 0, added.stderr
-    assert "api key" not in added.stdout  # the key is never shown to the admin
-    (line,) = re.findall(r"fleet-worker join (lfj1_\S+)", added.stdout)
+    line = _join_line(tmp_path, dev, "Laptop B")
 
     laptop = tmp_path / "laptop"
     laptop.mkdir()
     machine = {"HOME": str(laptop), "FARM_SERVICE_PLATFORM": "linux", "OLLAMA_HOST": sim}
-    joined = _run(laptop, "fleet_worker.cli", "join", line, "--no-start", **machine)
+    joined = run_command(laptop, "fleet_worker.cli", "join", line, "--no-start", **machine)
     assert joined.returncode == 0, joined.stdout + joined.stderr
     assert "this machine is worker laptop-b" in joined.stdout
     assert f"shows on {url}/farm" in joined.stdout
@@ -102,15 +103,15 @@ def test_a_laptop_joins_in_two_commands_and_leaves_in_one(
         worker.wait(timeout=30)
         log.close()
 
-    again = _run(laptop, "fleet_worker.cli", "join", line, "--no-start", **machine)
+    again = run_command(laptop, "fleet_worker.cli", "join", line, "--no-start", **machine)
     assert again.returncode == 3  # the line was spent: no second machine gets this key
     assert "already used or expired" in again.stderr
-    damaged = _run(laptop, "fleet_worker.cli", "join", line[:-12], "--no-start", **machine)
+    damaged = run_command(laptop, "fleet_worker.cli", "join", line[:-12], "--no-start", **machine)
     assert damaged.returncode == 2
     assert "damaged" in damaged.stderr
     assert "Traceback" not in again.stderr + damaged.stderr
 
-    left = _run(laptop, "fleet_worker.cli", "leave", "--no-start", **machine)
+    left = run_command(laptop, "fleet_worker.cli", "leave", "--no-start", **machine)
     assert left.returncode == 0, left.stderr
     assert not settings.exists()
     assert not unit.exists()
@@ -120,16 +121,9 @@ def test_a_laptop_joins_in_two_commands_and_leaves_in_one(
 def test_join_needs_ollama_before_it_spends_the_line(
     tmp_path: Path, dev: tuple[str, str, str]
 ) -> None:
-    url, broker, _ = dev
-    admin = {
-        "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm' / 'dev.sqlite3'}",
-        "FARM_PUBLIC_URL": url,
-        "FARM_PUBLIC_BROKER_URL": broker,
-    }
-    added = _run(tmp_path, "llama_farm.cli", "workers", "add", "--name", "Laptop C", **admin)
-    (line,) = re.findall(r"fleet-worker join (lfj1_\S+)", added.stdout)
+    line = _join_line(tmp_path, dev, "Laptop C")
     machine = {"HOME": str(tmp_path), "FARM_SERVICE_PLATFORM": "linux"}
-    no_ollama = _run(
+    no_ollama = run_command(
         tmp_path, "fleet_worker.cli", "join", line, **machine, OLLAMA_HOST="http://127.0.0.1:9"
     )
     assert no_ollama.returncode == 1

@@ -3,10 +3,7 @@ log lines (dated text, or JSON)."""
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 from farm_runtime.entry import EXIT_CONFIG, ConfigError, load_settings, version
 from farm_runtime.logs import JsonFormatter
 from fleet_worker.settings import WorkerSettings
+from tests.support.processes import run_command
 
 
 def test_a_setting_that_is_not_json_is_named_with_an_example(
@@ -39,31 +37,19 @@ def test_every_wrong_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
-def _command(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        env=clean | env,
-        cwd=tmp_path,
-        timeout=60,
-    )
-
-
 def test_the_commands_say_their_version_and_refuse_bad_settings_in_one_line(
     tmp_path: Path,
 ) -> None:
     for module in ("llama_farm.cli", "fleet_worker.cli"):
-        shown = _command(tmp_path, module, "--version")
+        shown = run_command(tmp_path, module, "--version")
         assert shown.returncode == 0
         assert shown.stdout.split()[-1] == version()
-    refused = _command(tmp_path, "fleet_worker.cli", FARM_MODELS="llama3")  # run the worker
+    refused = run_command(tmp_path, "fleet_worker.cli", FARM_MODELS="llama3")  # run the worker
     assert refused.returncode == EXIT_CONFIG
     assert refused.stderr.strip() == (
         'fleet-worker: FARM_MODELS: must be written as JSON, like ["llama3", "mistral"]'
     )
-    coordinator = _command(tmp_path, "llama_farm.cli", "coordinator", FARM_HTTP_PORT="port")
+    coordinator = run_command(tmp_path, "llama_farm.cli", "coordinator", FARM_HTTP_PORT="port")
     assert coordinator.returncode == EXIT_CONFIG
     assert "Traceback" not in coordinator.stderr
     assert coordinator.stderr.strip().startswith("llama-farm coordinator: FARM_HTTP_PORT: ")
@@ -80,12 +66,12 @@ def test_log_lines_carry_the_date_or_are_json(tmp_path: Path) -> None:
     assert entry["time"].endswith("+00:00")
 
     database = f"sqlite:///{tmp_path / 'farm.sqlite3'}"
-    text = _command(
+    text = run_command(
         tmp_path, "llama_farm.cli", "workers", "list", "--create", FARM_DATABASE_URL=database
     )
     (line,) = [x for x in text.stderr.splitlines() if "created database schema" in x]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO ", line), line
-    as_json = _command(
+    as_json = run_command(
         tmp_path / "..",
         "llama_farm.cli",
         "--log-format",

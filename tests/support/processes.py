@@ -63,3 +63,19 @@ def wait_http(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not come up within {timeout_s:.0f} s")
         time.sleep(0.1)
+
+
+def run_command(cwd: Path, *args: str, **env: str) -> "subprocess.CompletedProcess[str]":
+    """``python -m ARGS`` to its end, in a clean environment (none of this shell's FARM_ or
+    OLLAMA_ settings) plus ``env``, as a person would run it in ``cwd``."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "OLLAMA_"))}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        env=clean | env,
+        cwd=cwd,
+        timeout=90,
+    )
