@@ -134,6 +134,16 @@ class Coordinator:
                 clean_session=True,
             )
 
+        said: set[asyncio.Task[None]] = set()
+
+        def subscribed() -> None:
+            self.readiness.broker.set()
+            # each connection says again which protocol the farm speaks (a broker that
+            # lost its retained messages learns it again)
+            task = asyncio.create_task(self.bus.farm_info(), name="farm info")
+            said.add(task)
+            task.add_done_callback(said.discard)
+
         async def session(connected: aiomqtt.Client) -> None:
             try:
                 await serve_session(
@@ -141,7 +151,7 @@ class Coordinator:
                     subscriptions=SUBSCRIPTIONS,
                     handle=self.inbound.handle,
                     outbox=self.outbox,
-                    on_subscribed=self.readiness.broker.set,
+                    on_subscribed=subscribed,
                 )
             finally:
                 self.readiness.broker.clear()

@@ -66,6 +66,7 @@ def worker_grants(worker_id: str) -> list[Grant]:
         Grant(Action.PUBLISH, topics.worker_heartbeat(worker_id)),
         Grant(Action.PUBLISH, topics.worker_job_events_filter(worker_id)),
         Grant(Action.PUBLISH, topics.worker_job_progress_filter(worker_id)),
+        Grant(Action.SUBSCRIBE, topics.FARM_INFO),
     ]
 
 
@@ -81,6 +82,7 @@ SERVICE_GRANTS: dict[str, list[Grant]] = {
         Grant(Action.PUBLISH, topics.ALL_THREAD_EVENTS),
         # only to clear a revoked worker's retained status (an empty retained message)
         Grant(Action.PUBLISH, topics.ALL_STATUS),
+        Grant(Action.PUBLISH, topics.FARM_INFO),
     ],
     WEBAPP: [
         Grant(Action.SUBSCRIBE, topics.ALL_JOB_EVENTS),

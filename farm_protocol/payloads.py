@@ -248,6 +248,15 @@ JobEvent = Annotated[
 WorkerState = Literal["online", "draining", "unavailable", "offline"]
 
 
+class FarmInfo(_Payload):
+    """What the farm's coordinators speak (retained on ``topics.FARM_INFO``). Every
+    version reads it, so it only ever gains fields."""
+
+    kind: Literal["farm"] = "farm"
+    protocol: int = Field(ge=1)
+    version: str = Field(default="", max_length=64)
+
+
 class WorkerStatus(_Payload):
     kind: Literal["status"] = "status"
     worker_id: TopicId

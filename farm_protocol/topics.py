@@ -34,6 +34,11 @@ QOS_LIVE_CHUNKS = 0  # as webapps receive live chunks: progress repairs what the
 QOS_THREAD_EVENTS = 1
 
 _WORKERS = f"{TOPIC_ROOT}/workers"
+# Outside the versioned tree, so that a worker of any version reads it: the protocol the
+# farm's coordinators speak (FarmInfo, retained). A worker of another version stops,
+# saying what to upgrade, instead of waiting for jobs that can never reach it.
+FARM_INFO = f"{TOPIC_ROOT.split('/')[0]}/info"
+QOS_INFO = 1
 _THREADS = f"{TOPIC_ROOT}/threads"
 
 # Subscription filters used by the coordinator, the webapp and observers.

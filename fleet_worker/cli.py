@@ -97,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> None:
         try:
             await worker.run(stop)
-        except BrokerAuthError as exc:
+        except (BrokerAuthError, WorkerConfigError) as exc:
             failure.append(exc)
 
     run_with_signals(main)
+    if failure and isinstance(failure[0], WorkerConfigError):
+        print(f"fleet-worker: {failure[0]}", file=sys.stderr)
+        return EXIT_CONFIG
     if failure:
         print(
             f"fleet-worker: {failure[0]}\nCheck FARM_WORKER_ID and FARM_API_KEY "

@@ -13,6 +13,7 @@ from farm_protocol.ids import check_id, new_session_id
 from farm_protocol.models import normalize_model
 from farm_protocol.payloads import (
     Drain,
+    FarmInfo,
     JobAssignment,
     JobCancel,
     JobFailed,
@@ -21,6 +22,7 @@ from farm_protocol.payloads import (
     WorkerState,
     WorkerStatus,
 )
+from farm_protocol.version import PROTOCOL_VERSION
 from farm_runtime.broker import Subscription, make_client, serve_session, stay_connected
 from farm_runtime.client_calls import publish
 from farm_runtime.logs import DropLog
@@ -33,6 +35,7 @@ from fleet_worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 _ASSIGNMENT = adapter_for(JobAssignment)
+_FARM_INFO = adapter_for(FarmInfo)
 
 
 class WorkerConfigError(Exception):
@@ -64,6 +67,8 @@ class FleetWorker:
         self.totals = {"succeeded": 0, "failed": 0, "handed_back": 0}
         self._client: aiomqtt.Client | None = None
         self._pull_lock = asyncio.Lock()
+        # set (in run) when the farm speaks another protocol: the worker stops, saying so
+        self.incompatible: asyncio.Future[str] | None = None
 
     # --- state ---------------------------------------------------------------------------
 
@@ -124,6 +129,7 @@ class FleetWorker:
                 subscriptions=[
                     Subscription(topics.worker_assign(self.worker_id), topics.QOS_ASSIGN),
                     Subscription(topics.worker_control(self.worker_id), topics.QOS_CONTROL),
+                    Subscription(topics.FARM_INFO, topics.QOS_INFO),
                 ],
                 handle=self._handle,
                 outbox=self.outbox,
@@ -164,10 +170,34 @@ class FleetWorker:
                 await self._on_assign(decode(_ASSIGNMENT, message.payload))
             elif topic == topics.worker_control(self.worker_id):
                 await self._on_control(decode(CONTROL, message.payload))
+            elif topic == topics.FARM_INFO:
+                self._on_farm_info(decode(_FARM_INFO, message.payload))
             else:
                 raise ProtocolError(f"unexpected topic {topic}")
         except ProtocolError as exc:
             self._dropped.message(topic, topic, exc, message.payload)
+
+    def _on_farm_info(self, info: FarmInfo) -> None:
+        """The farm speaks another protocol: nothing it sends can reach this worker, and
+        nothing this worker sends reaches it. Stop, and say what to upgrade."""
+        if info.protocol == PROTOCOL_VERSION:
+            return
+        if self.incompatible is None or self.incompatible.done():
+            return
+        if info.protocol > PROTOCOL_VERSION:
+            advice = (
+                f"upgrade this worker (it speaks farm protocol {PROTOCOL_VERSION}; the farm's"
+                f" coordinators speak {info.protocol}, llama-farm {info.version or '?'}):"
+                " pipx upgrade llama-farm, then start it again"
+            )
+        else:
+            advice = (
+                f"this worker speaks farm protocol {PROTOCOL_VERSION}, newer than the farm's"
+                f" {info.protocol} (llama-farm {info.version or '?'}): ask the farm's admin to"
+                " upgrade, or install the farm's version here"
+            )
+        log.error("%s", advice)
+        self.incompatible.set_result(advice)
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -277,6 +307,7 @@ class FleetWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop``; then drain: no new jobs, running ones get a grace period,
         the rest are reported failed so the coordinator can retry them elsewhere."""
+        self.incompatible = incompatible = asyncio.get_running_loop().create_future()
         mqtt = asyncio.create_task(
             stay_connected(self._connect, self._session, name=f"worker {self.worker_id}"),
             name="mqtt",
@@ -284,16 +315,18 @@ class FleetWorker:
         ollama_watch = asyncio.create_task(self._watch_ollama(), name="ollama-watch")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait(
-            {mqtt, ollama_watch, stopper}, return_when=asyncio.FIRST_COMPLETED
+            {mqtt, ollama_watch, stopper, incompatible}, return_when=asyncio.FIRST_COMPLETED
         )
         try:
-            if stopper in done:
+            if stopper in done or incompatible in done:
                 await self._drain()
         finally:
             for task in (mqtt, ollama_watch, stopper):
                 task.cancel()
             results = await asyncio.gather(mqtt, ollama_watch, return_exceptions=True)
             await self.backend.close()
+        if incompatible.done():
+            raise WorkerConfigError(incompatible.result())
         for result in results:
             if isinstance(result, Exception):
                 raise result

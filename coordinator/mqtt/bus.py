@@ -8,11 +8,14 @@ from farm_protocol.codec import encode
 from farm_protocol.payloads import (
     ControlMessage,
     Drain,
+    FarmInfo,
     JobAssignment,
     JobCancel,
     MembersEvent,
     MessageEvent,
 )
+from farm_protocol.version import PROTOCOL_VERSION
+from farm_runtime.entry import version
 from farm_runtime.outbox import Outbox
 
 
@@ -47,6 +50,11 @@ class Bus:
 
     async def cancel(self, worker_id: str, job_id: str, attempt: int, reason: str) -> None:
         await self.control(worker_id, JobCancel(job_id=job_id, attempt=attempt, reason=reason))
+
+    async def farm_info(self) -> None:
+        """Say (retained) which protocol this farm speaks, for workers of any version."""
+        info = FarmInfo(protocol=PROTOCOL_VERSION, version=version())
+        await self.outbox.put(topics.FARM_INFO, encode(info), qos=topics.QOS_INFO, retain=True)
 
     async def clear_status(self, worker_id: str) -> None:
         """Remove a worker's retained status from the broker (an empty retained message):

@@ -21,6 +21,7 @@ CONTRACT_MODULES = {
     "codec",
     "errors",
     "ids",
+    "joining",
     "models",
     "payloads",
     "topics",
