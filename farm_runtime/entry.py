@@ -41,6 +41,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="text (default) or json: one JSON object a line (also FARM_LOG_FORMAT)",
     )
+    parser.add_argument(
+        "--log-file", help="log to this file, rotated at 10 MB (default: standard error)"
+    )
 
 
 class ConfigError(Exception):

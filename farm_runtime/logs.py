@@ -5,6 +5,8 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 
 from farm_protocol.codec import preview
 
@@ -25,10 +27,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(level: str = "INFO", log_format: str | None = None) -> None:
+LOG_FILE_BYTES = 10 * 1024 * 1024  # a log file is rotated at this size, 3 kept
+
+
+def configure_logging(
+    level: str = "INFO", log_format: str | None = None, log_file: str | None = None
+) -> None:
     """Text lines with the date and time (journald adds its own; a log file has only
-    this), or JSON lines with ``log_format="json"`` (default: FARM_LOG_FORMAT)."""
-    handler = logging.StreamHandler()
+    this), or JSON lines with ``log_format="json"`` (default: FARM_LOG_FORMAT). With
+    ``log_file``, to that file, rotated at 10 MB with 3 old ones kept (a launchd agent's
+    log would otherwise grow for ever); else to standard error."""
+    handler: logging.Handler
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=3)
+    else:
+        handler = logging.StreamHandler()
     if (log_format or os.environ.get("FARM_LOG_FORMAT", "text")).lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     add_common_options(parser)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, args.log_format, args.log_file)
     return run(args)
 
 

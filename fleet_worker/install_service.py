@@ -135,6 +135,7 @@ def install(
     elif platform == "darwin":
         path = home / "Library" / "LaunchAgents" / f"{AGENT}.plist"
         log_file = home / "Library" / "Logs" / "fleet-worker.log"
+        args += ["--log-file", str(log_file)]  # rotated by the worker: launchd does not
         text = _fill(
             _template(f"{AGENT}.plist.in"),
             {

@@ -157,6 +157,9 @@ def test_install_service_writes_a_launchd_agent(tmp_path: Path) -> None:
     assert plist["Label"] == "org.llama-farm.fleet-worker"
     assert plist["ProgramArguments"][:3] == [sys.executable, "-m", "fleet_worker.cli"]
     assert plist["KeepAlive"] == {"Crashed": True}  # an exit it printed stays an exit
+    log_file = tmp_path / "Library/Logs/fleet-worker.log"
+    assert plist["ProgramArguments"][-2:] == ["--log-file", str(log_file)]  # rotated by it
+    assert "StandardOutPath" not in plist
     assert plist["ExitTimeOut"] == 60  # longer than the default 30 s drain grace
     assert "launchctl bootstrap gui/$(id -u) " in done.stdout  # not the legacy load
 

@@ -83,3 +83,26 @@ def test_log_lines_carry_the_date_or_are_json(tmp_path: Path) -> None:
     )
     (created,) = [json.loads(x) for x in as_json.stderr.splitlines() if "schema" in x]
     assert created["logger"] == "coordinator.db.database"
+
+
+def test_a_log_file_is_rotated(tmp_path: Path) -> None:
+    """What a launchd agent logs to (launchd itself never rotates): 10 MB, 3 kept."""
+    from logging.handlers import RotatingFileHandler
+
+    from farm_runtime.logs import LOG_FILE_BYTES, configure_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        root.handlers.clear()
+        configure_logging("INFO", None, str(tmp_path / "logs" / "worker.log"))
+        (handler,) = root.handlers
+        assert isinstance(handler, RotatingFileHandler)
+        assert (handler.maxBytes, handler.backupCount) == (LOG_FILE_BYTES, 3)
+        logging.getLogger("farm.test").warning("to the file")
+        handler.flush()
+        assert "WARNING farm.test: to the file" in (tmp_path / "logs" / "worker.log").read_text()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = before
