@@ -95,7 +95,7 @@
     el.querySelector(".who").textContent = message.role === "assistant"
       ? `🦙 ${message.model || message.author}` : message.author;
     const body = el.querySelector(".body");
-    body.innerHTML = window.renderMarkdown(message.content);
+    show(el, body, message);
     body.classList.toggle("cursor", message.state === "generating");
     let label = STATE_LABEL[message.state] || "";
     if (message.state === "queued" && message.queue_position) {
@@ -110,6 +110,35 @@
       !reply || !["failed", "timed_out", "cancelled"].includes(message.state);
   }
 
+  // A reply's text is rendered at most once a frame while it streams (a long reply is
+  // not rendered again for every chunk), and at once when it ends; only this message's.
+  function show(el, body, message) {
+    el.pendingText = message.content;
+    if (isFinal(message.state)) {
+      if (el.frame) cancelAnimationFrame(el.frame);
+      el.frame = 0;
+      paint(el, body);
+    } else if (!el.frame && el.shownText !== message.content) {
+      el.frame = requestAnimationFrame(() => { el.frame = 0; paint(el, body); });
+    }
+  }
+
+  function paint(el, body) {
+    if (el.shownText === el.pendingText) return;
+    body.innerHTML = window.renderMarkdown(el.pendingText);
+    el.shownText = el.pendingText;
+  }
+
+  // Screen readers hear a reply once, when it is complete (not every chunk as it streams).
+  function announce(message, known) {
+    if (message.role !== "assistant" || !known || isFinal(known.state)) return;
+    if (message.state === "done") {
+      $("announcer").textContent = `${message.model || "The model"} replied: ${message.content}`;
+    } else if (isFinal(message.state)) {
+      $("announcer").textContent = `The reply ${message.state.replace("_", " ")}`;
+    }
+  }
+
   function upsert(message) {
     const known = app.messages.get(message.message_id);
     // Keep streamed text that is ahead of the server's copy: while generating (it stores
@@ -122,6 +151,7 @@
     }
     app.messages.set(message.message_id, message);
     changing(!known, () => render(message));
+    announce(message, known);
   }
 
   function isFinal(state) { return !["queued", "generating"].includes(state); }
@@ -297,9 +327,8 @@
     $("load-older").hidden = true;
     $("new-messages").hidden = true;
     $("system-box").hidden = !!threadId;
-    document.querySelectorAll("#threads a").forEach((a) =>
-      a.classList.toggle("active", a.dataset.id === threadId));
-    document.body.classList.remove("show-sidebar");
+    document.querySelectorAll("#threads a").forEach((a) => current(a, a.dataset.id === threadId));
+    sidebar(false);
     renderMembers();
     if (threadId) connect(threadId);
     else { $("thread-title").textContent = "New chat"; if (app.socket) app.socket.close(); }
@@ -318,7 +347,7 @@
       a.textContent = t.title;
       a.title = t.description;
       if (t.thread_id === app.threadId) {
-        a.classList.add("active");
+        current(a, true);
         $("thread-title").textContent = t.title;
       }
       a.onclick = (e) => { e.preventDefault(); history.pushState({}, "", a.href); openThread(t.thread_id); };
@@ -382,6 +411,30 @@
     }
   }
 
+  function current(link, yes) {  // the open chat: shown, and said (aria-current)
+    link.classList.toggle("active", yes);
+    if (yes) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+
+  function sidebar(open) {
+    document.body.classList.toggle("show-sidebar", open);
+    $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+  }
+
+  async function copyCode(event) {
+    const button = event.target.closest(".copy");
+    if (!button) return;
+    const code = button.closest(".code").querySelector("code").innerText;
+    try {
+      await navigator.clipboard.writeText(code);
+      button.textContent = "Copied";
+    } catch (error) {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+  }
+
   function showTheme(theme) { $("theme").textContent = `Theme: ${theme}`; }
 
   async function start() {
@@ -390,7 +443,8 @@
       if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
     });
     $("new-chat").onclick = () => { history.pushState({}, "", "/"); openThread(null); };
-    $("toggle-sidebar").onclick = () => document.body.classList.toggle("show-sidebar");
+    $("toggle-sidebar").onclick = () => sidebar(!document.body.classList.contains("show-sidebar"));
+    $("message-list").addEventListener("click", copyCode);
     $("messages").addEventListener("scroll", () => { if (nearBottom()) $("new-messages").hidden = true; });
     $("new-messages").onclick = toBottom;
     $("load-older").onclick = loadOlder;
