@@ -85,6 +85,8 @@ class MessageView(_View):
     completion_tokens: int | None = None
     finish_reason: str | None = None
     tool_calls: list[ToolCall] | None = None
+    served_by: str | None = None  # the worker's name
+    generation_s: float | None = None  # from its first token to its end
 
 
 class ThreadView(_View):

@@ -69,7 +69,7 @@ def _recorded(turn: ChatTurn) -> tuple[str, str]:
 def _inserted_view(row: dict[str, Any]) -> MessageView:
     """The view of a message just inserted (no chunk applied, no error)."""
     columns = ("id", "thread_id", "role", "author", "content", "state", "model", "job_id")
-    return message_view([*(row[c] for c in columns), -1, None, row["created_at"], *[None] * 4])
+    return message_view([*(row[c] for c in columns), -1, None, row["created_at"], *[None] * 6])
 
 
 class RequestStore:

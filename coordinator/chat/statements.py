@@ -39,7 +39,8 @@ NEW_JOB = (
 REPLY_REQUEUED = (
     f"UPDATE message SET job_id = %s, state = '{MessageState.QUEUED}', content = '',"
     " content_seq = -1, prompt_tokens = NULL, completion_tokens = NULL, finish_reason = NULL,"
-    " tool_calls = NULL, error = NULL, updated_at = %s WHERE id = %s"
+    " tool_calls = NULL, served_by = NULL, generation_s = NULL, error = NULL, updated_at = %s"
+    " WHERE id = %s"
 )
 HOLDERS = "SELECT id, worker_id, attempt FROM job WHERE id IN {ids} AND state IN " + sql_list(
     (JobState.ASSIGNED, JobState.RUNNING)

@@ -99,6 +99,15 @@ def _v8_to_v9(db: pw.Database) -> None:
     db.create_tables([Enrolment])
 
 
+def _v9_to_v10(db: pw.Database) -> None:
+    """What the farm did for a reply: which worker served it, and how long it took."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(
+        m.add_column("message", "served_by", pw.CharField(max_length=200, null=True)),
+        m.add_column("message", "generation_s", pw.DoubleField(null=True)),
+    )
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -110,6 +119,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     6: _v6_to_v7,
     7: _v7_to_v8,
     8: _v8_to_v9,
+    9: _v9_to_v10,
 }
 
 

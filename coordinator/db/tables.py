@@ -11,7 +11,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def now() -> float:
@@ -127,6 +127,9 @@ class Message(_Base):
     completion_tokens = pw.IntegerField(null=True)
     finish_reason = pw.CharField(max_length=32, null=True)
     tool_calls = pw.TextField(null=True)
+    # and which worker served it (its name then), and how long it generated
+    served_by = pw.CharField(max_length=200, null=True)
+    generation_s = pw.DoubleField(null=True)
 
     class Meta:
         indexes = ((("thread", "created_at"), False),)

@@ -16,7 +16,7 @@ from farm_protocol.chat import MessageView, ThreadView
 # The columns a MessageView is built from, in order.
 MESSAGE_COLUMNS = (
     "id, thread_id, role, author, content, state, model, job_id, content_seq, error, created_at,"
-    " prompt_tokens, completion_tokens, finish_reason, tool_calls"
+    " prompt_tokens, completion_tokens, finish_reason, tool_calls, served_by, generation_s"
 )
 _VIEW_FIELDS = (
     "message_id",
@@ -34,6 +34,8 @@ _VIEW_FIELDS = (
     "completion_tokens",
     "finish_reason",
     "tool_calls",
+    "served_by",
+    "generation_s",
 )
 
 
@@ -55,6 +57,8 @@ def message_fields() -> list[pw.Field]:
         Message.completion_tokens,
         Message.finish_reason,
         Message.tool_calls,
+        Message.served_by,
+        Message.generation_s,
     ]
 
 

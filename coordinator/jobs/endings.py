@@ -88,7 +88,8 @@ class Endings:
                     expected.chars,
                 )
             if exact:
-                sql.execute(self.db, q.REPLY_USAGE, (*expected.usage, job.message_id))
+                served = (job.job_id, stamp, job.job_id, job.message_id)
+                sql.execute(self.db, q.REPLY_USAGE, (*expected.usage, *served))
             outcome = JobState.SUCCEEDED if exact else JobState.FAILED
             error = None if exact else "the reply arrived incomplete or corrupted"
             where = Where.held(job.job_id, job.attempt, job.worker_id)

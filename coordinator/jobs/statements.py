@@ -108,9 +108,15 @@ TEXT_CONTINUES = (
 )
 STORED_UP_TO = "SELECT content_seq FROM message WHERE id = %s"
 STORED_TEXT = "SELECT content_seq, content FROM message WHERE id = %s"
+# With what the model reported: which worker served it (its name then), and how long it
+# generated (from its first token, or its acceptance, to now).
 REPLY_USAGE = (
     "UPDATE message SET prompt_tokens = %s, completion_tokens = %s, finish_reason = %s,"
-    " tool_calls = %s WHERE id = %s"
+    " tool_calls = %s,"
+    " served_by = (SELECT w.name FROM job j JOIN worker w ON w.id = j.worker_id WHERE j.id = %s),"
+    " generation_s = %s - (SELECT COALESCE(first_token_at, accepted_at, assigned_at)"
+    " FROM job WHERE id = %s)"
+    " WHERE id = %s"
 )
 # Running jobs quiet since a moment: the last of their progress may have been lost.
 QUIET_JOBS = (

@@ -1,7 +1,8 @@
 """What a reply looks like and who can read it, in Debian's Chromium against `llama-farm
 dev`: markdown rendered by markdown-it (tables, nested lists, fenced code highlighted with
 its language) compared with the expected DOM; a code block copied with its button; raw
-HTML and javascript: links kept inert; the reply announced once, when complete; reduced
+HTML and javascript: links kept inert; who served a reply, its tokens, speed and time; the
+reply announced once, when complete; reduced
 motion respected; and axe-core (vendored as a test asset) finding no serious or critical
 violation, in both themes and at a phone's size."""
 
@@ -169,3 +170,23 @@ def test_axe_finds_nothing_serious_in_either_theme_or_on_a_phone(dev_farm: str) 
             problems = _serious(page)
             assert problems == [], f"farm page, {scheme} {size}: {json.dumps(problems, indent=1)}"
             context.close()
+
+
+def test_a_reply_says_who_served_it_how_fast_and_when(dev_farm: str) -> None:
+    with chromium() as browser:
+        page = chat_page(browser, dev_farm)
+        page.fill("#input", "[[sim:tokens=12]] [[sim:tps=40]] how fast?")
+        page.click("#send")
+        wait_reply(page, "m.dataset.state === 'done' && m.querySelector('.meta').textContent")
+        meta = page.evaluate(
+            "() => [...document.querySelectorAll('.msg.assistant')].pop()"
+            ".querySelector('.meta').textContent"
+        )
+        assert meta.startswith("by dev worker · 12 tokens · ")
+        assert meta.endswith(" tokens/s")
+        when = page.evaluate(
+            "() => [...document.querySelectorAll('.msg')]"
+            ".map((m) => m.querySelector('time').dateTime)"
+        )
+        assert len(when) == 2
+        assert all(w.endswith("Z") for w in when)

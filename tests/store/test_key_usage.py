@@ -18,7 +18,7 @@ from tests.support.stores import add_worker, asking
 DAY = 86400
 
 
-def test_a_done_keeps_the_models_counts_and_tool_calls(db: pw.Database) -> None:
+def test_a_done_keeps_the_models_counts_tool_calls_and_who_served_it(db: pw.Database) -> None:
     chat = ChatStores.open(db)
     key, _ = ApiKeyStore(db).create("bot", max_concurrent=2)
     new = chat.requests.start_api_conversation(key, "llama3", asking([("user", "weather?")]))
@@ -44,6 +44,9 @@ def test_a_done_keeps_the_models_counts_and_tool_calls(db: pw.Database) -> None:
         3,
         "tool_calls",
     )
+    assert view.served_by == "w"  # the worker's name
+    assert view.generation_s is not None
+    assert view.generation_s >= 0
     assert view.tool_calls is not None
     assert [(c.name, c.arguments) for c in view.tool_calls] == [("get_weather", {"city": "Lima"})]
 

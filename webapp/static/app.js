@@ -82,8 +82,9 @@
     if (!el) {
       el = document.createElement("article");
       el.dataset.id = message.message_id;
-      el.innerHTML = '<div class="who"></div><div class="body"></div>' +
-        '<div class="foot"><span class="state"></span>' +
+      el.innerHTML = '<div class="who"><span class="name"></span> <time></time></div>' +
+        '<div class="body"></div>' +
+        '<div class="foot"><span class="state"></span><span class="meta"></span>' +
         '<button type="button" class="stop" hidden>Stop</button>' +
         '<button type="button" class="retry" hidden>Retry</button></div>';
       el.querySelector(".stop").addEventListener("click", () => act(el.dataset.id, "stop"));
@@ -92,8 +93,13 @@
     }
     el.className = `msg ${message.role} ${message.state}`;
     el.dataset.state = message.state;
-    el.querySelector(".who").textContent = message.role === "assistant"
+    el.querySelector(".who .name").textContent = message.role === "assistant"
       ? `🦙 ${message.model || message.author}` : message.author;
+    const at = new Date(message.created_at * 1000);
+    const time = el.querySelector(".who time");
+    time.dateTime = at.toISOString();
+    time.textContent = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    el.querySelector(".meta").textContent = served(message);
     const body = el.querySelector(".body");
     show(el, body, message);
     body.classList.toggle("cursor", message.state === "generating");
@@ -152,6 +158,21 @@
     app.messages.set(message.message_id, message);
     changing(!known, () => render(message));
     announce(message, known);
+  }
+
+  // What the farm did for a finished reply: the worker, its tokens and their speed
+  // (characters when the model reported no tokens).
+  function served(message) {
+    if (message.role !== "assistant" || message.state !== "done") return "";
+    const parts = [];
+    if (message.served_by) parts.push(`by ${message.served_by}`);
+    const tokens = message.completion_tokens;
+    if (tokens != null) parts.push(`${tokens} tokens`);
+    else parts.push(`${message.content.length} characters`);
+    if (tokens != null && message.generation_s > 0) {
+      parts.push(`${(tokens / message.generation_s).toFixed(1)} tokens/s`);
+    }
+    return parts.join(" · ");
   }
 
   function isFinal(state) { return !["queued", "generating"].includes(state); }
