@@ -13,6 +13,10 @@ class NotFound(CoordinatorError):
     """A thread, message, job or worker does not exist (or is not yours)."""
 
 
+class Forbidden(CoordinatorError):
+    """Someone may see this, but not do that to it (only a chat's owner renames it)."""
+
+
 class Conflict(CoordinatorError):
     """The request is valid but the current state forbids it."""
 

@@ -5,6 +5,7 @@ JSON object per websocket message, tagged by ``type``:
   its fields at the top level), always first;
 * ``message``: a message was added or changed (a reply's state, its stored text);
 * ``members``: who is in the thread now;
+* ``thread``: the thread was renamed (its new view), or deleted (``thread`` null);
 * ``chunk``: a piece of a reply's text as it streams. ``seq`` counts a job attempt's
   chunks from 0; a message's ``content_seq`` says which of them its ``content`` already
   holds, so a browser appends only the chunks after it.
@@ -20,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm_protocol.chat import MemberView, MessageView, ThreadSnapshot
+from farm_protocol.chat import MemberView, MessageView, ThreadSnapshot, ThreadView
 
 RELOAD_CLOSE_CODE = 4000  # "you fell behind: reconnect and resync"
 NO_THREAD_CLOSE_CODE = 4004
@@ -44,6 +45,13 @@ class MembersChanged(_Event):
     members: list[MemberView]
 
 
+class ThreadChanged(_Event):
+    """The thread was renamed, or deleted (``thread`` None: nothing more will come)."""
+
+    type: Literal["thread"] = "thread"
+    thread: ThreadView | None = None
+
+
 class ChunkEvent(_Event):
     type: Literal["chunk"] = "chunk"
     job_id: str
@@ -53,5 +61,6 @@ class ChunkEvent(_Event):
 
 
 BrowserEvent = Annotated[
-    SnapshotEvent | MessageChanged | MembersChanged | ChunkEvent, Field(discriminator="type")
+    SnapshotEvent | MessageChanged | MembersChanged | ThreadChanged | ChunkEvent,
+    Field(discriminator="type"),
 ]

@@ -114,6 +114,7 @@ class ThreadSnapshot(_View):
     members: list[MemberView] = Field(default_factory=list)
     has_more: bool = False  # older messages exist (see MessagePage)
     member: bool = False  # whether the user asking is a member
+    owner: bool = False  # whether the user asking made it (and may rename or delete it)
 
 
 class MessagePage(_View):
@@ -137,6 +138,10 @@ class FleetModels(_View):
 
 class CreateThreadRequest(_View):
     system_prompt: str = Field(default="", max_length=MAX_SYSTEM_PROMPT_CHARS)
+
+
+class RenameThreadRequest(_View):
+    title: str = Field(min_length=1, max_length=200)
 
 
 class SendMessageRequest(_View):

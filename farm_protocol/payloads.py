@@ -23,6 +23,7 @@ from farm_protocol.chat import (
     MemberView,
     MessageView,
     Role,
+    ThreadView,
     ToolCall,
 )
 from farm_protocol.ids import TopicId
@@ -302,4 +303,14 @@ class MembersEvent(_Payload):
     members: list[MemberView]
 
 
-ThreadEvent = Annotated[MessageEvent | MembersEvent, Field(discriminator="kind")]
+class ThreadChangedEvent(_Payload):
+    """A thread renamed (``thread``), or deleted by its owner (``thread`` None)."""
+
+    kind: Literal["thread"] = "thread"
+    thread_id: TopicId
+    thread: ThreadView | None = None
+
+
+ThreadEvent = Annotated[
+    MessageEvent | MembersEvent | ThreadChangedEvent, Field(discriminator="kind")
+]

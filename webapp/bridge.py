@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 import aiomqtt
 
 from farm_protocol import topics
-from farm_protocol.browser import BrowserEvent, ChunkEvent, MembersChanged, MessageChanged
+from farm_protocol.browser import (
+    BrowserEvent,
+    ChunkEvent,
+    MembersChanged,
+    MessageChanged,
+    ThreadChanged,
+)
 from farm_protocol.codec import JOB_PROGRESS, THREAD_EVENT, adapter_for, decode
 from farm_protocol.errors import ProtocolError
 from farm_protocol.payloads import (
@@ -29,6 +35,7 @@ from farm_protocol.payloads import (
     JobFailed,
     MembersEvent,
     MessageEvent,
+    ThreadChangedEvent,
 )
 from farm_protocol.version import TOPIC_ROOT
 from farm_runtime.chunks import ChunkSequence
@@ -237,6 +244,9 @@ class Bridge:
                 if isinstance(event, MembersEvent):
                     _same_thread(event.thread_id, thread_id)
                     self._fan_out(thread_id, MembersChanged(members=event.members))
+                elif isinstance(event, ThreadChangedEvent):
+                    _same_thread(event.thread_id, thread_id)
+                    self._fan_out(thread_id, ThreadChanged(thread=event.thread))
                 else:
                     _same_thread(event.message.thread_id, thread_id)
                     self._on_message(event)

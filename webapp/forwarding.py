@@ -25,6 +25,8 @@ FORWARDED = [
     ("GET", "/api/threads/<thread_id>/messages", "/threads/{thread_id}/messages"),
     ("POST", "/api/threads/<thread_id>/join", "/threads/{thread_id}/join"),
     ("POST", "/api/threads/<thread_id>/leave", "/threads/{thread_id}/leave"),
+    ("POST", "/api/threads/<thread_id>/rename", "/threads/{thread_id}/rename"),
+    ("DELETE", "/api/threads/<thread_id>", "/threads/{thread_id}"),
     ("POST", "/api/threads/<thread_id>/messages", "/threads/{thread_id}/messages"),
     (
         "POST",

@@ -1,16 +1,19 @@
 """Threads, their members, and reading their messages a page at a time (anyone with
 a thread's link may read it: the original's sharing)."""
 
+from typing import cast
+
 import peewee as pw
 
 from coordinator.chat import statements as q
 from coordinator.db import sql
 from coordinator.db.database import write_transaction
-from coordinator.db.tables import Message, Thread, ThreadMember, User, new_id, now
+from coordinator.db.tables import Job, Message, Thread, ThreadMember, User, new_id, now
 from coordinator.db.views import message_fields, thread_view, views_of
-from coordinator.errors import Conflict, NotFound
+from coordinator.errors import Conflict, Forbidden, NotFound
 from coordinator.jobs.fairness import positions
 from coordinator.jobs.queue import queued_in_order
+from coordinator.jobs.states import LIVE
 from farm_protocol.chat import (
     MAX_THREAD_MEMBERS,
     PAGE_SIZE,
@@ -93,7 +96,42 @@ class ThreadStore:
             members=members,
             has_more=page.has_more,
             member=any(m.user_id == viewer for m in members),
+            owner=viewer is not None and str(thread.created_by_id) == viewer,
         )
+
+    def _owned(self, thread_id: str, user_id: str) -> Thread:
+        thread = Thread.select().where(Thread.id == thread_id).first(self.db)
+        if thread is None:
+            raise NotFound(f"no thread {thread_id}")
+        if str(thread.created_by_id) != user_id:
+            raise Forbidden("only the chat's owner (who started it) may do that")
+        return cast(Thread, thread)
+
+    def rename(self, thread_id: str, user_id: str, title: str) -> ThreadView:
+        """The owner names the chat (for every member)."""
+        with write_transaction(self.db):
+            self._owned(thread_id, user_id)
+            Thread.update(title=title.strip()[:200], updated_at=now()).where(
+                Thread.id == thread_id
+            ).execute(self.db)
+            return thread_view(Thread.select().where(Thread.id == thread_id).get(self.db))
+
+    def live_jobs(self, thread_id: str, user_id: str) -> list[str]:
+        """The owner's chat's jobs still queued or running (to stop before deleting it)."""
+        self._owned(thread_id, user_id)
+        rows = (
+            Job.select(Job.id)
+            .join(Message, on=(Job.message == Message.id))
+            .where((Message.thread == thread_id) & Job.state.in_(list(LIVE)))
+            .tuples()
+        )
+        return [str(job_id) for (job_id,) in rows.execute(self.db)]
+
+    def delete(self, thread_id: str, user_id: str) -> None:
+        """The owner deletes the chat for everyone: its messages, jobs and members too."""
+        with write_transaction(self.db):
+            self._owned(thread_id, user_id)
+            Thread.delete().where(Thread.id == thread_id).execute(self.db)
 
     def older_messages(self, thread_id: str, before: str, limit: int = PAGE_SIZE) -> MessagePage:
         """The ``limit`` messages before message ``before``, oldest first."""

@@ -20,6 +20,7 @@ from farm_protocol.chat import (
     CLIENT_HEADER,
     SESSION_HEADER,
     CreateThreadRequest,
+    RenameThreadRequest,
     SendMessageRequest,
     SendMessageResponse,
     UserView,
@@ -149,6 +150,27 @@ async def leave(ctx: HttpContext, thread_id: str) -> Response:
     return json_response(members)
 
 
+async def rename_thread(ctx: HttpContext, thread_id: str) -> Response:
+    req = await read_body(RenameThreadRequest)
+    tid = check_id(thread_id, "thread id")
+    user = await _user(ctx)
+    thread = await ctx.runner.call(ctx.chat.threads.rename, tid, user.user_id, req.title)
+    await ctx.bus.thread_changed(tid, thread)
+    return json_response(thread)
+
+
+async def delete_thread(ctx: HttpContext, thread_id: str) -> Response:
+    """The owner deletes the chat for everyone: its replies still running are stopped
+    first (their workers free at once), then it is gone, and its watchers are told."""
+    tid = check_id(thread_id, "thread id")
+    user = await _user(ctx)
+    for job_id in await ctx.runner.call(ctx.chat.threads.live_jobs, tid, user.user_id):
+        await ctx.cancel(job_id, "the chat was deleted")
+    await ctx.runner.call(ctx.chat.threads.delete, tid, user.user_id)
+    await ctx.bus.thread_changed(tid, None)
+    return json_response({"thread_id": tid, "deleted": True})
+
+
 async def send(ctx: HttpContext, thread_id: str) -> Response:
     req = await read_body(SendMessageRequest)
     user = await _user(ctx)
@@ -209,6 +231,8 @@ ROUTES = [
     Route("GET", "/threads/<thread_id>/messages", older),
     Route("POST", "/threads/<thread_id>/join", join),
     Route("POST", "/threads/<thread_id>/leave", leave),
+    Route("POST", "/threads/<thread_id>/rename", rename_thread),
+    Route("DELETE", "/threads/<thread_id>", delete_thread),
     Route("POST", "/threads/<thread_id>/messages", send),
     Route("POST", "/threads/<thread_id>/messages/<message_id>/retry", retry),
     Route("POST", "/threads/<thread_id>/messages/<message_id>/stop", stop),

@@ -13,6 +13,7 @@ from coordinator.errors import (
     Busy,
     Conflict,
     CoordinatorError,
+    Forbidden,
     NotFound,
     RateLimited,
     StoreError,
@@ -86,6 +87,8 @@ def install_error_handlers(bp: Blueprint) -> None:
         match exc:
             case NotFound():
                 return error(404, str(exc))
+            case Forbidden():
+                return error(403, str(exc))
             case Conflict():
                 return error(409, str(exc))
             case Busy():

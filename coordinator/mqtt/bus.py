@@ -3,7 +3,7 @@ thread's members changed) and to workers (an assignment, a cancel, a replay requ
 drain). All go through the outbox, so none is lost while the broker is away."""
 
 from farm_protocol import topics
-from farm_protocol.chat import MemberView, MessageView
+from farm_protocol.chat import MemberView, MessageView, ThreadView
 from farm_protocol.codec import encode
 from farm_protocol.payloads import (
     ControlMessage,
@@ -13,6 +13,7 @@ from farm_protocol.payloads import (
     JobCancel,
     MembersEvent,
     MessageEvent,
+    ThreadChangedEvent,
 )
 from farm_protocol.version import PROTOCOL_VERSION
 from farm_runtime.entry import version
@@ -28,6 +29,14 @@ class Bus:
         await self.outbox.put(
             topics.thread_events(view.thread_id),
             encode(MessageEvent(message=view)),
+            qos=topics.QOS_THREAD_EVENTS,
+        )
+
+    async def thread_changed(self, thread_id: str, thread: ThreadView | None) -> None:
+        """A thread renamed (``thread``), or deleted (None)."""
+        await self.outbox.put(
+            topics.thread_events(thread_id),
+            encode(ThreadChangedEvent(thread_id=thread_id, thread=thread)),
             qos=topics.QOS_THREAD_EVENTS,
         )
 

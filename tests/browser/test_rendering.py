@@ -190,3 +190,28 @@ def test_a_reply_says_who_served_it_how_fast_and_when(dev_farm: str) -> None:
         )
         assert len(when) == 2
         assert all(w.endswith("Z") for w in when)
+
+
+def test_the_owner_renames_and_deletes_a_chat_from_the_page(dev_farm: str) -> None:
+    with chromium() as browser:
+        page = chat_page(browser, dev_farm)
+        page.fill("#input", "[[sim:tokens=3]] a chat to tidy")
+        page.click("#send")
+        wait_reply(page, "m.dataset.state === 'done'")
+        page.once("dialog", lambda dialog: dialog.accept("Tidy chat"))
+        page.click("#rename")
+        page.wait_for_function(
+            "() => document.getElementById('thread-title').textContent === 'Tidy chat'"
+        )
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#threads a')]"
+            ".some((a) => a.textContent === 'Tidy chat')"
+        )
+        assert page.get_attribute("#threads a[aria-current='page']", "href") == page.url.replace(
+            dev_farm.rstrip("/"), ""
+        )
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete")
+        page.wait_for_function("() => document.querySelectorAll('#threads a').length === 0")
+        assert page.text_content("#thread-title") == "New chat"
+        assert page.url.rstrip("/") == dev_farm.rstrip("/")

@@ -13,7 +13,15 @@ import websockets
 from farm_protocol.chat import MAX_THREAD_MEMBERS, PAGE_SIZE
 from llama_farm.ollama_sim.settings import SimSettings
 from tests.support.brokers import broker_of
-from tests.support.farm import Farm, events, new_thread, running_farm, send_and_stream, ws_url
+from tests.support.farm import (
+    Farm,
+    events,
+    new_thread,
+    running_farm,
+    send_and_stream,
+    wait_until,
+    ws_url,
+)
 
 
 async def _event(socket: Any, kind: str) -> dict[str, Any]:
@@ -187,3 +195,50 @@ async def test_long_threads_come_a_page_at_a_time(tmp_path: Path) -> None:
         assert bad.status_code == 400
         unknown = await browser.get(f"/api/threads/{thread_id}/messages?before=" + "0" * 32)
         assert unknown.status_code == 404
+
+
+async def test_the_owner_renames_and_deletes_a_chat_for_everyone(tmp_path: Path) -> None:
+    """Only the one who started a chat renames or deletes it; every watcher hears of it;
+    deleting stops its reply still generating (the worker frees at once) and leaves
+    nothing behind; anyone else can only leave it (remove it from their list)."""
+    sim = SimSettings(ttft_ms=5, tokens_per_s=20, reply_tokens=400)
+    async with broker_of("mosquitto") as broker, running_farm(tmp_path, broker, sim=sim) as farm:
+        alice, bob = farm.browser(), farm.browser()
+        thread_id = await new_thread(alice)
+        sent = await alice.post(f"/api/threads/{thread_id}/messages", json={"text": "go on"})
+        assert sent.status_code == 201, sent.text
+        assert (await bob.post(f"/api/threads/{thread_id}/join")).status_code == 200
+        assert (await alice.get(f"/api/threads/{thread_id}")).json()["owner"] is True
+        assert (await bob.get(f"/api/threads/{thread_id}")).json()["owner"] is False
+
+        async with _socket(farm, bob, thread_id) as bob_socket:
+            await _event(bob_socket, "snapshot")
+            refused = await bob.post(f"/api/threads/{thread_id}/rename", json={"title": "mine"})
+            assert refused.status_code == 403
+            assert "owner" in refused.json()["error"]
+            assert (await bob.delete(f"/api/threads/{thread_id}")).status_code == 403
+            assert (
+                await alice.post(f"/api/threads/{thread_id}/rename", json={"title": ""})
+            ).status_code == 400
+
+            renamed = await alice.post(
+                f"/api/threads/{thread_id}/rename", json={"title": "Llama facts"}
+            )
+            assert renamed.status_code == 200, renamed.text
+            assert (await _event(bob_socket, "thread"))["thread"]["title"] == "Llama facts"
+            titles = [t["title"] for t in (await bob.get("/api/threads")).json()]
+            assert titles == ["Llama facts"]
+
+            deleted = await alice.delete(f"/api/threads/{thread_id}")
+            assert deleted.status_code == 200, deleted.text
+            assert (await _event(bob_socket, "thread"))["thread"] is None
+        assert (await bob.get(f"/api/threads/{thread_id}")).status_code == 404
+        assert (await alice.get("/api/threads")).json() == []
+        assert (await bob.get("/api/threads")).json() == []
+        async with httpx.AsyncClient() as http:
+
+            async def stopped() -> bool:  # the reply it was generating was stopped
+                streams = (await http.get(farm.sim_url + "/sim/streams")).json()
+                return bool(streams["aborted"] == 1 and streams["active"] == 0)
+
+            await wait_until(stopped, what="the deleted chat's reply to stop")

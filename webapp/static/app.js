@@ -239,6 +239,40 @@
     $("share").hidden = !open;
     $("join").hidden = !open || isMember();
     $("leave").hidden = !open || !isMember();
+    $("rename").hidden = !open || !app.owner;
+    $("delete").hidden = !open || !app.owner;
+  }
+
+  function threadChanged(thread) {  // renamed, or deleted by its owner (null)
+    if (thread === null) {
+      history.pushState({}, "", "/");
+      openThread(null);
+      notice("This chat was deleted by its owner.");
+    } else {
+      $("thread-title").textContent = thread.title;
+    }
+    loadThreads().catch(() => {});
+  }
+
+  async function renameThread() {
+    const title = window.prompt("Name this chat", $("thread-title").textContent);
+    if (title === null || !title.trim()) return;
+    try {
+      threadChanged(await api("POST", `/api/threads/${app.threadId}/rename`, { title: title.trim() }));
+    } catch (error) {
+      notice(explain(error));
+    }
+  }
+
+  async function deleteThread() {
+    if (!window.confirm("Delete this chat and its messages for everyone in it?")) return;
+    try {
+      await api("DELETE", `/api/threads/${app.threadId}`);
+      threadChanged(null);
+      notice("Chat deleted.");
+    } catch (error) {
+      notice(explain(error));
+    }
   }
 
   async function membership(action) {  // "join" or "leave" the open thread
@@ -292,6 +326,7 @@
         $("thread-title").textContent = event.thread.title;
         event.messages.forEach(upsert);
         app.members = event.members;
+        app.owner = event.owner;
         app.hasMore = event.has_more;
         $("load-older").hidden = !app.hasMore;
         renderMembers();
@@ -302,6 +337,8 @@
       } else if (event.type === "members") {
         app.members = event.members;
         renderMembers();
+      } else if (event.type === "thread") {
+        threadChanged(event.thread);
       } else if (event.type === "chunk") {
         applyChunk(event);
       }
@@ -472,6 +509,8 @@
     $("share").onclick = share;
     $("join").onclick = () => membership("join");
     $("leave").onclick = () => membership("leave");
+    $("rename").onclick = renameThread;
+    $("delete").onclick = deleteThread;
     $("reroll").onclick = reroll;
     $("theme").onclick = () => showTheme(window.farmTheme.next());
     showTheme(window.farmTheme.current());
