@@ -36,10 +36,15 @@ def greet(name):
 See <https://ollama.com> and [evil](javascript:alert(1)) and <b>raw</b>."""
 
 
-def _echo(page: Any, text: str) -> None:
-    page.fill("#input", "[[sim:echo]] [[sim:tps=0]] " + text)
+def _ask(page: Any, text: str, until: str = "m.dataset.state === 'done'") -> None:
+    """Send ``text``; return once the reply meets ``until`` (a JS condition on ``m``)."""
+    page.fill("#input", text)
     page.click("#send")
-    wait_reply(page, "m.dataset.state === 'done'")
+    wait_reply(page, until)
+
+
+def _echo(page: Any, text: str) -> None:
+    _ask(page, "[[sim:echo]] [[sim:tps=0]] " + text)
 
 
 def _last_body(page: Any, selector: str) -> Any:
@@ -117,9 +122,11 @@ def test_a_reply_is_announced_once_complete_and_motion_can_be_reduced(dev_farm: 
     with chromium() as browser:
         page = chat_page(browser, dev_farm)
         assert page.get_attribute("#messages", "aria-live") is None  # no chatter per chunk
-        page.fill("#input", "[[sim:tokens=30]] [[sim:tps=30]] tell me")
-        page.click("#send")
-        wait_reply(page, "m.dataset.state === 'generating' && m.innerText.length > 10")
+        _ask(
+            page,
+            "[[sim:tokens=30]] [[sim:tps=30]] tell me",
+            "m.dataset.state === 'generating' && m.innerText.length > 10",
+        )
         assert page.text_content("#announcer") == ""  # nothing said while it streams
         wait_reply(page, "m.dataset.state === 'done'")
         page.wait_for_function("() => document.getElementById('announcer').textContent !== ''")
@@ -127,9 +134,7 @@ def test_a_reply_is_announced_once_complete_and_motion_can_be_reduced(dev_farm: 
         assert said.startswith("llama3 replied: ")
 
         page.emulate_media(reduced_motion="reduce")
-        page.fill("#input", "[[sim:tokens=200]] [[sim:tps=10]] slowly")
-        page.click("#send")
-        wait_reply(page, "m.dataset.state === 'generating'")
+        _ask(page, "[[sim:tokens=200]] [[sim:tps=10]] slowly", "m.dataset.state === 'generating'")
         animation = page.evaluate(
             "() => getComputedStyle([...document.querySelectorAll('.msg.assistant')].pop()"
             ".querySelector('.body'), '::after').animationName"
@@ -175,9 +180,11 @@ def test_axe_finds_nothing_serious_in_either_theme_or_on_a_phone(dev_farm: str) 
 def test_a_reply_says_who_served_it_how_fast_and_when(dev_farm: str) -> None:
     with chromium() as browser:
         page = chat_page(browser, dev_farm)
-        page.fill("#input", "[[sim:tokens=12]] [[sim:tps=40]] how fast?")
-        page.click("#send")
-        wait_reply(page, "m.dataset.state === 'done' && m.querySelector('.meta').textContent")
+        _ask(
+            page,
+            "[[sim:tokens=12]] [[sim:tps=40]] how fast?",
+            "m.dataset.state === 'done' && m.querySelector('.meta').textContent",
+        )
         meta = page.evaluate(
             "() => [...document.querySelectorAll('.msg.assistant')].pop()"
             ".querySelector('.meta').textContent"
@@ -195,9 +202,7 @@ def test_a_reply_says_who_served_it_how_fast_and_when(dev_farm: str) -> None:
 def test_the_owner_renames_and_deletes_a_chat_from_the_page(dev_farm: str) -> None:
     with chromium() as browser:
         page = chat_page(browser, dev_farm)
-        page.fill("#input", "[[sim:tokens=3]] a chat to tidy")
-        page.click("#send")
-        wait_reply(page, "m.dataset.state === 'done'")
+        _ask(page, "[[sim:tokens=3]] a chat to tidy")
         page.once("dialog", lambda dialog: dialog.accept("Tidy chat"))
         page.click("#rename")
         page.wait_for_function(
