@@ -24,7 +24,10 @@ from farm_protocol.chat import MessageState, MessageView
 from farm_protocol.models import normalize_model
 from farm_protocol.payloads import ChatTurn, Generation
 
+# A reply that ended may be generated again (a good one too: "regenerate"); one still
+# queued or generating may not.
 RETRYABLE_STATES = (
+    MessageState.DONE.value,
     MessageState.FAILED.value,
     MessageState.TIMED_OUT.value,
     MessageState.CANCELLED.value,
@@ -242,8 +245,9 @@ class RequestStore:
         max_queued: int | None = None,
         limit: AdmitLimit | None = None,
     ) -> MessageView:
-        """Generate a reply that failed, timed out or was stopped once more, as a new job
-        (the earlier jobs stay on record). The same limits apply as to sending."""
+        """Generate a reply that ended once more (failed, timed out, stopped, or a good one
+        regenerated), as a new job from an empty text (the earlier jobs stay on record).
+        The same limits apply as to sending."""
         with write_transaction(self.db):
             lock_thread(self.db, thread_id)
             reply = (
@@ -258,9 +262,7 @@ class RequestStore:
             if reply is None or not self._member(thread_id, user_id):
                 raise NotFound(f"no reply {message_id} in thread {thread_id}")
             if reply.state not in RETRYABLE_STATES:
-                raise Conflict(
-                    f"only a failed, timed out or stopped reply can be retried ({reply.state})"
-                )
+                raise Conflict(f"only a reply that ended can be generated again ({reply.state})")
             self._lock_user(user_id)
             self._admit(user_id, None, max_queued, limit, str(reply.model))
             stamp = now()

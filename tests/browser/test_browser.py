@@ -1,5 +1,5 @@
 """A real headless Chromium against `llama-farm dev` run as a process: the journeys of the
-chat page (a streamed reply, stop, retry, failure, a shared thread watched from a second
+chat page (a streamed reply, stop, retry, regenerate, failure, a shared thread watched from a second
 browser, a reload mid-stream, long threads, rate-limit messages, themes, a phone screen)
 and the farm page."""
 
@@ -196,8 +196,14 @@ def test_a_failed_reply_can_be_retried(dev_farm: str) -> None:
         reply.locator(".retry").click()
         wait_reply(page, "m.dataset.state === 'done'")
         assert len(reply_text(page)) > 20
-        assert reply.locator(".retry").is_hidden()
         assert reply.locator(".state").inner_text() == ""
+        # A good reply can be generated again, too (the last one: "Regenerate").
+        assert reply.locator(".retry").inner_text() == "Regenerate"
+        reply.locator(".retry").click()
+        wait_reply(page, "m.dataset.state === 'generating'")
+        assert reply.locator(".retry").is_hidden()
+        wait_reply(page, "m.dataset.state === 'done'")
+        assert len(reply_text(page)) > 20
 
 
 def test_a_shared_thread_is_watched_and_joined_from_a_second_browser(dev_farm: str) -> None:

@@ -197,6 +197,14 @@ def test_a_reply_says_who_served_it_how_fast_and_when(dev_farm: str) -> None:
         )
         assert len(when) == 2
         assert all(w.endswith("Z") for w in when)
+        # Only the latest good reply offers to be generated again.
+        two = "document.querySelectorAll('.msg.assistant').length === 2"
+        _ask(page, "[[sim:tokens=3]] and another", f"{two} && m.dataset.state === 'done'")
+        offered = page.evaluate(
+            "() => [...document.querySelectorAll('.msg.assistant')]"
+            ".map((m) => !m.querySelector('.retry').hidden)"
+        )
+        assert offered == [False, True]
 
 
 def test_the_owner_renames_and_deletes_a_chat_from_the_page(dev_farm: str) -> None:

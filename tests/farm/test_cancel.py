@@ -99,9 +99,13 @@ async def test_stop_keeps_the_partial_reply_and_frees_the_worker(
         assert stopped_again.json()["state"] == "cancelled"
         done_reply = follow.final["message_id"]
         done_url = f"/api/threads/{thread_id}/messages/{done_reply}/retry"
-        refused = await browser.post(done_url)
+        regenerated = await browser.post(done_url)  # a good reply, generated again
+        assert regenerated.status_code == 201, regenerated.text
+        assert (regenerated.json()["state"], regenerated.json()["content"]) == ("queued", "")
+        assert regenerated.json()["job_id"] != follow.final["job_id"]
+        refused = await browser.post(done_url)  # not while it is queued or generating
         assert refused.status_code == 409
-        assert "only a failed" in refused.json()["error"]
+        assert "only a reply that ended" in refused.json()["error"]
         assert (await browser.post(stop_url.removesuffix("/stop") + "/bogus")).status_code == 404
 
 

@@ -112,8 +112,9 @@
     el.querySelector(".state").textContent = label;
     const reply = message.role === "assistant";
     el.querySelector(".stop").hidden = !reply || isFinal(message.state);
-    el.querySelector(".retry").hidden =
-      !reply || !["failed", "timed_out", "cancelled"].includes(message.state);
+    const retry = el.querySelector(".retry");
+    retry.hidden = !reply || !isFinal(message.state) || (message.state === "done" && !latest(el));
+    retry.textContent = message.state === "done" ? "Regenerate" : "Retry";
   }
 
   // A reply's text is rendered at most once a frame while it streams (a long reply is
@@ -157,6 +158,7 @@
     }
     app.messages.set(message.message_id, message);
     changing(!known, () => render(message));
+    if (!known && message.role === "assistant") onlyLatestRegenerates();
     announce(message, known);
   }
 
@@ -173,6 +175,17 @@
       parts.push(`${(tokens / message.generation_s).toFixed(1)} tokens/s`);
     }
     return parts.join(" · ");
+  }
+
+  function onlyLatestRegenerates() {  // a new reply came: the one before stops offering it
+    document.querySelectorAll(".msg.assistant.done").forEach((el) => {
+      if (!latest(el)) el.querySelector(".retry").hidden = true;
+    });
+  }
+
+  function latest(el) {  // the last reply of the thread (a good one may be regenerated)
+    const replies = document.querySelectorAll(".msg.assistant");
+    return replies[replies.length - 1] === el;
   }
 
   function isFinal(state) { return !["queued", "generating"].includes(state); }
