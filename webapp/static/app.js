@@ -117,23 +117,12 @@
     retry.textContent = message.state === "done" ? "Regenerate" : "Retry";
   }
 
-  // A reply's text is rendered at most once a frame while it streams (a long reply is
-  // not rendered again for every chunk), and at once when it ends; only this message's.
+  // Only this message is rendered again when its text changes (never the whole thread),
+  // and only when it did change.
   function show(el, body, message) {
-    el.pendingText = message.content;
-    if (isFinal(message.state)) {
-      if (el.frame) cancelAnimationFrame(el.frame);
-      el.frame = 0;
-      paint(el, body);
-    } else if (!el.frame && el.shownText !== message.content) {
-      el.frame = requestAnimationFrame(() => { el.frame = 0; paint(el, body); });
-    }
-  }
-
-  function paint(el, body) {
-    if (el.shownText === el.pendingText) return;
-    body.innerHTML = window.renderMarkdown(el.pendingText);
-    el.shownText = el.pendingText;
+    if (el.shownText === message.content) return;
+    body.innerHTML = window.renderMarkdown(message.content);
+    el.shownText = message.content;
   }
 
   // Screen readers hear a reply once, when it is complete (not every chunk as it streams).
