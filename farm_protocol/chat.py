@@ -92,9 +92,10 @@ class MessageView(_View):
 class ThreadView(_View):
     thread_id: TopicId
     title: str
-    description: str
+    description: str  # the first message (its first 200 characters): a summary
     created_at: float
-    updated_at: float
+    updated_at: float  # the last activity
+    members: int = 0  # how many (in a user's list of chats; 0 where not counted)
 
 
 class MemberView(_View):

@@ -78,7 +78,15 @@ class ThreadStore:
             .order_by(Thread.updated_at.desc())
             .limit(limit)
         )
-        return [thread_view(row) for row in rows.execute(self.db)]
+        found = list(rows.execute(self.db))
+        counts = (
+            ThreadMember.select(ThreadMember.thread, pw.fn.COUNT(ThreadMember.user))
+            .where(ThreadMember.thread.in_([t.id for t in found]))
+            .group_by(ThreadMember.thread)
+            .tuples()
+        )
+        members = {str(thread): int(n) for thread, n in counts.execute(self.db)} if found else {}
+        return [thread_view(row, members.get(row.id, 0)) for row in found]
 
     def snapshot(
         self, thread_id: str, viewer: str | None = None, limit: int = PAGE_SIZE

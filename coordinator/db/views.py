@@ -79,11 +79,12 @@ def views_of(db: pw.Database, query: "pw.ModelSelect[Any]") -> list[MessageView]
     return message_views(cast(list[tuple[Any, ...]], list(query.tuples().execute(db))))
 
 
-def thread_view(row: Thread) -> ThreadView:
+def thread_view(row: Thread, members: int = 0) -> ThreadView:
     return ThreadView(
         thread_id=row.id,
         title=row.title,
         description=row.description,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        members=members,
     )

@@ -217,9 +217,12 @@ def test_the_owner_renames_and_deletes_a_chat_from_the_page(dev_farm: str) -> No
             "() => document.getElementById('thread-title').textContent === 'Tidy chat'"
         )
         page.wait_for_function(
-            "() => [...document.querySelectorAll('#threads a')]"
-            ".some((a) => a.textContent === 'Tidy chat')"
+            "() => [...document.querySelectorAll('#threads .t-title')]"
+            ".some((t) => t.textContent === 'Tidy chat')"
         )
+        entry = page.locator("#threads a[aria-current='page']")
+        assert entry.locator(".t-summary").inner_text() == "[[sim:tokens=3]] a chat to tidy"
+        assert entry.locator(".t-info").inner_text() == "1 member · just now"
         assert page.get_attribute("#threads a[aria-current='page']", "href") == page.url.replace(
             dev_farm.rstrip("/"), ""
         )

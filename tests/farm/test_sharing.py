@@ -226,8 +226,10 @@ async def test_the_owner_renames_and_deletes_a_chat_for_everyone(tmp_path: Path)
             )
             assert renamed.status_code == 200, renamed.text
             assert (await _event(bob_socket, "thread"))["thread"]["title"] == "Llama facts"
-            titles = [t["title"] for t in (await bob.get("/api/threads")).json()]
-            assert titles == ["Llama facts"]
+            listed = (await bob.get("/api/threads")).json()
+            assert [(t["title"], t["members"], t["description"]) for t in listed] == [
+                ("Llama facts", 2, "go on")
+            ]
 
             deleted = await alice.delete(f"/api/threads/{thread_id}")
             assert deleted.status_code == 200, deleted.text

@@ -177,6 +177,14 @@
     return replies[replies.length - 1] === el;
   }
 
+  function ago(seconds) {  // "just now", "5 min ago", "3 h ago", or the date
+    const passed = Date.now() / 1000 - seconds;
+    if (passed < 60) return "just now";
+    if (passed < 3600) return `${Math.floor(passed / 60)} min ago`;
+    if (passed < 86400) return `${Math.floor(passed / 3600)} h ago`;
+    return new Date(seconds * 1000).toLocaleDateString();
+  }
+
   function isFinal(state) { return !["queued", "generating"].includes(state); }
 
   async function act(messageId, action) {  // "stop" or "retry" a reply
@@ -404,7 +412,17 @@
       const a = document.createElement("a");
       a.href = `/t/${t.thread_id}`;
       a.dataset.id = t.thread_id;
-      a.textContent = t.title;
+      const title = document.createElement("span");
+      title.className = "t-title";
+      title.textContent = t.title;
+      const info = document.createElement("span");
+      info.className = "t-info";
+      const members = t.members === 1 ? "1 member" : `${t.members} members`;
+      info.textContent = `${members} · ${ago(t.updated_at)}`;
+      const summary = document.createElement("span");
+      summary.className = "t-summary";
+      summary.textContent = t.description;
+      a.append(title, summary, info);
       a.title = t.description;
       if (t.thread_id === app.threadId) {
         current(a, true);
