@@ -170,11 +170,17 @@ class Subscription:
     topic: str
     qos: int
     fallback: str | None = None
+    # A refusal is logged and the session goes on without it (a grant an older broker
+    # setup lacks, which the coordinator adds at its next reconcile)
+    optional: bool = False
 
 
 async def subscribe_all(client: aiomqtt.Client, subscriptions: list[Subscription]) -> None:
     for sub in subscriptions:
         if await subscribe(client, sub.topic, qos=sub.qos):
+            continue
+        if sub.optional:
+            log.warning("the broker refused %s; going on without it", sub.topic)
             continue
         if sub.fallback is None:
             raise aiomqtt.MqttError(f"the broker refused the subscription to {sub.topic}")

@@ -129,7 +129,9 @@ class FleetWorker:
                 subscriptions=[
                     Subscription(topics.worker_assign(self.worker_id), topics.QOS_ASSIGN),
                     Subscription(topics.worker_control(self.worker_id), topics.QOS_CONTROL),
-                    Subscription(topics.FARM_INFO, topics.QOS_INFO),
+                    # optional: a broker account made before farm/info existed lacks
+                    # it until the coordinator's next reconcile
+                    Subscription(topics.FARM_INFO, topics.QOS_INFO, optional=True),
                 ],
                 handle=self._handle,
                 outbox=self.outbox,
