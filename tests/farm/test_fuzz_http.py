@@ -229,4 +229,5 @@ def thousands_of_chats(farm: Farm, user: httpx.Client) -> None:
     assert len(user.get("/api/threads").json()) == 2
     # Everyone else is unaffected.
     assert farm.http.post("/api/threads", json={"system_prompt": ""}).status_code in (201, 429)
-    assert farm.http.get(f"/api/threads/{farm.thread_id}").status_code == 200
+    # (its chat may be gone: the fuzzing of every endpoint may have deleted it, as its owner)
+    assert farm.http.get("/api/threads").status_code == 200
