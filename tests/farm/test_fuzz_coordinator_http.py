@@ -61,6 +61,8 @@ PATHS = [
     "/api/v1/admin/workers/{a}/drain",
     "/api/v1/admin/api-keys",
     "/api/v1/admin/api-keys/{a}/revoke",
+    "/api/v1/admin/api-keys/{a}/usage?days={b}",
+    "/api/v1/admin/workers/{a}/enrol",
     "/api/v1/admin/jobs",
     "/api/v1/admin/jobs?state={a}&limit={b}",
     "/api/v1/admin/jobs/{a}",
@@ -73,10 +75,13 @@ PATHS = [
     "/api/v1/chat/threads/{a}/messages",
     "/api/v1/chat/threads/{a}/messages?before={b}",
     "/api/v1/chat/threads/{a}/join",
+    "/api/v1/chat/threads/{a}/rename",
     "/api/v1/chat/threads/{a}/messages/{b}/retry",
     "/api/v1/programmatic/keys/check",
     "/api/v1/programmatic/models",
     "/api/v1/programmatic/completions",
+    "/api/v1/programmatic/cancel",
+    "/api/v1/programmatic/enrol",
     "/api/v1/{a}",
 ]
 
@@ -87,6 +92,17 @@ BODIES = [
     {"system_prompt": "be brief"},
     {"key": "lfa_x_y"},
     {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]},
+    {"title": "renamed"},
+    {"token": "lfe_" + "x" * 32},
+    {"api_key": "lfa_x_y", "job_id": "0" * 32},
+    {"api_key": "lfa_x_y", "model": "llama3", "task": "embed", "inputs": ["a", "b"]},
+    {
+        "api_key": "lfa_x_y",
+        "model": "llama3",
+        "messages": [{"role": "tool", "content": "x"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "options": {"stop": ["x"]},
+    },
 ]
 
 
