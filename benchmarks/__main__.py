@@ -26,6 +26,7 @@ from benchmarks import (
     job_path,
     latency,
     outbox,
+    page_render,
     streams,
     throughput,
 )
@@ -43,6 +44,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "burst": burst.main,
     "flood": flood.main,
     "capacity": capacity.main,
+    "page_render": page_render.main,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 

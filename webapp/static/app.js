@@ -118,11 +118,18 @@
   }
 
   // Only this message is rendered again when its text changes (never the whole thread),
-  // and only when it did change.
+  // and only when it did change; the events that came in one websocket message (many
+  // chunks, at a fast pace) are rendered once, at the end of it (``app.dirty``).
   function show(el, body, message) {
-    if (el.shownText === message.content) return;
-    body.innerHTML = window.renderMarkdown(message.content);
-    el.shownText = message.content;
+    el.pendingText = message.content;
+    if (app.dirty) app.dirty.add(el);
+    else paint(el, body);
+  }
+
+  function paint(el, body) {
+    if (el.shownText === el.pendingText) return;
+    body.innerHTML = window.renderMarkdown(el.pendingText);
+    el.shownText = el.pendingText;
   }
 
   // Screen readers hear a reply once, when it is complete (not every chunk as it streams).
@@ -328,7 +335,14 @@
     // queued up for this page while it was sending).
     socket.onmessage = (raw) => {
       const data = JSON.parse(raw.data);
-      (Array.isArray(data) ? data : [data]).forEach(handleEvent);
+      app.dirty = new Set();
+      try {
+        (Array.isArray(data) ? data : [data]).forEach(handleEvent);
+      } finally {
+        const dirty = app.dirty;
+        app.dirty = null;
+        dirty.forEach((el) => paint(el, el.querySelector(".body")));
+      }
     };
     function handleEvent(event) {
       if (event.type === "snapshot") {
