@@ -118,18 +118,11 @@
   }
 
   // Only this message is rendered again when its text changes (never the whole thread),
-  // and only when it did change; the events that came in one websocket message (many
-  // chunks, at a fast pace) are rendered once, at the end of it (``app.dirty``).
+  // and only when it did change.
   function show(el, body, message) {
-    el.pendingText = message.content;
-    if (app.dirty) app.dirty.add(el);
-    else paint(el, body);
-  }
-
-  function paint(el, body) {
-    if (el.shownText === el.pendingText) return;
-    body.innerHTML = window.renderMarkdown(el.pendingText);
-    el.shownText = el.pendingText;
+    if (el.shownText === message.content) return;
+    body.innerHTML = window.renderMarkdown(message.content);
+    el.shownText = message.content;
   }
 
   // Screen readers hear a reply once, when it is complete (not every chunk as it streams).
@@ -335,14 +328,7 @@
     // queued up for this page while it was sending).
     socket.onmessage = (raw) => {
       const data = JSON.parse(raw.data);
-      app.dirty = new Set();
-      try {
-        (Array.isArray(data) ? data : [data]).forEach(handleEvent);
-      } finally {
-        const dirty = app.dirty;
-        app.dirty = null;
-        dirty.forEach((el) => paint(el, el.querySelector(".body")));
-      }
+      (Array.isArray(data) ? data : [data]).forEach(handleEvent);
     };
     function handleEvent(event) {
       if (event.type === "snapshot") {
