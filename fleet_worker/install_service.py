@@ -159,9 +159,15 @@ def install(
     return Installed(path, env_path, written, steps)
 
 
+def service_platform() -> str:
+    """ "linux" (systemd) or "darwin" (launchd), or what else this is; FARM_SERVICE_PLATFORM
+    says otherwise (tests write a macOS agent on Linux)."""
+    found = os.environ.get("FARM_SERVICE_PLATFORM") or sys.platform
+    return "linux" if found.startswith("linux") else found
+
+
 def run(settings: WorkerSettings, *, drain_grace_s: float, env_file: str | None) -> int:
-    platform = os.environ.get("FARM_SERVICE_PLATFORM") or sys.platform
-    platform = "linux" if platform.startswith("linux") else platform
+    platform = service_platform()
     try:
         done = install(
             settings,

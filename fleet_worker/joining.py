@@ -39,11 +39,6 @@ class JoinFailed(Exception):
         self.code = code
 
 
-def platform() -> str:
-    found = os.environ.get("FARM_SERVICE_PLATFORM") or sys.platform
-    return "linux" if found.startswith("linux") else found
-
-
 async def _ollama(host: str) -> Inventory:
     backend = OllamaBackend(host, first_token_timeout_s=10, token_timeout_s=10)
     try:
@@ -150,7 +145,7 @@ async def join(
         ollama_host=host,
         concurrency=concurrency,
     )
-    where = platform()
+    where = install_service.service_platform()
     done = install_service.install(
         settings, platform=where, home=home, drain_grace_s=drain_grace_s, env_file=env_file
     )
@@ -174,7 +169,7 @@ async def join(
 
 
 def leave(*, home: Path, env_file: Path | None, stop: bool) -> int:
-    where = platform()
+    where = install_service.service_platform()
     env_path = (env_file or home / DEFAULT_ENV).absolute()
     if where == "linux":
         service = home / ".config" / "systemd" / "user" / install_service.UNIT
