@@ -10,7 +10,7 @@ import peewee as pw
 from benchmarks.databases import on_each_database
 from coordinator.chat.stores import ChatStores
 from coordinator.db.database import migrate
-from coordinator.db.tables import Job, Worker
+from coordinator.db.tables import Job, User, Worker
 from coordinator.jobs.dispatch import Dispatcher
 from coordinator.jobs.stores import JobStores
 from coordinator.mqtt.bus import Bus
@@ -27,6 +27,11 @@ def _prepare(db: pw.Database, jobs: int, workers: int) -> None:
             Job.update(state="succeeded").where(Job.state == "queued").execute()
             chat.requests.send_message(user.user_id, thread.thread_id, f"question {i}", "llama3")
         Job.update(state="queued").execute()
+        # each asked by a user of their own: a chat user's replies run one at a time
+        job_ids = [str(job.id) for job in Job.select(Job.id)]
+        for i, job_id in enumerate(job_ids):
+            User.insert(id=f"asker{i}", name=f"asker {i}").execute()
+            Job.update(user=f"asker{i}").where(Job.id == job_id).execute()
         for w in range(workers):
             Worker.create(
                 id=f"w{w}",

@@ -44,7 +44,10 @@ class Coordinator:
         migrate(db)
         self.runner = DbRunner(db)
         self.chat = ChatStores.open(
-            db, grace_s=s.worker_grace_s, key_backlog=s.api_key_backlog_per_slot
+            db,
+            grace_s=s.worker_grace_s,
+            key_backlog=s.api_key_backlog_per_slot,
+            chat_backlog=s.chat_backlog,
         )
         self.jobs = JobStores.open(
             db,

@@ -54,6 +54,10 @@ class CoordinatorSettings(BaseSettings):
     # many per concurrent slot (4: a key of 4 has 4 running and up to 16 waiting); beyond
     # that they get a 429 with Retry-After.
     api_key_backlog_per_slot: int = Field(default=4, ge=0, le=100)
+    # A chat user has one reply generating at a time; messages sent meanwhile wait behind
+    # it (each answered with the one before in its context), up to this many; beyond
+    # that, 429.
+    chat_backlog: int = Field(default=3, ge=0, le=20)
     # Admission by expected wait (coordinator.jobs.capacity): a model's queue holds only
     # what its workers can start within this fraction of the queue deadline, judged by how
     # long its jobs have taken lately, or this many seconds before any has finished.

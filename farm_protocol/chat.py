@@ -87,6 +87,13 @@ class MessageView(_View):
     tool_calls: list[ToolCall] | None = None
     served_by: str | None = None  # the worker's name
     generation_s: float | None = None  # from its first token to its end
+    # Who wrote it (a user message; the user who asked, for a reply), and the message it
+    # follows in its branch (None for a thread's first).
+    user_id: str | None = None
+    parent_id: str | None = None
+    # In a thread's pages: the versions of an edited message (its siblings, itself among
+    # them), oldest first; None when it has only the one.
+    versions: list[str] | None = None
 
 
 class ThreadView(_View):
@@ -96,6 +103,7 @@ class ThreadView(_View):
     created_at: float
     updated_at: float  # the last activity
     members: int = 0  # how many (in a user's list of chats; 0 where not counted)
+    leaf_id: str | None = None  # the latest message of the branch it shows
 
 
 class MemberView(_View):
@@ -148,6 +156,12 @@ class RenameThreadRequest(_View):
 class SendMessageRequest(_View):
     text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str | None = Field(default=None, max_length=200)
+
+
+class ShowVersionRequest(_View):
+    """Switch a thread to the branch of one version of an edited message."""
+
+    message_id: TopicId
 
 
 class SendMessageResponse(_View):

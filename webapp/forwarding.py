@@ -38,6 +38,12 @@ FORWARDED = [
         "/api/threads/<thread_id>/messages/<message_id>/retry",
         "/threads/{thread_id}/messages/{message_id}/retry",
     ),
+    (
+        "POST",
+        "/api/threads/<thread_id>/messages/<message_id>/edit",
+        "/threads/{thread_id}/messages/{message_id}/edit",
+    ),
+    ("POST", "/api/threads/<thread_id>/branch", "/threads/{thread_id}/branch"),
 ]
 
 

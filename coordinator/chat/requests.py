@@ -15,7 +15,7 @@ from coordinator.db import sql
 from coordinator.db.database import write_transaction
 from coordinator.db.tables import Message, ThreadMember, new_id, now
 from coordinator.db.views import message_fields, message_view, views_of
-from coordinator.errors import Busy, Conflict, NotFound, RateLimited
+from coordinator.errors import Busy, Conflict, Forbidden, NotFound, RateLimited
 from coordinator.jobs.capacity import AdmitLimit, no_worker
 from coordinator.keys.api_keys import ApiKeyInfo
 from coordinator.workers.presence import model_names
@@ -50,6 +50,7 @@ _INSERTED = (
     "id",
     "thread_id",
     "user_id",
+    "parent_id",
     "role",
     "author",
     "content",
@@ -72,16 +73,44 @@ def _recorded(turn: ChatTurn) -> tuple[str, str]:
 def _inserted_view(row: dict[str, Any]) -> MessageView:
     """The view of a message just inserted (no chunk applied, no error)."""
     columns = ("id", "thread_id", "role", "author", "content", "state", "model", "job_id")
-    return message_view([*(row[c] for c in columns), -1, None, row["created_at"], *[None] * 6])
+    return message_view(
+        [
+            *(row[c] for c in columns),
+            -1,
+            None,
+            row["created_at"],
+            *[None] * 6,
+            row["user_id"],
+            row["parent_id"],
+        ]
+    )
+
+
+def _chained(rows: list[dict[str, Any]], parent_id: str | None) -> list[dict[str, Any]]:
+    """``rows`` as one branch after ``parent_id``: each follows the one before."""
+    for row in rows:
+        row["parent_id"] = parent_id
+        parent_id = row["id"]
+    return rows
 
 
 class RequestStore:
-    def __init__(self, db: pw.Database, *, grace_s: float = 10.0, key_backlog: int = 4) -> None:
+    def __init__(
+        self,
+        db: pw.Database,
+        *,
+        grace_s: float = 10.0,
+        key_backlog: int = 4,
+        chat_backlog: int = 3,
+    ) -> None:
         self.db = db
         self.grace_s = grace_s  # a worker silent this long is not online
         # An API key's requests beyond its concurrency wait in the queue (the dispatcher
         # starts at most max_concurrent of them at once), up to this many per slot more.
         self.key_backlog = key_backlog
+        # A chat user's replies run one at a time (the dispatcher starts one); messages
+        # sent meanwhile wait behind it, up to this many.
+        self.chat_backlog = chat_backlog
 
     def send_message(
         self,
@@ -96,21 +125,54 @@ class RequestStore:
     ) -> NewReply:
         """Store the user's message, an empty reply in ``queued`` and its job, atomically.
 
-        A chat user has one reply generating at a time; an API key up to its limit. With
+        A chat user has one reply generating at a time, and up to ``chat_backlog`` more
+        waiting behind it (each answered after the one before, with it in its context);
+        an API key up to its limit. With
         ``max_queued``, a full queue refuses the message (:class:`Busy`). (Hand-written
         statements: this runs for every message; see coordinator.chat.statements.)"""
         with write_transaction(self.db):
-            description = lock_thread(self.db, thread_id)
+            description, leaf = lock_thread(self.db, thread_id)
             name = self._lock_user(user_id)
             self._admit(user_id, api_key, max_queued, limit, model)
             joined = join_thread(self.db, thread_id, user_id)
-            new = self._queue_reply(thread_id, user_id, name, text, model, api_key, now())
-            stamp = new.user_message.created_at
+            stamp = now()
+            new = self._queue_reply(thread_id, user_id, name, text, model, api_key, stamp, leaf)
+            reply_id = new.reply.message_id
             if description:
-                sql.execute(self.db, q.THREAD_ACTIVE, (stamp, thread_id))
+                sql.execute(self.db, q.THREAD_GREW, (stamp, reply_id, thread_id))
             else:  # the first message names the thread
-                sql.execute(self.db, q.THREAD_NAMED, (stamp, text[:200], text[:60], thread_id))
+                named = (stamp, reply_id, text[:200], text[:60], thread_id)
+                sql.execute(self.db, q.THREAD_NAMED, named)
         return NewReply(new.user_message, new.reply, new.job_id, joined)
+
+    def edit_message(
+        self,
+        user_id: str,
+        thread_id: str,
+        message_id: str,
+        text: str,
+        model: str,
+        *,
+        max_queued: int | None = None,
+        limit: AdmitLimit | None = None,
+    ) -> NewReply:
+        """A new version of the user's own message: a sibling of it (the same parent),
+        with a queued reply, which the thread now shows; the earlier version and what
+        followed it stay, one branch beside. The same limits apply as to sending."""
+        with write_transaction(self.db):
+            lock_thread(self.db, thread_id)
+            edited = self._message(thread_id, message_id)
+            if edited is None or edited.role != "user":
+                raise NotFound(f"no message {message_id} of yours in thread {thread_id}")
+            if edited.user_id != user_id:
+                raise Forbidden("only its author may edit a message")
+            name = self._lock_user(user_id)
+            self._admit(user_id, None, max_queued, limit, model)
+            stamp = now()
+            parent = edited.parent_id
+            new = self._queue_reply(thread_id, user_id, name, text, model, None, stamp, parent)
+            sql.execute(self.db, q.THREAD_GREW, (stamp, new.reply.message_id, thread_id))
+        return new
 
     def start_api_conversation(
         self,
@@ -148,7 +210,7 @@ class RequestStore:
                 self._row(thread_id, user_id, role, role, content, stamp - 1.0 + i * 1e-3)
                 for i, (role, content) in enumerate(turns[:-1])
             ]
-            return self._queue_reply(
+            new = self._queue_reply(
                 thread_id,
                 user_id,
                 name,
@@ -156,9 +218,12 @@ class RequestStore:
                 model,
                 api_key,
                 stamp,
+                None,
                 history,
                 request=generation.model_dump_json(exclude_defaults=True),
             )
+            sql.execute(self.db, q.SET_LEAF, (new.reply.message_id, thread_id))
+            return new
 
     @staticmethod
     def _row(
@@ -177,6 +242,7 @@ class RequestStore:
             "id": new_id(),
             "thread_id": thread_id,
             "user_id": user_id,
+            "parent_id": None,  # see _chained
             "role": role,
             "author": author,
             "content": content,
@@ -203,12 +269,14 @@ class RequestStore:
         model: str,
         api_key: ApiKeyInfo | None,
         stamp: float,
+        parent_id: str | None,
         history: list[dict[str, Any]] | None = None,
         *,
         request: str | None = None,
     ) -> NewReply:
-        """Insert (after ``history``) the user's message, its empty reply and the job
-        (with an API client's ``request``, see ``Generation``)."""
+        """Insert the user's message, its empty reply and the job (with an API client's
+        ``request``, see ``Generation``), as a branch after ``parent_id`` (``history``
+        first). The caller makes the reply the thread's leaf when it should show."""
         job_id = new_id()
         mine = self._row(thread_id, user_id, "user", name, text, stamp)
         reply = self._row(
@@ -222,7 +290,7 @@ class RequestStore:
             model=model,
             job_id=job_id,
         )
-        self._insert_messages([*(history or []), mine, reply])
+        self._insert_messages(_chained([*(history or []), mine, reply], parent_id))
         owner_key = api_key.id if api_key else None
         job = (job_id, reply["id"], user_id, model, owner_key, request, stamp)
         sql.execute(self.db, q.NEW_JOB, job)
@@ -321,8 +389,12 @@ class RequestStore:
             sql.name_lock(self.db, QUEUE_BOUND_LOCK)
             mine, queued, for_model = sql.execute(self.db, count, (who, model)).fetchone()
         if api_key is None:
-            if mine:
-                raise Conflict("a reply to your previous message is still being generated")
+            if mine > self.chat_backlog:
+                raise RateLimited(
+                    f"you have {mine} replies generating or waiting, the most at once:"
+                    " send more when one of them has finished",
+                    2.0,
+                )
         elif mine >= api_key.max_concurrent * (1 + self.key_backlog):
             raise RateLimited(
                 f"this API key has {mine} requests in progress or waiting, its limit"

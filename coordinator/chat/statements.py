@@ -1,12 +1,14 @@
 """The chat package's hand-written statements (see coordinator/db/sql.py): those on the
 path of every message sent."""
 
+from coordinator.db import branches
+from coordinator.db.views import M_MESSAGE_COLUMNS
 from coordinator.jobs.states import LIVE, JobState, sql_list
 from farm_protocol.chat import MessageState
 
 _LIVE = sql_list(LIVE)
 
-LOCK_THREAD = "SELECT description FROM thread WHERE id = %s"  # + sql.row_lock
+LOCK_THREAD = "SELECT description, leaf_id FROM thread WHERE id = %s"  # + sql.row_lock
 LOCK_USER = 'SELECT name FROM "user" WHERE id = %s'  # + sql.row_lock
 # (this owner's live jobs, the jobs queued farm-wide, those queued for one model); the
 # owner column is filled in
@@ -25,13 +27,16 @@ NEW_THREAD = (
     " VALUES (%s, %s, %s, %s, %s, %s)"
 )
 THREAD_ACTIVE = "UPDATE thread SET updated_at = %s WHERE id = %s"
-THREAD_NAMED = "UPDATE thread SET updated_at = %s, description = %s, title = %s WHERE id = %s"
+THREAD_GREW = "UPDATE thread SET updated_at = %s, leaf_id = %s WHERE id = %s"
+THREAD_NAMED = (
+    "UPDATE thread SET updated_at = %s, leaf_id = %s, description = %s, title = %s WHERE id = %s"
+)
 # Every column of a message row, for inserting some (content_seq -1, no error yet).
 INSERT_MESSAGES = (
-    "INSERT INTO message (id, thread_id, user_id, role, author, content, content_seq, state,"
-    " model, job_id, error, created_at, updated_at) VALUES "
+    "INSERT INTO message (id, thread_id, user_id, parent_id, role, author, content,"
+    " content_seq, state, model, job_id, error, created_at, updated_at) VALUES "
 )
-MESSAGE_VALUES = "(%s, %s, %s, %s, %s, %s, -1, %s, %s, %s, NULL, %s, %s)"
+MESSAGE_VALUES = "(%s, %s, %s, %s, %s, %s, %s, -1, %s, %s, %s, NULL, %s, %s)"
 NEW_JOB = (
     "INSERT INTO job (id, message_id, user_id, model, state, attempt, chunks, api_key_id,"
     f" request, created_at) VALUES (%s, %s, %s, %s, '{JobState.QUEUED}', 0, 0, %s, %s, %s)"
@@ -55,3 +60,26 @@ BUCKET_NEW = (
 BUCKET = "SELECT tokens, at FROM rate_bucket WHERE action = %s AND who = %s"
 BUCKET_SET = "UPDATE rate_bucket SET tokens = %s, at = %s WHERE action = %s AND who = %s"
 BUCKETS_IDLE = "DELETE FROM rate_bucket WHERE at < %s"
+
+# --- branches ---------------------------------------------------------------------------
+
+# A branch's messages, newest first (see coordinator.db.branches)
+PATH_UP = (
+    branches.PATH + f"SELECT {M_MESSAGE_COLUMNS} FROM path JOIN message m ON m.id = path.id"
+    " ORDER BY path.depth"
+)
+# The newest message under (and including) one: the end of the branch it starts (a
+# message is always newer than the one it follows).
+NEWEST_BELOW = (
+    "WITH RECURSIVE below(id) AS (SELECT id FROM message WHERE id = %s AND thread_id = %s"
+    " UNION ALL SELECT m.id FROM message m JOIN below ON m.parent_id = below.id)"
+    " SELECT m.id FROM below JOIN message m ON m.id = below.id"
+    " ORDER BY m.created_at DESC, m.id DESC LIMIT 1"
+)
+# The user messages that follow these (each message's versions are its siblings), and
+# the thread's first ones (no parent), oldest first.
+VERSIONS = (
+    "SELECT parent_id, id FROM message WHERE role = 'user'"
+    " AND (parent_id IN {ids} OR parent_id IS NULL) AND thread_id = %s ORDER BY created_at, id"
+)
+SET_LEAF = "UPDATE thread SET leaf_id = %s WHERE id = %s"

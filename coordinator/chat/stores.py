@@ -16,8 +16,12 @@ class ChatStores:
     requests: RequestStore
 
     @classmethod
-    def open(cls, db: pw.Database, *, grace_s: float = 10.0, key_backlog: int = 4) -> "ChatStores":
+    def open(
+        cls, db: pw.Database, *, grace_s: float = 10.0, key_backlog: int = 4, chat_backlog: int = 3
+    ) -> "ChatStores":
         """``grace_s``: a worker silent this long is not online (FARM_WORKER_GRACE_S);
-        ``key_backlog``: see RequestStore."""
-        requests = RequestStore(db, grace_s=grace_s, key_backlog=key_backlog)
+        ``key_backlog`` and ``chat_backlog``: see RequestStore."""
+        requests = RequestStore(
+            db, grace_s=grace_s, key_backlog=key_backlog, chat_backlog=chat_backlog
+        )
         return cls(IdentityStore(db), ThreadStore(db), requests)

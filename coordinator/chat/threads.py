@@ -1,7 +1,7 @@
 """Threads, their members, and reading their messages a page at a time (anyone with
 a thread's link may read it: the original's sharing)."""
 
-from typing import cast
+from typing import NamedTuple, cast
 
 import peewee as pw
 
@@ -9,7 +9,7 @@ from coordinator.chat import statements as q
 from coordinator.db import sql
 from coordinator.db.database import write_transaction
 from coordinator.db.tables import Job, Message, Thread, ThreadMember, User, new_id, now
-from coordinator.db.views import message_fields, thread_view, views_of
+from coordinator.db.views import message_fields, message_views, thread_view, views_of
 from coordinator.errors import Conflict, Forbidden, NotFound
 from coordinator.jobs.fairness import positions
 from coordinator.jobs.queue import queued_in_order
@@ -26,14 +26,19 @@ from farm_protocol.chat import (
 )
 
 
-def lock_thread(db: pw.Database, thread_id: str) -> str:
-    """The thread's description, its row locked for this write transaction: its
-    members and replies are checked and changed one transaction at a time, in every
+class LockedThread(NamedTuple):
+    description: str
+    leaf_id: str | None  # the latest message of the branch it shows
+
+
+def lock_thread(db: pw.Database, thread_id: str) -> LockedThread:
+    """The thread's description and leaf, its row locked for this write transaction:
+    its members and replies are checked and changed one transaction at a time, in every
     coordinator (``sql.row_lock``). A thread is locked before a user."""
     found = sql.execute(db, q.LOCK_THREAD + sql.row_lock(db), (thread_id,)).fetchone()
     if found is None:
         raise NotFound(f"no thread {thread_id}")
-    return str(found[0] or "")
+    return LockedThread(str(found[0] or ""), found[1])
 
 
 def join_thread(db: pw.Database, thread_id: str, user_id: str) -> bool:
@@ -58,8 +63,9 @@ class ThreadStore:
             Thread.insert(id=thread_id, created_by=user_id).execute(self.db)
             ThreadMember.insert(thread=thread_id, user=user_id).execute(self.db)
             if system_prompt.strip():
+                prompt_id = new_id()
                 Message.insert(
-                    id=new_id(),
+                    id=prompt_id,
                     thread=thread_id,
                     user=user_id,
                     role="system",
@@ -67,6 +73,7 @@ class ThreadStore:
                     content=system_prompt.strip(),
                     state=MessageState.DONE.value,
                 ).execute(self.db)
+                sql.execute(self.db, q.SET_LEAF, (prompt_id, thread_id))
             thread = Thread.select().where(Thread.id == thread_id).get(self.db)
         return thread_view(thread)
 
@@ -96,7 +103,7 @@ class ThreadStore:
         thread = Thread.select().where(Thread.id == thread_id).first(self.db)
         if thread is None:
             raise NotFound(f"no thread {thread_id}")
-        page = self._page(thread_id, None, limit)
+        page = self._page(thread_id, thread.leaf_id, limit)
         members = self.members(thread_id)
         return ThreadSnapshot(
             thread=thread_view(thread),
@@ -106,6 +113,12 @@ class ThreadStore:
             member=any(m.user_id == viewer for m in members),
             owner=viewer is not None and str(thread.created_by_id) == viewer,
         )
+
+    def thread(self, thread_id: str) -> ThreadView:
+        found = Thread.select().where(Thread.id == thread_id).first(self.db)
+        if found is None:
+            raise NotFound(f"no thread {thread_id}")
+        return thread_view(found)
 
     def _owned(self, thread_id: str, user_id: str) -> Thread:
         thread = Thread.select().where(Thread.id == thread_id).first(self.db)
@@ -142,31 +155,54 @@ class ThreadStore:
             Thread.delete().where(Thread.id == thread_id).execute(self.db)
 
     def older_messages(self, thread_id: str, before: str, limit: int = PAGE_SIZE) -> MessagePage:
-        """The ``limit`` messages before message ``before``, oldest first."""
+        """The ``limit`` messages of its branch before message ``before``, oldest first."""
         if not Thread.select().where(Thread.id == thread_id).exists(self.db):
             raise NotFound(f"no thread {thread_id}")
-        page = self._page(thread_id, before, limit)
+        page = self._page(thread_id, before, limit, skip=1)
+        if not page.messages and not self._message_in(thread_id, before):
+            raise NotFound(f"no message {before} in thread {thread_id}")
         return MessagePage(messages=self._live_views(page.messages), has_more=page.has_more)
 
-    def _page(self, thread_id: str, before: str | None, limit: int) -> MessagePage:
-        query = Message.select(*message_fields()).where(Message.thread == thread_id)
-        if before is not None:
-            anchor = (
-                Message.select()
-                .where((Message.id == before) & (Message.thread == thread_id))
-                .first(self.db)
-            )
-            if anchor is None:
-                raise NotFound(f"no message {before} in thread {thread_id}")
-            query = query.where(
-                (Message.created_at < anchor.created_at)
-                | ((Message.created_at == anchor.created_at) & (Message.id < anchor.id))
-            )
-        newest = views_of(
-            self.db, query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1)
-        )
-        views = list(reversed(newest[:limit]))
+    def _page(self, thread_id: str, latest: str | None, limit: int, skip: int = 0) -> MessagePage:
+        """The ``limit`` messages of the branch that ends at ``latest`` (after leaving out
+        its ``skip`` newest), oldest first, each with its versions."""
+        if latest is None:
+            return MessagePage(messages=[], has_more=False)
+        walk = (latest, thread_id, limit + skip)
+        newest = message_views(sql.execute(self.db, q.PATH_UP, walk))[skip:]
+        views = self._with_versions(thread_id, list(reversed(newest[:limit])))
         return MessagePage(messages=views, has_more=len(newest) > limit)
+
+    def _with_versions(self, thread_id: str, views: list[MessageView]) -> list[MessageView]:
+        """Name each edited message's versions (its siblings, itself among them)."""
+        parents = list({v.parent_id for v in views if v.role == "user" and v.parent_id})
+        siblings: dict[str | None, list[str]] = {}
+        rows = sql.execute_in(self.db, q.VERSIONS, parents or [""], (thread_id,))
+        for parent, message_id in rows:
+            siblings.setdefault(parent, []).append(str(message_id))
+        return [
+            v.model_copy(update={"versions": siblings[v.parent_id]})
+            if v.role == "user" and len(siblings.get(v.parent_id, ())) > 1
+            else v
+            for v in views
+        ]
+
+    def _message_in(self, thread_id: str, message_id: str) -> bool:
+        where = (Message.id == message_id) & (Message.thread == thread_id)
+        return bool(Message.select().where(where).exists(self.db))
+
+    def show_version(self, thread_id: str, user_id: str, message_id: str) -> ThreadView:
+        """A member switches the thread to the branch of ``message_id`` (a version of an
+        edited message): it shows that branch, down to its newest message."""
+        with write_transaction(self.db):
+            lock_thread(self.db, thread_id)
+            if not self.is_member(thread_id, user_id):
+                raise Forbidden("only the chat's members may switch its branch")
+            found = sql.execute(self.db, q.NEWEST_BELOW, (message_id, thread_id)).fetchone()
+            if found is None:
+                raise NotFound(f"no message {message_id} in thread {thread_id}")
+            sql.execute(self.db, q.SET_LEAF, (found[0], thread_id))
+            return thread_view(Thread.select().where(Thread.id == thread_id).get(self.db))
 
     def _live_views(self, views: list[MessageView]) -> list[MessageView]:
         """Add who holds each live reply's job, and each queued reply's queue position."""

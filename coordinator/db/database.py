@@ -12,6 +12,7 @@ import peewee as pw
 from playhouse import db_url
 from playhouse import migrate as schema
 
+from coordinator.db import sql
 from coordinator.db.tables import (
     ALL_TABLES,
     SCHEMA_VERSION,
@@ -108,6 +109,29 @@ def _v9_to_v10(db: pw.Database) -> None:
     )
 
 
+def _v10_to_v11(db: pw.Database) -> None:
+    """Conversations branch: each message names the one it follows, and each thread the
+    latest message of the branch it shows. Until now every thread was one line, in the
+    order of its messages' times."""
+    m = schema.SchemaMigrator.from_database(db)
+    schema.migrate(
+        m.add_column("message", "parent_id", pw.CharField(max_length=32, null=True)),
+        m.add_index("message", ("parent_id",), False),
+        m.add_column("thread", "leaf_id", pw.CharField(max_length=32, null=True)),
+    )
+    rows = db.execute_sql(  # type: ignore[no-untyped-call]
+        "SELECT thread_id, id FROM message ORDER BY thread_id, created_at, id"
+    ).fetchall()
+    latest: dict[str, str] = {}  # each thread's latest message so far
+    for thread_id, message_id in rows:
+        if thread_id in latest:
+            follows = (latest[thread_id], message_id)
+            sql.execute(db, "UPDATE message SET parent_id = %s WHERE id = %s", follows)
+        latest[thread_id] = message_id
+    for thread_id, message_id in latest.items():
+        sql.execute(db, "UPDATE thread SET leaf_id = %s WHERE id = %s", (message_id, thread_id))
+
+
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is
 # the initial schema; tests/data holds its DDL so the upgrade path stays tested.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -120,6 +144,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     7: _v7_to_v8,
     8: _v8_to_v9,
     9: _v9_to_v10,
+    10: _v10_to_v11,
 }
 
 

@@ -11,7 +11,7 @@ import peewee as pw
 
 database_proxy = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def now() -> float:
@@ -54,6 +54,9 @@ class Thread(_Base):
     created_by = pw.ForeignKeyField(User, backref="threads_created", on_delete="CASCADE")
     created_at = pw.DoubleField(default=now)
     updated_at = pw.DoubleField(default=now, index=True)
+    # The latest message of the branch the thread shows (messages form a tree: editing a
+    # message starts a branch beside it); None while it has none.
+    leaf_id = pw.CharField(max_length=32, null=True)
 
 
 class ThreadMember(_Base):
@@ -111,7 +114,11 @@ class Message(_Base):
     thread = pw.ForeignKeyField(Thread, backref="messages", on_delete="CASCADE")
     thread_id: str  # peewee's column accessor, declared for the type checker
     user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    user_id: str | None  # peewee's column accessor, declared for the type checker
     role = pw.CharField(max_length=16)
+    # The message this one follows in its branch (None for a thread's first): a message
+    # edited gets a sibling, a version with the same parent.
+    parent_id = pw.CharField(max_length=32, null=True, index=True)
     author = pw.CharField(max_length=200)
     content = pw.TextField(default="")
     content_seq = pw.IntegerField(default=-1)

@@ -16,8 +16,11 @@ from farm_protocol.chat import MessageView, ThreadView
 # The columns a MessageView is built from, in order.
 MESSAGE_COLUMNS = (
     "id, thread_id, role, author, content, state, model, job_id, content_seq, error, created_at,"
-    " prompt_tokens, completion_tokens, finish_reason, tool_calls, served_by, generation_s"
+    " prompt_tokens, completion_tokens, finish_reason, tool_calls, served_by, generation_s,"
+    " user_id, parent_id"
 )
+# the same, of a message table aliased ``m``
+M_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
 _VIEW_FIELDS = (
     "message_id",
     "thread_id",
@@ -36,6 +39,8 @@ _VIEW_FIELDS = (
     "tool_calls",
     "served_by",
     "generation_s",
+    "user_id",
+    "parent_id",
 )
 
 
@@ -59,6 +64,8 @@ def message_fields() -> list[pw.Field]:
         Message.tool_calls,
         Message.served_by,
         Message.generation_s,
+        Message.user,
+        Message.parent_id,
     ]
 
 
@@ -87,4 +94,5 @@ def thread_view(row: Thread, members: int = 0) -> ThreadView:
         created_at=row.created_at,
         updated_at=row.updated_at,
         members=members,
+        leaf_id=row.leaf_id,
     )

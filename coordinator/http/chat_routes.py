@@ -23,6 +23,7 @@ from farm_protocol.chat import (
     RenameThreadRequest,
     SendMessageRequest,
     SendMessageResponse,
+    ShowVersionRequest,
     UserView,
 )
 from farm_protocol.ids import check_id
@@ -191,6 +192,44 @@ async def send(ctx: HttpContext, thread_id: str) -> Response:
     return json_response(SendMessageResponse(user_message=new.user_message, reply=new.reply), 201)
 
 
+async def edit(ctx: HttpContext, thread_id: str, message_id: str) -> Response:
+    """A new version of the user's own message, answered anew: the thread branches there
+    (the earlier version stays, a switch away) and every watcher is told."""
+    req = await read_body(SendMessageRequest)
+    user = await _user(ctx)
+    tid, mid = check_id(thread_id, "thread id"), check_id(message_id, "message id")
+    model = await choose_model(ctx, req.model)
+    edit_it = ctx.chat.requests.edit_message
+    new = await _admitted(
+        ctx,
+        user.user_id,
+        model,
+        functools.partial(edit_it, user.user_id, tid, mid, req.text, model),
+    )
+    await ctx.bus.message(new.user_message)
+    await ctx.bus.message(new.reply)
+    await _publish_thread(ctx, tid)
+    ctx.wake_dispatcher()
+    return json_response(SendMessageResponse(user_message=new.user_message, reply=new.reply), 201)
+
+
+async def show_version(ctx: HttpContext, thread_id: str) -> Response:
+    """A member switches the thread to another version of an edited message."""
+    req = await read_body(ShowVersionRequest)
+    user = await _user(ctx)
+    tid = check_id(thread_id, "thread id")
+    show = ctx.chat.threads.show_version
+    thread = await ctx.runner.call(show, tid, user.user_id, req.message_id)
+    await ctx.bus.thread_changed(tid, thread)
+    return json_response(thread)
+
+
+async def _publish_thread(ctx: HttpContext, thread_id: str) -> None:
+    """Tell the thread's watchers what it is now (its title, the branch it shows)."""
+    thread = await ctx.runner.call(ctx.chat.threads.thread, thread_id)
+    await ctx.bus.thread_changed(thread_id, thread)
+
+
 async def retry(ctx: HttpContext, thread_id: str, message_id: str) -> Response:
     user = await _user(ctx)
     tid = check_id(thread_id, "thread id")
@@ -235,6 +274,8 @@ ROUTES = [
     Route("DELETE", "/threads/<thread_id>", delete_thread),
     Route("POST", "/threads/<thread_id>/messages", send),
     Route("POST", "/threads/<thread_id>/messages/<message_id>/retry", retry),
+    Route("POST", "/threads/<thread_id>/messages/<message_id>/edit", edit),
+    Route("POST", "/threads/<thread_id>/branch", show_version),
     Route("POST", "/threads/<thread_id>/messages/<message_id>/stop", stop),
 ]
 

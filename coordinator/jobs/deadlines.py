@@ -83,7 +83,8 @@ class DeadlineSweep:
 
     def _queue(self, d: Deadlines, stamp: float, result: SweepResult) -> None:
         reason = f"no worker could take this request within {d.queue_s:.0f} s"
-        for (job_id,) in sql.execute(self.db, q.QUEUED_TOO_LONG, (stamp - d.queue_s,)).fetchall():
+        cutoff = (stamp - d.queue_s, stamp - d.queue_s)
+        for (job_id,) in sql.execute(self.db, q.QUEUED_TOO_LONG, cutoff).fetchall():
             where = Where.in_state(job_id, JobState.QUEUED)
             view = self.endings.end(where, JobState.TIMED_OUT, reason, stamp)
             if view is not None:

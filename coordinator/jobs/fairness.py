@@ -18,7 +18,9 @@ class QueuedJob:
     created_at: float
     owner: str  # the API key, else the user
     avoid_worker: str | None = None  # the worker the previous attempt failed on
-    cap: int | None = None  # the most the owner may have running at once (an API key's)
+    # the most the owner may have running at once (an API key's concurrency; a chat
+    # user's is 1)
+    cap: int | None = None
 
 
 def fair_order(jobs: Iterable[QueuedJob], running: Mapping[str, int]) -> list[QueuedJob]:
@@ -35,7 +37,8 @@ def fair_order(jobs: Iterable[QueuedJob], running: Mapping[str, int]) -> list[Qu
 
 def startable(order: Sequence[QueuedJob], running: Mapping[str, int]) -> list[QueuedJob]:
     """The jobs of ``order`` that may start now: an owner with a cap (an API key's
-    concurrency) gets at most that many running; the rest of its jobs wait their turn."""
+    concurrency, a chat user's one) gets at most that many running; the rest of its jobs
+    wait their turn."""
     room: dict[str, int] = {}
     out = []
     for job in order:

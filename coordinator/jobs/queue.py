@@ -133,11 +133,13 @@ class JobQueue:
         }
         assigned: list[tuple[str, JobAssignment]] = []
         for pick in landed:
-            job_id, attempt, model, api_key_id, thread_id, asked_at, request = rows[pick.job_id]
-            # An API request's own context and settings; a chat reply's is its thread's.
+            job_id, attempt, model, api_key_id, thread_id, asked_at, request, reply = rows[
+                pick.job_id
+            ]
+            # An API request's own context and settings; a chat reply's is its branch's.
             asked = Generation.model_validate_json(request) if request else Generation()
             limit = self.api_context_messages if api_key_id else self.context_messages
-            context = asked.messages or self._context(thread_id, asked_at, limit)
+            context = asked.messages or self._context(thread_id, reply, asked_at, limit)
             if not context:  # nothing to answer (the question was deleted): fail it
                 where = Where(job_id, " AND attempt = %s", (attempt,))
                 self.endings.end(where, JobState.FAILED, "there is nothing to reply to", stamp)
@@ -167,13 +169,15 @@ class JobQueue:
             assigned.append((pick.worker_id, assignment))
         return assigned
 
-    def _context(self, thread_id: str, before: float, limit: int) -> list[ChatTurn]:
+    def _context(self, thread_id: str, reply_id: str, before: float, limit: int) -> list[ChatTurn]:
         """The thread's latest system prompt before the reply, then the last N messages
-        that completed (a failed or empty reply is left out), oldest first. One statement,
-        written out once: building it with the query builder per job cost most of a
-        dispatch round."""
-        rows = sql.execute(self.db, q.CONTEXT, (thread_id, before, thread_id, before, limit))
-        turns = sorted(rows.fetchall(), key=lambda r: (r[0], r[3]))
+        of the reply's branch that completed (a failed or empty reply is left out),
+        oldest first. One statement, written out once: building it with the query
+        builder per job cost most of a dispatch round. The branch is read at most
+        4N + 8 messages up (failed replies in between are skipped, not counted)."""
+        walk = (reply_id, thread_id, 4 * limit + 8, thread_id, before, limit)
+        rows = sql.execute(self.db, q.CONTEXT, walk)
+        turns = sorted(rows.fetchall(), key=lambda r: (r[0], -r[3]))
         return [ChatTurn(role=role, content=content) for _, role, content, _ in turns]
 
 

@@ -3,7 +3,8 @@ run by :func:`coordinator.db.sql.execute`). They are on the job path: peewee's q
 builder compiled each one in Python, every time, and that was most of the database
 thread's work (coordinator/db/sql.py)."""
 
-from coordinator.db.views import MESSAGE_COLUMNS
+from coordinator.db import branches
+from coordinator.db.views import M_MESSAGE_COLUMNS, MESSAGE_COLUMNS
 from coordinator.jobs.states import ACTIVE, JobState, sql_list
 from farm_protocol.chat import MessageState
 
@@ -27,9 +28,12 @@ ACTIVE_BY_OWNER = (
 ACTIVE_BY_WORKER = (
     f"SELECT worker_id, COUNT(*) FROM job WHERE state IN {_ACTIVE} GROUP BY worker_id"
 )
+# The most each owner may have running: an API key's concurrency, one for a chat user
+# (their messages sent while a reply generates are answered in turn).
 QUEUED_OLDEST = (
     "SELECT id, model, created_at, COALESCE(api_key_id, user_id), avoid_worker_id,"
-    " (SELECT max_concurrent FROM api_key WHERE api_key.id = job.api_key_id) FROM job"
+    " CASE WHEN api_key_id IS NULL THEN 1"
+    " ELSE (SELECT max_concurrent FROM api_key WHERE api_key.id = job.api_key_id) END FROM job"
     f" WHERE state = {_QUEUED} ORDER BY created_at, id LIMIT %s"
 )
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
@@ -44,25 +48,26 @@ CLAIM = (
     f"chunks = 0 WHERE id = %s AND state = {_QUEUED}"
 )
 CLAIMED = (
-    "SELECT j.id, j.attempt, j.model, j.api_key_id, m.thread_id, m.created_at, j.request"
+    "SELECT j.id, j.attempt, j.model, j.api_key_id, m.thread_id, m.created_at, j.request,"
+    " m.id"
     " FROM job j JOIN message m ON m.id = j.message_id WHERE j.id IN {ids}"
 )
-# The thread's latest system prompt before the reply, then its last N completed turns.
+# The thread's latest system prompt before the reply, then the last N completed turns of
+# the reply's branch (see coordinator.db.branches), with their depth (1 for the question).
 CONTEXT = (
-    "SELECT kind, role, content, created_at FROM ("
-    " SELECT 0 AS kind, role, content, created_at FROM message"
+    branches.PATH + "SELECT kind, role, content, depth FROM ("
+    " SELECT 0 AS kind, role, content, 0 AS depth FROM message"
     " WHERE thread_id = %s AND created_at < %s AND role = 'system'"
     " ORDER BY created_at DESC LIMIT 1) AS system_prompt "
     "UNION ALL "
-    "SELECT kind, role, content, created_at FROM ("
-    " SELECT 1 AS kind, role, content, created_at FROM message"
-    " WHERE thread_id = %s AND created_at < %s AND role IN ('user', 'assistant')"
-    f" AND state = {_REPLY_DONE} ORDER BY created_at DESC LIMIT %s) AS history"
+    "SELECT kind, role, content, depth FROM ("
+    " SELECT 1 AS kind, m.role, m.content, path.depth FROM path JOIN message m ON m.id = path.id"
+    " WHERE path.depth > 0 AND m.role IN ('user', 'assistant')"
+    f" AND m.state = {_REPLY_DONE} ORDER BY path.depth LIMIT %s) AS history"
 )
-_M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
 # The replies of these jobs (found through the job: message.job_id has no index).
 REPLIES_OF_JOBS = (
-    f"SELECT {_M_COLUMNS} FROM job j JOIN message m ON m.id = j.message_id"
+    f"SELECT {M_MESSAGE_COLUMNS} FROM job j JOIN message m ON m.id = j.message_id"
     " WHERE j.id IN {ids} AND m.job_id = j.id"
 )
 QUEUED_REPLY = f" AND m.state = {_REPLY_QUEUED}"
@@ -174,7 +179,16 @@ NO_FIRST_TOKEN = (
 )
 STALLED = f"SELECT id, attempt, worker_id FROM job WHERE state = {_RUNNING} AND last_token_at < %s"
 TOO_LONG = f"SELECT id, attempt, worker_id FROM job WHERE state IN {_ACTIVE} AND assigned_at < %s"
-QUEUED_TOO_LONG = f"SELECT id FROM job WHERE state = {_QUEUED} AND created_at < %s"
+# Queued since before the cutoff, and waiting for the farm all that time, not for its own
+# owner: a job behind its owner's job that a worker holds, or held until after the cutoff
+# (a chat user's messages sent while a reply generates; an API key's backlog), is not late.
+QUEUED_TOO_LONG = (
+    f"SELECT id FROM job j WHERE state = {_QUEUED} AND created_at < %s AND NOT EXISTS ("
+    " SELECT 1 FROM job o WHERE o.id <> j.id"
+    " AND (o.api_key_id = j.api_key_id"
+    "  OR (j.api_key_id IS NULL AND o.api_key_id IS NULL AND o.user_id = j.user_id))"
+    f" AND (o.state IN {_ACTIVE} OR o.finished_at >= %s))"
+)
 
 # How long each model's jobs held a slot, over those that succeeded lately (their
 # created_at bound keeps the read within the (state, created_at) index).

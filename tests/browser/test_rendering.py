@@ -142,7 +142,7 @@ def test_a_reply_is_announced_once_complete_and_motion_can_be_reduced(dev_farm: 
         assert animation == "none"
 
 
-def _serious(page: Any) -> list[dict[str, Any]]:
+def serious_violations(page: Any) -> list[dict[str, Any]]:
     page.add_script_tag(content=AXE.read_text())
     found = page.evaluate(
         "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
@@ -168,11 +168,11 @@ def test_axe_finds_nothing_serious_in_either_theme_or_on_a_phone(dev_farm: str) 
             page.goto(dev_farm)
             page.wait_for_selector("#sim-banner:not([hidden])")
             _echo(page, FIXTURE)
-            problems = _serious(page)
+            problems = serious_violations(page)
             assert problems == [], f"{scheme} {size}: {json.dumps(problems, indent=1)}"
             page.goto(dev_farm + "farm")
             page.wait_for_selector("#workers tbody tr")
-            problems = _serious(page)
+            problems = serious_violations(page)
             assert problems == [], f"farm page, {scheme} {size}: {json.dumps(problems, indent=1)}"
             context.close()
 

@@ -101,12 +101,6 @@ async def test_http_bad_input_gets_clear_errors(tmp_path: Path, broker: RunningB
         bad_id = await browser.get("/api/threads/..%2F..%2Fetc")
         assert bad_id.status_code == 404
 
-        first = await browser.post(url, json={"text": "a slow one"})
-        assert first.status_code == 201
-        second = await browser.post(url, json={"text": "too eager"})
-        assert second.status_code == 409
-        assert "still being generated" in json.loads(second.content)["error"]
-
 
 async def test_worker_with_a_wrong_key_exits_with_a_clear_message(tmp_path: Path) -> None:
     async with broker_of("mosquitto") as broker:

@@ -74,6 +74,8 @@ def paths(thread_id: str) -> st.SearchStrategy[str]:
         "/api/threads/{a}/{b}",
         "/api/threads/{a}/messages/{b}/stop",
         "/api/threads/{a}/messages/{b}/retry",
+        "/api/threads/{a}/messages/{b}/edit",
+        "/api/threads/{a}/branch",
         "/api/threads/{a}/messages/{b}/{b}",
         "/v1/models",
         "/v1/chat/completions",
@@ -101,7 +103,7 @@ def bodies() -> st.SearchStrategy[bytes | None]:
     }
     message: dict[str, Any] = {"text": "hi", "model": "llama3"}
     valid: st.SearchStrategy[dict[str, Any]] = st.sampled_from(
-        [completion, message, {"system_prompt": "be brief"}]
+        [completion, message, {"system_prompt": "be brief"}, {"message_id": "0" * 32}]
     )
 
     @st.composite

@@ -51,18 +51,9 @@ async def test_the_limits_over_http(tmp_path: Path) -> None:
         assert fourth.status_code == 429
         assert "send another message in" in fourth.json()["error"]
 
-        # Someone else is not affected; their refused send (409) costs nothing.
+        # Someone else is not affected.
         other = farm.browser()
         theirs = await new_thread(other)
-        first = await other.post(
-            f"/api/threads/{theirs}/messages",
-            json={"text": "[[sim:tokens=400]] [[sim:tps=20]] slow"},
-        )
-        assert first.status_code == 201
-        for _ in range(3):
-            busy = await other.post(f"/api/threads/{theirs}/messages", json={"text": "again"})
-            assert busy.status_code == 409
-        stop = f"/api/threads/{theirs}/messages/{first.json()['reply']['message_id']}/stop"
-        assert (await other.post(stop)).status_code == 200
-        again = await other.post(f"/api/threads/{theirs}/messages", json={"text": "now"})
-        assert again.status_code == 201
+        for i in range(3):
+            sent = await other.post(f"/api/threads/{theirs}/messages", json={"text": f"m{i}"})
+            assert sent.status_code == 201, sent.text

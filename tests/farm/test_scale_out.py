@@ -201,8 +201,8 @@ async def test_limits_hold_across_coordinator_processes(
 ) -> None:
     """The sends of tests/store/test_limits_across_coordinators.py, through two
     coordinator processes' HTTP APIs at once: one user's new chats (a burst of 2), its
-    replies (one generating at a time), and an API key's concurrency (2, and 2 more
-    waiting: a backlog of 1 per slot)."""
+    replies (one generating and one waiting: a backlog of 1), and an API key's
+    concurrency (2, and 2 more waiting: a backlog of 1 per slot)."""
     sim = SimSettings(ttft_ms=0, tokens_per_s=1, reply_tokens=100)  # replies outlast the test
     async with (
         broker_of("mosquitto") as broker,
@@ -214,7 +214,11 @@ async def test_limits_hold_across_coordinator_processes(
             concurrency=8,
             coordinators=2,
             webapp=False,
-            coordinator_settings={"database_url": db_url, "api_key_backlog_per_slot": 1},
+            coordinator_settings={
+                "database_url": db_url,
+                "api_key_backlog_per_slot": 1,
+                "chat_backlog": 1,
+            },
         ) as farm,
     ):
         token = farm.webapp_settings.service_token.get_secret_value()
@@ -233,11 +237,12 @@ async def test_limits_hold_across_coordinator_processes(
 
         sent = await asyncio.gather(
             *(
-                clients[i].post(f"/api/v1/chat/threads/{t}/messages", json={"text": "hi"})
-                for i, t in enumerate(threads)
+                clients[i % 2].post(f"/api/v1/chat/threads/{t}/messages", json={"text": "hi"})
+                for i, t in enumerate(threads + threads[:1])
             )
-        )
-        assert sorted(r.status_code for r in sent) == [201, 409]
+        )  # within the burst of 3 messages, so only the backlog refuses one
+        assert sorted(r.status_code for r in sent) == [201, 201, 429]
+        assert "replies generating or waiting" in max(sent, key=lambda r: r.status_code).text
 
         store = ApiKeyStore(farm.coordinator.runner.db)
         _, key = await farm.coordinator.runner.call(store.create, f"bot-{round_}", 2)

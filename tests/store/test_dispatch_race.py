@@ -16,7 +16,7 @@ import peewee as pw
 import pytest
 
 from coordinator.chat.stores import ChatStores
-from coordinator.db.tables import Job, Message
+from coordinator.db.tables import Job, Message, User
 from coordinator.jobs.dispatch import Dispatcher
 from coordinator.jobs.stores import JobStores
 from coordinator.mqtt.bus import Bus
@@ -27,19 +27,22 @@ from tests.support.stores import add_worker
 
 
 def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
-    """``count`` queued replies (and their jobs) in one thread, inserted in bulk."""
+    """``count`` queued replies (and their jobs) in one thread, inserted in bulk, each
+    asked by a user of its own (a chat user's replies run one at a time)."""
     chat = ChatStores.open(db)
     user = chat.identity.session_user(uuid.uuid4().hex * 2)
     thread = chat.threads.create_thread(user.user_id, "")
     stamp = time.time()
+    askers = [{"id": uuid.uuid4().hex, "name": f"asker {i}"} for i in range(count)]
     messages, jobs = [], []
     for i in range(count):
-        message_id, job_id = uuid.uuid4().hex, uuid.uuid4().hex
+        message_id, job_id, question_id = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
         messages.append(
             {
-                "id": uuid.uuid4().hex,
+                "id": question_id,
                 "thread": thread.thread_id,
                 "user": user.user_id,
+                "parent_id": None,  # (insert_many takes its columns from the first row)
                 "role": "user",
                 "author": user.name,
                 "content": f"question {i}",
@@ -53,6 +56,7 @@ def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
                 "id": message_id,
                 "thread": thread.thread_id,
                 "user": user.user_id,
+                "parent_id": question_id,
                 "role": "assistant",
                 "author": model,
                 "state": "queued",
@@ -66,7 +70,7 @@ def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
             {
                 "id": job_id,
                 "message": message_id,
-                "user": user.user_id,
+                "user": askers[i]["id"],
                 "model": model,
                 "state": "queued",
                 "created_at": stamp + i * 1e-3,
@@ -74,6 +78,7 @@ def bulk_queue(db: pw.Database, count: int, model: str = "llama3") -> None:
         )
     with db.atomic():
         for start in range(0, count, 500):
+            User.insert_many(askers[start : start + 500]).execute()
             Message.insert_many(messages[2 * start : 2 * start + 1000]).execute()
             Job.insert_many(jobs[start : start + 500]).execute()
 

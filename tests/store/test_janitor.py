@@ -121,6 +121,31 @@ def test_queue_deadline_times_out_unserved_jobs(db: pw.Database) -> None:
     assert "no worker could take" in (message.error or "")
 
 
+def test_a_message_waiting_behind_its_senders_reply_is_not_late(db: pw.Database) -> None:
+    """The queue deadline counts the wait for the farm: a message sent while the
+    sender's reply generates waits for that reply first, however long it takes."""
+    store, first_job, _ = setup_job(db)  # claimed by w
+    chat = ChatStores.open(db)
+    user = str(Job.get_by_id(first_job).user_id)
+    thread = Message.get_by_id(Job.get_by_id(first_job).message_id).thread_id
+    second = chat.requests.send_message(user, thread, "and then?", "llama3")
+    later = time.time() + 300  # the first still streaming then, from a worker still there
+    Job.update(state="running", accepted_at=later, first_token_at=later, last_token_at=later).where(
+        Job.id == first_job
+    ).execute()
+    Worker.update(last_seen=later).execute()
+    assert store.deadlines.sweep(DEADLINES, now=later).messages == []
+    assert Job.get_by_id(second.job_id).state == "queued"
+    # The reply ended a while ago: from then on the second waited for the farm.
+    Job.update(state="succeeded", finished_at=time.time() + 100).where(
+        Job.id == first_job
+    ).execute()
+    assert store.deadlines.sweep(DEADLINES, now=time.time() + 200).messages == []
+    late = store.deadlines.sweep(DEADLINES, now=time.time() + 221).messages
+    assert [m.message_id for m in late] == [second.reply.message_id]
+    assert late[0].state == "timed_out"
+
+
 def test_retries_stop_after_max_attempts(db: pw.Database) -> None:
     store, job_id, message_id = setup_job(db)
     for attempt in (1, 2, 3):

@@ -255,6 +255,7 @@ async def _coordinator_process(
         "FARM_SERVICE_TOKEN": like.service_token.get_secret_value(),
         "FARM_COORDINATOR_CLIENT_ID": f"{like.coordinator_client_id}-{n}",
         "FARM_API_KEY_BACKLOG_PER_SLOT": str(like.api_key_backlog_per_slot),
+        "FARM_CHAT_BACKLOG": str(like.chat_backlog),
     }
     log = tmp_path / f"coordinator-{n}.log"
     process = start_service(["coordinator"], env, tmp_path, log)

@@ -11,7 +11,8 @@
     cancelled: "stopped",
   };
   const app = { threadId: null, socket: null, messages: new Map(), pending: new Map(),
-                retryMs: 250, models: null, me: null, members: [], hasMore: false };
+                waiting: new Map(), retryMs: 250, models: null, me: null, members: [],
+                hasMore: false };
 
   function threadFromPath() {
     const m = location.pathname.match(/^\/t\/([A-Za-z0-9_.-]+)$/);
@@ -84,11 +85,19 @@
       el.dataset.id = message.message_id;
       el.innerHTML = '<div class="who"><span class="name"></span> <time></time></div>' +
         '<div class="body"></div>' +
-        '<div class="foot"><span class="state"></span><span class="meta"></span>' +
+        '<div class="foot"><span class="versions" hidden>' +
+        '<button type="button" class="prev" aria-label="Previous version">‹</button>' +
+        '<span class="which"></span>' +
+        '<button type="button" class="next" aria-label="Next version">›</button></span>' +
+        '<span class="state"></span><span class="meta"></span>' +
+        '<button type="button" class="edit plain" hidden>Edit</button>' +
         '<button type="button" class="stop" hidden>Stop</button>' +
         '<button type="button" class="retry" hidden>Retry</button></div>';
       el.querySelector(".stop").addEventListener("click", () => act(el.dataset.id, "stop"));
       el.querySelector(".retry").addEventListener("click", () => act(el.dataset.id, "retry"));
+      el.querySelector(".edit").addEventListener("click", () => startEdit(el));
+      el.querySelector(".prev").addEventListener("click", () => showVersion(el, -1));
+      el.querySelector(".next").addEventListener("click", () => showVersion(el, +1));
       place(el, message);
     }
     el.className = `msg ${message.role} ${message.state}`;
@@ -115,6 +124,83 @@
     const retry = el.querySelector(".retry");
     retry.hidden = !reply || !isFinal(message.state) || (message.state === "done" && !latest(el));
     retry.textContent = message.state === "done" ? "Regenerate" : "Retry";
+    el.querySelector(".edit").hidden = reply || !app.me || message.user_id !== app.me.user_id;
+    const versions = message.versions || [];
+    const which = versions.indexOf(message.message_id);
+    el.querySelector(".versions").hidden = versions.length < 2;
+    el.querySelector(".which").innerHTML = `<span aria-hidden="true">${which + 1} / ${versions.length}` +
+      `</span><span class="visually-hidden">Version ${which + 1} of ${versions.length}</span>`;
+    el.querySelector(".prev").disabled = which <= 0;
+    el.querySelector(".next").disabled = which >= versions.length - 1;
+  }
+
+  // --- editing and branches -------------------------------------------------------------
+
+  // Edit one of your messages: the thread branches there, and the page shows the new
+  // branch (the earlier version stays, one of the versions to switch between).
+  function startEdit(el) {
+    if (el.querySelector(".editor")) return;
+    const message = app.messages.get(el.dataset.id);
+    const form = document.createElement("form");
+    form.className = "editor";
+    const id = `edit-${message.message_id}`;
+    form.innerHTML = `<label for="${id}" class="visually-hidden">Edit your message</label>` +
+      `<textarea id="${id}" rows="3"></textarea><div class="row">` +
+      '<button type="submit">Save and send</button>' +
+      '<button type="button" class="plain cancel">Cancel</button></div>';
+    const box = form.querySelector("textarea");
+    box.value = message.content;
+    const close = () => { form.remove(); el.querySelector(".body").hidden = false; };
+    form.querySelector(".cancel").onclick = close;
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") { close(); el.querySelector(".edit").focus(); }
+      else if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
+    });
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const text = box.value.trim();
+      if (!text) return;
+      try {
+        await api("POST", `/api/threads/${app.threadId}/messages/${message.message_id}/edit`,
+                  { text, model: $("model").value || null });
+        notice("");
+        connect(app.threadId);  // the new branch, from a fresh snapshot
+      } catch (error) {
+        notice(explain(error));
+      }
+    });
+    el.querySelector(".body").hidden = true;
+    el.querySelector(".body").after(form);
+    box.focus();
+  }
+
+  async function showVersion(el, step) {  // switch to the previous or next version
+    const versions = app.messages.get(el.dataset.id).versions || [];
+    const wanted = versions[versions.indexOf(el.dataset.id) + step];
+    if (!wanted) return;
+    try {
+      await api("POST", `/api/threads/${app.threadId}/branch`, { message_id: wanted });
+      notice("");
+      app.focusAfterSnapshot = wanted;
+      connect(app.threadId);
+    } catch (error) {
+      notice(explain(error));
+    }
+  }
+
+  // A message the page has not seen yet is shown when it continues the branch on screen
+  // (it follows the latest message shown); one that follows a message not seen yet waits
+  // for it; one that follows an earlier message belongs to another branch, and the
+  // thread event that comes with a new branch reloads the page's snapshot.
+  function continuesBranch(message) {
+    const list = $("message-list");
+    if (!message.parent_id) return !list.firstElementChild && !app.hasMore;
+    if (!app.messages.has(message.parent_id)) {
+      app.waiting.set(message.parent_id, message);
+      return false;
+    }
+    const last = list.lastElementChild;
+    return !!last && last.dataset.id === message.parent_id;
   }
 
   // Only this message is rendered again when its text changes (never the whole thread),
@@ -135,8 +221,10 @@
     }
   }
 
-  function upsert(message) {
+  // A message added or changed; ``shown``: it is on the branch shown (a snapshot's).
+  function upsert(message, shown) {
     const known = app.messages.get(message.message_id);
+    if (!known && !shown && !continuesBranch(message)) return;
     // Keep streamed text that is ahead of the server's copy: while generating (it stores
     // the text about once a second), and when the reply was stopped (the worker's last
     // text follows, and the stored copy catches up).
@@ -149,6 +237,8 @@
     changing(!known, () => render(message));
     if (!known && message.role === "assistant") onlyLatestRegenerates();
     announce(message, known);
+    const next = app.waiting.get(message.message_id);
+    if (next) { app.waiting.delete(message.message_id); upsert(next); }
   }
 
   // What the farm did for a finished reply: the worker, its tokens and their speed
@@ -333,14 +423,19 @@
     function handleEvent(event) {
       if (event.type === "snapshot") {
         $("message-list").innerHTML = ""; app.messages.clear(); app.pending.clear();
+        app.waiting.clear();
         $("thread-title").textContent = event.thread.title;
-        event.messages.forEach(upsert);
+        event.messages.forEach((message) => upsert(message, true));  // one branch
         app.members = event.members;
         app.owner = event.owner;
         app.hasMore = event.has_more;
         $("load-older").hidden = !app.hasMore;
         renderMembers();
         toBottom();
+        const focus = app.focusAfterSnapshot && document.querySelector(
+          `[data-id="${app.focusAfterSnapshot}"] .versions button:not(:disabled)`);
+        if (focus) focus.focus();
+        app.focusAfterSnapshot = null;
       } else if (event.type === "message") {
         upsert(event.message);
         if (event.message.role === "user") loadThreads();
@@ -349,6 +444,9 @@
         renderMembers();
       } else if (event.type === "thread") {
         threadChanged(event.thread);
+        // another branch shown (a message edited, a version chosen): start again from it
+        const leaf = event.thread && event.thread.leaf_id;
+        if (leaf && !app.messages.has(leaf)) connect(threadId);
       } else if (event.type === "chunk") {
         applyChunk(event);
       }
@@ -391,6 +489,7 @@
     app.threadId = threadId;
     $("message-list").innerHTML = "";
     app.messages.clear();
+    app.waiting.clear();
     app.members = [];
     $("load-older").hidden = true;
     $("new-messages").hidden = true;
