@@ -1,6 +1,7 @@
 """What a reply looks like and who can read it, in Debian's Chromium against `llama-farm
 dev`: markdown rendered by markdown-it (tables, nested lists, fenced code highlighted with
-its language) compared with the expected DOM; a code block copied with its button; raw
+its language) compared with the expected DOM, and rendered while it streams (only the last
+block again) to exactly what the whole text renders to; a code block copied with its button; raw
 HTML and javascript: links kept inert; who served a reply, its tokens, speed and time; the
 reply announced once, when complete; reduced
 motion respected; and axe-core (vendored as a test asset) finding no serious or critical
@@ -106,6 +107,30 @@ def test_markdown_and_code_render_as_expected(dev_farm: str) -> None:
         assert shape["raw"] == 0
         assert "<b>raw</b>" in shape["text"]
         assert "[evil](javascript:alert(1))" in shape["text"]
+
+        # Streaming renders only the last block again, and ends with what the whole
+        # text renders to, at every point of the stream.
+        mismatches = page.evaluate(
+            """(text) => {
+              const body = document.createElement('div');
+              const stream = new MarkdownStream(body);
+              const whole = document.createElement('div');
+              const wrong = [];
+              let first = null;  // a finished block's node stays the same node
+              for (let end = 1; end <= text.length; end += 7) {
+                const prefix = text.slice(0, end);
+                if (!stream.grow(prefix)) return ['did not grow at ' + end];
+                if (first === null && body.children.length > 2) first = body.firstElementChild;
+                if (first !== null && body.firstElementChild !== first) wrong.push('node ' + end);
+                whole.innerHTML = renderMarkdown(prefix);
+                if (stream.html() !== renderMarkdown(prefix)) wrong.push(end);
+                else if (body.innerHTML !== whole.innerHTML) wrong.push('dom ' + end);
+              }
+              return wrong;
+            }""",
+            FIXTURE * 3,
+        )
+        assert mismatches == []
 
         # Copy code: the button puts exactly the code on the clipboard.
         page.click(".msg.assistant:last-of-type .code .copy")

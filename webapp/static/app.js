@@ -10,6 +10,8 @@
     timed_out: "timed out",
     cancelled: "stopped",
   };
+  const REFERENCE = /^ {0,3}\[[^\]]+\]:/m;  // a link reference definition
+  const LONG_TEXT = 4000;  // characters: longer texts are put in the page a slice at a time
   const app = { threadId: null, socket: null, messages: new Map(), pending: new Map(),
                 waiting: new Map(), retryMs: 250, models: null, me: null, members: [],
                 hasMore: false };
@@ -204,11 +206,28 @@
   }
 
   // Only this message is rendered again when its text changes (never the whole thread),
-  // and only when it did change.
+  // and only when it did change; while it streams, only its last block (MarkdownStream).
   function show(el, body, message) {
-    if (el.shownText === message.content) return;
-    body.innerHTML = window.renderMarkdown(message.content);
-    el.shownText = message.content;
+    const text = message.content;
+    if (el.shownText === text) return;
+    if (el.slicing) { el.slicing(); el.slicing = null; }
+    if (message.state !== "generating" && !el.stream && text.length > LONG_TEXT) {
+      // a long text shown whole (a snapshot, a long message): a slice at a time
+      el.slicing = window.renderMarkdownInSlices(body, text, (insert) => changing(false, insert));
+    } else if (message.state === "generating") {
+      if (!el.stream || !el.stream.grow(text)) {
+        el.stream = new window.MarkdownStream(body);
+        if (!el.stream.grow(text)) { body.innerHTML = window.renderMarkdown(text); el.stream = null; }
+      }
+    } else if (!el.stream || !el.stream.grow(text) || REFERENCE.test(text)) {
+      // rendered whole, unless it streamed: the blocks shown are what the whole text
+      // renders to, except where a link's definition comes after its use
+      body.innerHTML = window.renderMarkdown(text);
+      el.stream = null;
+    } else {
+      el.stream = null;
+    }
+    el.shownText = text;
   }
 
   // Screen readers hear a reply once, when it is complete (not every chunk as it streams).
