@@ -126,7 +126,8 @@
     const retry = el.querySelector(".retry");
     retry.hidden = !reply || !isFinal(message.state) || (message.state === "done" && !latest(el));
     retry.textContent = message.state === "done" ? "Regenerate" : "Retry";
-    el.querySelector(".edit").hidden = reply || !app.me || message.user_id !== app.me.user_id;
+    el.querySelector(".edit").hidden = reply || !app.me || message.user_id !== app.me.user_id ||
+      !!el.querySelector(".editor");
     const versions = message.versions || [];
     const which = versions.indexOf(message.message_id);
     el.querySelector(".versions").hidden = versions.length < 2;
@@ -152,7 +153,11 @@
       '<button type="button" class="plain cancel">Cancel</button></div>';
     const box = form.querySelector("textarea");
     box.value = message.content;
-    const close = () => { form.remove(); el.querySelector(".body").hidden = false; };
+    const close = () => {
+      form.remove();
+      el.querySelector(".body").hidden = false;
+      el.querySelector(".edit").hidden = false;
+    };
     form.querySelector(".cancel").onclick = close;
     box.addEventListener("keydown", (e) => {
       if (e.key === "Escape") { close(); el.querySelector(".edit").focus(); }
@@ -172,6 +177,7 @@
       }
     });
     el.querySelector(".body").hidden = true;
+    el.querySelector(".edit").hidden = true;
     el.querySelector(".body").after(form);
     box.focus();
   }
