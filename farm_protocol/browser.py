@@ -5,7 +5,8 @@ JSON object per websocket message, tagged by ``type``:
   its fields at the top level), always first;
 * ``message``: a message was added or changed (a reply's state, its stored text);
 * ``members``: who is in the thread now;
-* ``thread``: the thread was renamed (its new view), or deleted (``thread`` null);
+* ``thread``: the thread was renamed or shows another branch (its new view: a page that
+  does not hold its ``leaf_id`` loads a fresh snapshot), or was deleted (``thread`` null);
 * ``chunk``: a piece of a reply's text as it streams. ``seq`` counts a job attempt's
   chunks from 0; a message's ``content_seq`` says which of them its ``content`` already
   holds, so a browser appends only the chunks after it.
@@ -46,7 +47,9 @@ class MembersChanged(_Event):
 
 
 class ThreadChanged(_Event):
-    """The thread was renamed, or deleted (``thread`` None: nothing more will come)."""
+    """The thread was renamed or shows another branch (a message edited, a version
+    chosen: see ``ThreadView.leaf_id``), or was deleted (``thread`` None: nothing more
+    will come)."""
 
     type: Literal["thread"] = "thread"
     thread: ThreadView | None = None

@@ -304,7 +304,8 @@ class MembersEvent(_Payload):
 
 
 class ThreadChangedEvent(_Payload):
-    """A thread renamed (``thread``), or deleted by its owner (``thread`` None)."""
+    """A thread renamed or switched to another branch (``thread``), or deleted by its
+    owner (``thread`` None)."""
 
     kind: Literal["thread"] = "thread"
     thread_id: TopicId

@@ -33,7 +33,7 @@ class Bus:
         )
 
     async def thread_changed(self, thread_id: str, thread: ThreadView | None) -> None:
-        """A thread renamed (``thread``), or deleted (None)."""
+        """A thread renamed or showing another branch (``thread``), or deleted (None)."""
         await self.outbox.put(
             topics.thread_events(thread_id),
             encode(ThreadChangedEvent(thread_id=thread_id, thread=thread)),
