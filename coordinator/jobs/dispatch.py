@@ -192,7 +192,7 @@ class Dispatcher:
             worker = pick_worker(job.model, fleet.values(), job.avoid_worker)
             if worker is None:
                 continue
-            picks.append(Pick(job.id, worker.id, worker.capacity))
+            picks.append(Pick(job.id, worker.id, worker.capacity, job.owner, job.cap))
             fleet[worker.id] = replace(worker, active=worker.active + 1)
             free -= 1
         return self.queue.claim_many(picks)

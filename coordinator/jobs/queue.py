@@ -117,15 +117,32 @@ class JobQueue:
             str(worker): int(count)
             for worker, count in sql.execute_in(self.db, q.HELD_BY_WORKERS, workers)
         }
+        running = self._held_by_owners(picks)
         landed: list[Pick] = []
         for pick in picks:
             if held.get(pick.worker_id, 0) >= pick.capacity:
                 continue
+            owner = pick.owner or ""
+            if pick.cap is not None and running.get(owner, 0) >= pick.cap:
+                continue  # another coordinator started this owner's job meanwhile
             claim = (pick.worker_id, stamp, pick.job_id)
             if sql.execute(self.db, q.CLAIM, claim).rowcount == 1:
                 held[pick.worker_id] = held.get(pick.worker_id, 0) + 1
+                running[owner] = running.get(owner, 0) + 1
                 landed.append(pick)
         return landed
+
+    def _held_by_owners(self, picks: Sequence[Pick]) -> dict[str, int]:
+        """How many jobs each capped owner of ``picks`` has running, as committed now
+        (each owner locked for this transaction on PostgreSQL)."""
+        owners = sorted({p.owner for p in picks if p.cap is not None and p.owner})
+        if not owners:
+            return {}
+        if not sql.is_sqlite(self.db):
+            sql.execute(self.db, q.LOCK_OWNERS, (owners,)).fetchall()
+        ids = sql.in_list(len(owners))
+        rows = sql.execute(self.db, q.HELD_BY_OWNERS.format(ids=ids), [*owners, *owners])
+        return {str(owner): int(count) for owner, count in rows}
 
     def _assignments(self, landed: list[Pick], stamp: float) -> list[tuple[str, JobAssignment]]:
         rows = {
@@ -170,8 +187,8 @@ class JobQueue:
         return assigned
 
     def _context(self, thread_id: str, reply_id: str, before: float, limit: int) -> list[ChatTurn]:
-        """The thread's latest system prompt before the reply, then the last N messages
-        of the reply's branch that completed (a failed or empty reply is left out),
+        """The thread's system prompt, then the last N messages of the reply's branch
+        that completed (a failed or empty reply is left out),
         oldest first. One statement, written out once: building it with the query
         builder per job cost most of a dispatch round. The branch is read at most
         4N + 8 messages up (failed replies in between are skipped, not counted)."""

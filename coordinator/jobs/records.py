@@ -11,11 +11,14 @@ from farm_protocol.chat import MessageView
 
 @dataclass(frozen=True, slots=True)
 class Pick:
-    """Dispatch's choice: this job to this worker, which runs ``capacity`` jobs at once."""
+    """Dispatch's choice: this job to this worker, which runs ``capacity`` jobs at once;
+    the job's owner (an API key, else a user) may have at most ``cap`` running."""
 
     job_id: str
     worker_id: str
     capacity: int
+    owner: str | None = None
+    cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,18 @@ QUEUED_OLDEST = (
 )
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 LOCK_WORKERS = "SELECT id FROM worker WHERE id IN {ids} ORDER BY id FOR UPDATE"
+# The owners' running jobs, counted again at the claim: a coordinator's round counts
+# them without another's claims not yet committed. On PostgreSQL each owner is locked
+# first (in order), so two rounds claiming for one owner take turns.
+LOCK_OWNERS = (
+    "SELECT pg_advisory_xact_lock(hashtext('farm-owner:' || k))"
+    " FROM unnest(%s::text[]) AS o(k) ORDER BY k"
+)
+HELD_BY_OWNERS = (
+    f"SELECT COALESCE(api_key_id, user_id), COUNT(*) FROM job WHERE state IN {_ACTIVE}"
+    " AND (api_key_id IN {ids} OR (api_key_id IS NULL AND user_id IN {ids}))"
+    " GROUP BY COALESCE(api_key_id, user_id)"
+)
 HELD_BY_WORKERS = (
     "SELECT worker_id, COUNT(*) FROM job WHERE worker_id IN {ids}"
     f" AND state IN {_ACTIVE} GROUP BY worker_id"
@@ -52,18 +64,20 @@ CLAIMED = (
     " m.id"
     " FROM job j JOIN message m ON m.id = j.message_id WHERE j.id IN {ids}"
 )
-# The thread's latest system prompt before the reply, then the last N completed turns of
-# the reply's branch (see coordinator.db.branches), with their depth (1 for the question).
+# The thread's system prompt (its first message, when it is one: a chat's system prompt
+# is made with the chat, and found at once by the thread's index however long the thread
+# is), then the last N completed turns of the reply's branch (see coordinator.db.branches)
+# with their depth (1 for the question).
 CONTEXT = (
-    branches.PATH + "SELECT kind, role, content, depth FROM ("
+    branches.path("role", "content", "state") + "SELECT kind, role, content, depth FROM ("
     " SELECT 0 AS kind, role, content, 0 AS depth FROM message"
-    " WHERE thread_id = %s AND created_at < %s AND role = 'system'"
-    " ORDER BY created_at DESC LIMIT 1) AS system_prompt "
+    " WHERE thread_id = %s AND created_at < %s ORDER BY created_at LIMIT 1) AS first_message"
+    " WHERE role = 'system' "
     "UNION ALL "
     "SELECT kind, role, content, depth FROM ("
-    " SELECT 1 AS kind, m.role, m.content, path.depth FROM path JOIN message m ON m.id = path.id"
-    " WHERE path.depth > 0 AND m.role IN ('user', 'assistant')"
-    f" AND m.state = {_REPLY_DONE} ORDER BY path.depth LIMIT %s) AS history"
+    " SELECT 1 AS kind, role, content, depth FROM path"
+    " WHERE depth > 0 AND role IN ('user', 'assistant')"
+    f" AND state = {_REPLY_DONE} ORDER BY depth LIMIT %s) AS history"
 )
 # The replies of these jobs (found through the job: message.job_id has no index).
 REPLIES_OF_JOBS = (

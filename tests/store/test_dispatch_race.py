@@ -18,6 +18,7 @@ import pytest
 from coordinator.chat.stores import ChatStores
 from coordinator.db.tables import Job, Message, User
 from coordinator.jobs.dispatch import Dispatcher
+from coordinator.jobs.records import Pick
 from coordinator.jobs.stores import JobStores
 from coordinator.mqtt.bus import Bus
 from coordinator.workers.presence import WorkerPresence
@@ -175,3 +176,22 @@ def test_two_coordinator_processes_share_one_database(
         held = Counter(j.worker_id for j in Job.select().where(Job.state == "assigned"))
         assert held == {f"w{i}": 550 for i in range(5)}
         assert Job.select().where(Job.state == "queued").count() == 250
+
+
+def test_a_claim_counts_its_owners_running_jobs_again(db: pw.Database) -> None:
+    """A round of another coordinator may have started the owner's job after this round
+    read the queue: the claim itself keeps the owner within its cap (a chat user's one
+    reply at a time, so that the next is asked with the one before in its context)."""
+    chat = ChatStores.open(db)
+    user = chat.identity.session_user("c" * 40).user_id
+    thread = chat.threads.create_thread(user, "").thread_id
+    first = chat.requests.send_message(user, thread, "one", "llama3")
+    second = chat.requests.send_message(user, thread, "and two", "llama3")
+    add_workers(1, capacity=4)
+    queue = JobStores.open(db, context_messages=5, max_attempts=3).queue
+    # both were startable when each round read the queue; the first round's claim landed
+    assert len(queue.claim_many([Pick(first.job_id, "w0", 4, user, 1)])) == 1
+    assert queue.claim_many([Pick(second.job_id, "w0", 4, user, 1)]) == []
+    assert Job.get_by_id(second.job_id).state == "queued"
+    # an owner with room (a cap of 2) gets it
+    assert len(queue.claim_many([Pick(second.job_id, "w0", 4, user, 2)])) == 1
