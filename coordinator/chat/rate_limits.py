@@ -87,7 +87,7 @@ async def spending(
     runner: DbRunner, limits: RateLimits, action: str, who: str
 ) -> AsyncIterator[None]:
     """Take a token for what the block does; give it back if the block is refused for
-    another reason (a :class:`CoordinatorError`: full thread, reply still running)."""
+    another reason (a :class:`CoordinatorError`: full thread, too many replies waiting)."""
     await runner.call(limits.take, action, who)
     try:
         yield
