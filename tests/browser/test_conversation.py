@@ -35,7 +35,7 @@ def test_send_while_generating_edit_and_switch_branches(dev_farm: str) -> None:
         page = browser.new_context(bypass_csp=True).new_page()  # bypass: to inject axe
         page.goto(dev_farm)
         page.wait_for_selector("#sim-banner:not([hidden])")
-        _send(page, "[[sim:tokens=40]] [[sim:tps=20]] a long one")
+        _send(page, "[[sim:tokens=60]] [[sim:tps=20]] a long one")
         wait_reply(page, "m.dataset.state === 'generating'")
         # Sent while the reply generates: stored, and its reply waits its turn.
         _send(page, "[[sim:tokens=3]] and then this")
@@ -54,7 +54,7 @@ def test_send_while_generating_edit_and_switch_branches(dev_farm: str) -> None:
         page.keyboard.press("Enter")
         editor = first.locator(".editor textarea")
         assert editor.evaluate("(e) => e === document.activeElement")
-        assert editor.input_value() == "[[sim:tokens=40]] [[sim:tps=20]] a long one"
+        assert editor.input_value() == "[[sim:tokens=60]] [[sim:tps=20]] a long one"
         editor.fill("[[sim:tokens=3]] something else")
         screenshot(page, "llama-farm-editing.png")
         page.keyboard.press("Enter")
@@ -78,7 +78,7 @@ def test_send_while_generating_edit_and_switch_branches(dev_farm: str) -> None:
             " && document.querySelector('.msg.user .which').textContent.startsWith('1 / 2')"
         )
         texts = page.evaluate(TEXTS)
-        assert texts[0] == "[[sim:tokens=40]] [[sim:tps=20]] a long one"
+        assert texts[0] == "[[sim:tokens=60]] [[sim:tps=20]] a long one"
         assert texts[2] == "[[sim:tokens=3]] and then this"
         assert page.evaluate("() => document.activeElement.classList.contains('next')")
         # Replies offer no Edit; the controls pass axe-core.

@@ -53,7 +53,7 @@ async def test_a_message_sent_while_a_reply_generates_waits_its_turn(tmp_path: P
         url = f"/api/threads/{thread_id}/messages"
         async with await _watch(farm, browser, thread_id) as socket:
             assert json.loads(await socket.recv())["type"] == "snapshot"
-            first = await browser.post(url, json={"text": "[[sim:tokens=40]] first"})
+            first = await browser.post(url, json={"text": "[[sim:tokens=80]] first"})
             assert first.status_code == 201, first.text
             # The worker has a free slot, but this user's replies run one at a time.
             second = await browser.post(url, json={"text": "second"})
@@ -84,7 +84,7 @@ async def test_a_message_sent_while_a_reply_generates_waits_its_turn(tmp_path: P
         if second_id in order:
             assert order.index(f"{first_id} done") < order.index(second_id)
         assert _turns(await _sent_to_model(farm)) == [
-            ("user", "[[sim:tokens=40]] first"),
+            ("user", "[[sim:tokens=80]] first"),
             ("assistant", final[first_id]["content"]),
             ("user", "second"),
         ]
