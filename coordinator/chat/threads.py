@@ -135,7 +135,7 @@ class ThreadStore:
             Thread.update(title=title.strip()[:200], updated_at=now()).where(
                 Thread.id == thread_id
             ).execute(self.db)
-            return thread_view(Thread.select().where(Thread.id == thread_id).get(self.db))
+            return self.thread(thread_id)
 
     def live_jobs(self, thread_id: str, user_id: str) -> list[str]:
         """The owner's chat's jobs still queued or running (to stop before deleting it)."""
@@ -202,7 +202,7 @@ class ThreadStore:
             if found is None:
                 raise NotFound(f"no message {message_id} in thread {thread_id}")
             sql.execute(self.db, q.SET_LEAF, (found[0], thread_id))
-            return thread_view(Thread.select().where(Thread.id == thread_id).get(self.db))
+            return self.thread(thread_id)
 
     def _live_views(self, views: list[MessageView]) -> list[MessageView]:
         """Add who holds each live reply's job, and each queued reply's queue position."""

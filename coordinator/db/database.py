@@ -12,7 +12,6 @@ import peewee as pw
 from playhouse import db_url
 from playhouse import migrate as schema
 
-from coordinator.db import sql
 from coordinator.db.tables import (
     ALL_TABLES,
     SCHEMA_VERSION,
@@ -119,17 +118,14 @@ def _v10_to_v11(db: pw.Database) -> None:
         m.add_index("message", ("parent_id",), False),
         m.add_column("thread", "leaf_id", pw.CharField(max_length=32, null=True)),
     )
-    rows = db.execute_sql(  # type: ignore[no-untyped-call]
-        "SELECT thread_id, id FROM message ORDER BY thread_id, created_at, id"
-    ).fetchall()
-    latest: dict[str, str] = {}  # each thread's latest message so far
-    for thread_id, message_id in rows:
-        if thread_id in latest:
-            follows = (latest[thread_id], message_id)
-            sql.execute(db, "UPDATE message SET parent_id = %s WHERE id = %s", follows)
-        latest[thread_id] = message_id
-    for thread_id, message_id in latest.items():
-        sql.execute(db, "UPDATE thread SET leaf_id = %s WHERE id = %s", (message_id, thread_id))
+    for statement in (
+        "UPDATE message SET parent_id = o.prev FROM (SELECT id, LAG(id) OVER"
+        " (PARTITION BY thread_id ORDER BY created_at, id) AS prev FROM message) AS o"
+        " WHERE message.id = o.id AND o.prev IS NOT NULL",
+        "UPDATE thread SET leaf_id = (SELECT id FROM message WHERE message.thread_id = thread.id"
+        " ORDER BY created_at DESC, id DESC LIMIT 1)",
+    ):
+        db.execute_sql(statement)  # type: ignore[no-untyped-call]
 
 
 # Upgrades from version N to N+1, applied in order inside one transaction. Version 1 is

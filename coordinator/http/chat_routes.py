@@ -10,6 +10,7 @@ from typing import TypeVar
 from quart import Blueprint, Response, request
 
 from coordinator.chat.rate_limits import spending
+from coordinator.chat.requests import NewReply
 from coordinator.errors import Busy, Conflict, NotFound
 from coordinator.http.admission import admit_limit, refused
 from coordinator.http.context import HttpContext
@@ -186,6 +187,12 @@ async def send(ctx: HttpContext, thread_id: str) -> Response:
         new = await _admitted(ctx, user.user_id, model, queue_it)
     if new.joined:
         await _publish_members(ctx, tid)
+    return await _queued(ctx, new)
+
+
+async def _queued(ctx: HttpContext, new: NewReply) -> Response:
+    """Tell the thread's watchers of a message and its queued reply, wake the
+    dispatcher, and answer with both."""
     await ctx.bus.message(new.user_message)
     await ctx.bus.message(new.reply)
     ctx.wake_dispatcher()
@@ -206,11 +213,9 @@ async def edit(ctx: HttpContext, thread_id: str, message_id: str) -> Response:
         model,
         functools.partial(edit_it, user.user_id, tid, mid, req.text, model),
     )
-    await ctx.bus.message(new.user_message)
-    await ctx.bus.message(new.reply)
-    await _publish_thread(ctx, tid)
-    ctx.wake_dispatcher()
-    return json_response(SendMessageResponse(user_message=new.user_message, reply=new.reply), 201)
+    # the watchers learn of the branch it starts (the thread's new leaf)
+    await ctx.bus.thread_changed(tid, await ctx.runner.call(ctx.chat.threads.thread, tid))
+    return await _queued(ctx, new)
 
 
 async def show_version(ctx: HttpContext, thread_id: str) -> Response:
@@ -222,12 +227,6 @@ async def show_version(ctx: HttpContext, thread_id: str) -> Response:
     thread = await ctx.runner.call(show, tid, user.user_id, req.message_id)
     await ctx.bus.thread_changed(tid, thread)
     return json_response(thread)
-
-
-async def _publish_thread(ctx: HttpContext, thread_id: str) -> None:
-    """Tell the thread's watchers what it is now (its title, the branch it shows)."""
-    thread = await ctx.runner.call(ctx.chat.threads.thread, thread_id)
-    await ctx.bus.thread_changed(thread_id, thread)
 
 
 async def retry(ctx: HttpContext, thread_id: str, message_id: str) -> Response:

@@ -20,6 +20,7 @@ from coordinator.db.tables import (
     Message,
     ReplyFailure,
     SchemaInfo,
+    Thread,
     Worker,
 )
 from coordinator.errors import StoreError
@@ -32,6 +33,9 @@ V1_ROWS = [
     "INSERT INTO \"user\" (id, name, created_at) VALUES ('u1', 'Owl', 1.5)",
     "INSERT INTO thread (id, title, description, created_by_id, created_at, updated_at)"
     " VALUES ('t1', 'hello', 'hello', 'u1', 1.5, 1.5)",
+    "INSERT INTO message (id, thread_id, user_id, role, author, content, content_seq, state,"
+    " model, job_id, error, created_at, updated_at) VALUES ('m0', 't1', 'u1', 'user',"
+    " 'Owl', 'hello', -1, 'done', NULL, NULL, NULL, 1.4, 1.4)",
     "INSERT INTO message (id, thread_id, user_id, role, author, content, content_seq, state,"
     " model, job_id, error, created_at, updated_at) VALUES ('m1', 't1', 'u1', 'assistant',"
     " 'llama3', 'half a rep', 3, 'generating', 'llama3', 'j1', NULL, 1.5, 1.6)",
@@ -79,6 +83,9 @@ def test_a_v1_database_is_upgraded_in_place(db_url: str, tmp_path: Path) -> None
             3,
             "generating",
         )
+        # Each thread became one branch, in the order of its messages' times.
+        assert (Message.get_by_id("m0").parent_id, message.parent_id) == (None, "m0")
+        assert Thread.get_by_id("t1").leaf_id == "m1"
         job = Job.get_by_id("j1")
         assert (job.state, job.attempt, job.worker_id, job.chunks) == ("running", 1, "w1", 4)
         assert job.api_key_id is None
