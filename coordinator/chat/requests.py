@@ -4,13 +4,13 @@ that checks the sender's limits and the queue's bound, then stores the message, 
 empty reply and the reply's queued job together."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import peewee as pw
 
 from coordinator.chat import statements as q
-from coordinator.chat.threads import join_thread, lock_thread
+from coordinator.chat.threads import join_thread, lock_thread, with_versions
 from coordinator.db import sql
 from coordinator.db.database import write_transaction
 from coordinator.db.tables import Message, ThreadMember, new_id, now
@@ -172,7 +172,9 @@ class RequestStore:
             parent = edited.parent_id
             new = self._queue_reply(thread_id, user_id, name, text, model, None, stamp, parent)
             sql.execute(self.db, q.THREAD_GREW, (stamp, new.reply.message_id, thread_id))
-        return new
+            # its watchers are told of it as a snapshot shows it: with its versions
+            shown = with_versions(self.db, thread_id, [new.user_message])[0]
+        return replace(new, user_message=shown)
 
     def start_api_conversation(
         self,

@@ -31,6 +31,22 @@ class LockedThread(NamedTuple):
     leaf_id: str | None  # the latest message of the branch it shows
 
 
+def with_versions(db: pw.Database, thread_id: str, views: list[MessageView]) -> list[MessageView]:
+    """Name each edited message's versions (its siblings, itself among them), as every
+    view of it does: a page, a snapshot, and the event of a new version."""
+    parents = list({v.parent_id for v in views if v.role == "user" and v.parent_id})
+    siblings: dict[str | None, list[str]] = {}
+    rows = sql.execute_in(db, q.VERSIONS, parents or [""], (thread_id,))
+    for parent, message_id in rows:
+        siblings.setdefault(parent, []).append(str(message_id))
+    return [
+        v.model_copy(update={"versions": siblings[v.parent_id]})
+        if v.role == "user" and len(siblings.get(v.parent_id, ())) > 1
+        else v
+        for v in views
+    ]
+
+
 def lock_thread(db: pw.Database, thread_id: str) -> LockedThread:
     """The thread's description and leaf, its row locked for this write transaction:
     its members and replies are checked and changed one transaction at a time, in every
@@ -170,22 +186,8 @@ class ThreadStore:
             return MessagePage(messages=[], has_more=False)
         walk = (latest, thread_id, limit + skip)
         newest = message_views(sql.execute(self.db, q.PATH_UP, walk))[skip:]
-        views = self._with_versions(thread_id, list(reversed(newest[:limit])))
+        views = with_versions(self.db, thread_id, list(reversed(newest[:limit])))
         return MessagePage(messages=views, has_more=len(newest) > limit)
-
-    def _with_versions(self, thread_id: str, views: list[MessageView]) -> list[MessageView]:
-        """Name each edited message's versions (its siblings, itself among them)."""
-        parents = list({v.parent_id for v in views if v.role == "user" and v.parent_id})
-        siblings: dict[str | None, list[str]] = {}
-        rows = sql.execute_in(self.db, q.VERSIONS, parents or [""], (thread_id,))
-        for parent, message_id in rows:
-            siblings.setdefault(parent, []).append(str(message_id))
-        return [
-            v.model_copy(update={"versions": siblings[v.parent_id]})
-            if v.role == "user" and len(siblings.get(v.parent_id, ())) > 1
-            else v
-            for v in views
-        ]
 
     def _message_in(self, thread_id: str, message_id: str) -> bool:
         where = (Message.id == message_id) & (Message.thread == thread_id)

@@ -118,11 +118,19 @@ async def test_an_edited_message_branches_the_conversation(tmp_path: Path) -> No
             assert edited.status_code == 201, edited.text
             gamma_id = edited.json()["user_message"]["message_id"]
             assert edited.json()["user_message"]["parent_id"] == before["messages"][0]["message_id"]
-            # a watcher hears that the thread shows another branch
+            assert edited.json()["user_message"]["versions"] == [alpha_id, gamma_id]
+            # A watcher hears that the thread shows another branch, then of the new
+            # version, with its versions as a snapshot shows them (a page that loaded
+            # the snapshot before the event came must not lose its version switch).
+            branched = False
             async for event in events(socket):
                 if event["type"] == "thread":
                     assert event["thread"]["leaf_id"] == edited.json()["reply"]["message_id"]
+                    branched = True
+                elif event["type"] == "message" and event["message"]["message_id"] == gamma_id:
+                    assert event["message"]["versions"] == [alpha_id, gamma_id]
                     break
+            assert branched
             _, gamma_reply = await until_final(socket, edited.json()["reply"]["message_id"])
         assert gamma_reply["state"] == "done"
         # The model was asked with the new branch only: the system prompt and the edit.
