@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import (
+    broker_floor,
     burst,
     capacity,
     chunking,
@@ -44,6 +45,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "burst": burst.main,
     "flood": flood.main,
     "capacity": capacity.main,
+    "broker_floor": broker_floor.main,
     "page_render": page_render.main,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
