@@ -293,7 +293,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def levels(farm: Servers, fleet_pid: int, steps: list[int] = LEVELS) -> list[dict[str, Any]]:
+async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
     seen, stop = Seen(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     rows: list[dict[str, Any]] = []
@@ -301,7 +301,7 @@ async def levels(farm: Servers, fleet_pid: int, steps: list[int] = LEVELS) -> li
     for pid in farm.pids().values():
         pin_all(pid, SERVER_CPUS)
     try:
-        for level in steps:
+        for level in LEVELS:
             while len(tasks) < level:
                 url = farm.webapps[len(tasks) % len(farm.webapps)]
                 tasks.append(asyncio.create_task(browser(url, seen, stop)))
@@ -351,9 +351,7 @@ def _row_text(row: dict[str, Any]) -> str:
     )
 
 
-async def run_design(
-    design: str, tree: Path, count: int, steps: list[int] = LEVELS
-) -> list[dict[str, Any]]:
+async def run_design(design: str, tree: Path, count: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="farm-capacity-") as tmp:
         work = Path(tmp)
         async with (
@@ -362,7 +360,7 @@ async def run_design(
             fleet(design, farm, broker, work) as fleet_process,
         ):
             print(f"--- {design}, {count} coordinator(s) + {count} webapp(s)", flush=True)
-            return await levels(farm, fleet_process.pid, steps)
+            return await levels(farm, fleet_process.pid)
 
 
 def carried(row: dict[str, Any]) -> bool:
@@ -431,20 +429,5 @@ def main() -> str:
     return table
 
 
-async def measure_pacing() -> dict[tuple[str, int], list[dict[str, Any]]]:
-    """This tree, 1+1, the webapp reading each packet as it comes (pause 0) against in
-    rounds (``FARM_MQTT_READ_PAUSE_MS``=5), side by side."""
-    os.sched_setaffinity(0, LOAD_CPUS)
-    steps = [level for level in LEVELS if level >= 50]  # where a difference shows
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for pause in ("0", "5"):
-        os.environ["FARM_MQTT_READ_PAUSE_MS"] = pause
-        results[(f"pause {pause} ms", 1)] = await run_design("after", REPO, 1, steps)
-    return results
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["pacing"]:  # python -m benchmarks.capacity pacing
-        print(_table(asyncio.run(measure_pacing())))
-    else:
-        main()
+    main()

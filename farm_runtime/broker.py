@@ -12,7 +12,6 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -20,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from farm_runtime.client_calls import TIMEOUT_S, subscribe
 from farm_runtime.outbox import WINDOW, Outbox
-from farm_runtime.paced_reads import PacedClient
 
 log = logging.getLogger(__name__)
 
@@ -66,35 +64,29 @@ def make_client(
     will: aiomqtt.Will | None = None,
     clean_session: bool = True,
     max_queued_incoming: int | None = None,
-    read_pause_s: float = 0.0,
 ) -> aiomqtt.Client:
-    """An MQTT 3.1.1 client (the common ground of amqtt and Mosquitto). With
-    ``read_pause_s``, one that reads its socket in rounds (``farm_runtime.paced_reads``)."""
+    """An MQTT 3.1.1 client (the common ground of amqtt and Mosquitto)."""
     address = parse_broker_url(settings.url)
     tls_context = None
     if address.tls:
         tls_context = ssl.create_default_context(cafile=settings.ca_file)
-    options: dict[str, Any] = {
-        "username": settings.username,
-        "password": settings.password.get_secret_value() if settings.password else None,
-        "identifier": identifier,
-        "will": will,
-        "clean_session": clean_session,
-        "keepalive": settings.keepalive,
-        "tls_context": tls_context,
-        "max_queued_incoming_messages": max_queued_incoming,
-        "timeout": TIMEOUT_S,  # connecting and leaving; publishes and subscribes: client_calls
+    client = aiomqtt.Client(
+        address.host,
+        address.port,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        identifier=identifier,
+        will=will,
+        clean_session=clean_session,
+        keepalive=settings.keepalive,
+        tls_context=tls_context,
+        max_queued_incoming_messages=max_queued_incoming,
+        timeout=TIMEOUT_S,  # connecting and leaving; publishes and subscribes: client_calls
         # No Nagle: a small publish right behind another (an "accepted", then the first
         # chunk) would otherwise wait for the first one's TCP ACK, up to the peer's 40 ms
         # delayed-ACK timer. Measured: 48 ms from assignment to "accepted", now 7 ms.
-        "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    }
-    if read_pause_s > 0:
-        client: aiomqtt.Client = PacedClient(
-            address.host, address.port, read_pause_s=read_pause_s, **options
-        )
-    else:
-        client = aiomqtt.Client(address.host, address.port, **options)
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
     # aiomqtt warns past 10 unacknowledged calls; the outbox keeps WINDOW publishes in
     # flight on purpose, so only more than that (and a few subscribes) is worth a warning.
     client.pending_calls_threshold = WINDOW + 10

@@ -31,11 +31,7 @@ class Webapp:
         identifier = f"webapp-{secrets.token_hex(4)}"
 
         def connect() -> aiomqtt.Client:
-            return make_client(
-                self.settings.broker,
-                identifier=identifier,
-                read_pause_s=self.settings.mqtt_read_pause_ms / 1000,
-            )
+            return make_client(self.settings.broker, identifier=identifier)
 
         async def session(client: aiomqtt.Client) -> None:
             try:

@@ -20,10 +20,6 @@ class WebappSettings(BaseSettings):
     service_token: SecretStr = Field(default=SecretStr(""))
     broker: BrokerSettings = BrokerSettings()
     cookie_secure: bool = False  # set true behind TLS
-    # The broker's packets are read in rounds, this long apart under load (a lone packet
-    # is read at once): fewer wake-ups per chunk, for at most this much more delay.
-    # 0 reads every packet as it comes (docs/PERFORMANCE.md, Capacity).
-    mqtt_read_pause_ms: float = Field(default=5.0, ge=0, le=50)
     ws_queue_size: int = 2000  # events buffered per browser before it is told to reload
     max_request_bytes: int = 1_048_576
     # An API stream that has nothing to send (queued, or the model loading) sends an SSE
