@@ -29,13 +29,13 @@ from typing import Any
 
 from benchmarks.capacity import CARRIED, LOAD_CPUS, SERVER_CPUS, TARGET_P99_S, pin_all
 from benchmarks.farm_processes import cpu_seconds
+from farm_protocol import topics
 from tests.support.brokers import RunningBroker, broker_of, dynsec, full_access_commands
 
 LEVELS = [250, 500, 750, 1000, 1500, 2000, 3000]
 STREAMS_PER_WORKER = 2
 CHUNK_EVERY_S = 2 / 30  # two tokens a chunk at 30 tokens/s
 WARMUP_S, WINDOW_S = 3.0, 8.0
-ROOT = "farm/v2/workers"
 
 
 def _length(n: int) -> bytes:
@@ -108,17 +108,27 @@ async def _open(broker: RunningBroker, username: str, password: str) -> tuple[An
 @dataclass
 class Worker:
     writer: Any
-    streams: list[tuple[str, bytes]]  # (topic, job id) per stream
     packet_id: int = 0
 
-    def publish(self, topic: str, job: bytes, seq: int) -> None:
-        self.packet_id = self.packet_id % 65535 + 1
-        now = f"{time.time():.4f} "
-        payload = (b'{"kind":"chunk","job_id":"' + job + b'","attempt":1,"seq":%d,"text":"%s"}') % (
-            seq,
-            (now * 2).encode(),
+
+@dataclass
+class Stream:
+    worker: Worker
+    topic: str  # its job's live chunks topic, under its thread
+    job_id: bytes
+    seq: int = 0
+
+    def publish(self) -> None:
+        """Its next chunk, of two tokens, each its send time."""
+        self.worker.packet_id = self.worker.packet_id % 65535 + 1
+        text = (f"{time.time():.4f} " * 2).encode()
+        payload = b'{"kind":"chunk","job_id":"%s","attempt":1,"seq":%d,"text":"%s"}' % (
+            self.job_id,
+            self.seq,
+            text,
         )
-        self.writer.write(publish_packet(topic, self.packet_id, payload))
+        self.seq += 1
+        self.worker.writer.write(publish_packet(self.topic, self.worker.packet_id, payload))
 
 
 @dataclass
@@ -154,53 +164,39 @@ async def level(
     broker: RunningBroker, accounts: list[tuple[str, str]], streams: int
 ) -> dict[str, Any]:
     workers: list[Worker] = []
+    live: list[Stream] = []
     tasks: list[asyncio.Task[None]] = []
     threads = [uuid.uuid4().hex for _ in range(streams)]
     receipts = Receipts()
     sub_reader, sub_writer = await _open(broker, *accounts[0])
-    filters = [f"{ROOT}/+/jobs/{t}/+" for t in threads]
+    filters = [topics.thread_chunks(t) for t in threads]  # as a webapp watching them
     for at in range(0, len(filters), 100):
         sub_writer.write(subscribe_packet(at // 100 + 1, filters[at : at + 100]))
     tasks.append(asyncio.create_task(_subscriber(sub_reader, receipts)))
     for w in range(streams // STREAMS_PER_WORKER):
         name, password = accounts[1 + w]
         reader, writer = await _open(broker, name, password)
-        mine = threads[w * STREAMS_PER_WORKER : (w + 1) * STREAMS_PER_WORKER]
-        own = [
-            (f"{ROOT}/{name}/jobs/{t}/{uuid.uuid4().hex}", uuid.uuid4().hex.encode()) for t in mine
-        ]
-        workers.append(Worker(writer, own))
+        worker = Worker(writer)
+        workers.append(worker)
+        for thread in threads[w * STREAMS_PER_WORKER : (w + 1) * STREAMS_PER_WORKER]:
+            job = uuid.uuid4().hex
+            live.append(Stream(worker, topics.job_events(name, thread, job), job.encode()))
         tasks.append(asyncio.create_task(_drain_acks(reader)))
 
-    # every stream on its own phase; a heap would be no cheaper than this sorted wheel
-    due = sorted(
-        (
-            (random.uniform(0, CHUNK_EVERY_S), worker, i)
-            for worker in workers
-            for i in range(len(worker.streams))
-        ),
-        key=lambda d: d[0],
-    )
+    # every stream on its own phase within the chunk interval, in the order they fall due
+    due = sorted((random.uniform(0, CHUNK_EVERY_S), i) for i in range(len(live)))
     loop = asyncio.get_running_loop()
     start = loop.time()
-    seqs: dict[tuple[int, int], int] = {}
-    sent = 0
 
     async def publish_until(end: float) -> None:
-        nonlocal sent
         cycle = 0
         while loop.time() < end:
             base = start + cycle * CHUNK_EVERY_S
-            for offset, worker, i in due:
+            for offset, i in due:
                 wait = base + offset - loop.time()
                 if wait > 0.002:
                     await asyncio.sleep(wait)
-                key = (id(worker), i)
-                seq = seqs.get(key, 0)
-                seqs[key] = seq + 1
-                topic, job = worker.streams[i]
-                worker.publish(topic, job, seq)
-                sent += 1
+                live[i].publish()
             cycle += 1
 
     publisher = asyncio.create_task(publish_until(start + WARMUP_S + WINDOW_S + 0.5))
