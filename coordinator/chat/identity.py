@@ -5,6 +5,7 @@ import random
 
 import peewee as pw
 
+from coordinator.chat import statements as q
 from coordinator.db import sql
 from coordinator.db.database import write_transaction
 from coordinator.db.tables import BrowserSession, Thread, ThreadMember, User, new_id, now
@@ -42,23 +43,16 @@ class IdentityStore:
         self.db = db
 
     def find_user(self, token: str) -> UserView | None:
-        """The user behind a browser session token, or None for a session never seen."""
+        """The user behind a browser session token, or None for a session never seen
+        (every chat request asks: a hand-written statement)."""
         token_hash = hash_session_token(token)
-        row = (
-            BrowserSession.select(BrowserSession.last_seen, User.id, User.name)
-            .join(User)
-            .where(BrowserSession.token_hash == token_hash)
-            .tuples()
-            .first(self.db)
-        )
+        row = sql.execute(self.db, q.SESSION_USER, (token_hash,)).fetchone()
         if row is None:
             return None
         last_seen, user_id, name = row
         stamp = now()
         if last_seen < stamp - 60:  # a write per minute, not per request
-            BrowserSession.update(last_seen=stamp).where(
-                BrowserSession.token_hash == token_hash
-            ).execute(self.db)
+            sql.execute(self.db, q.SESSION_SEEN, (stamp, token_hash))
         return UserView(user_id=user_id, name=name)
 
     def session_user(self, token: str) -> UserView:

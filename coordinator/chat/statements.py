@@ -8,6 +8,17 @@ from farm_protocol.chat import MessageState
 
 _LIVE = sql_list(LIVE)
 
+# a browser session's user (every chat request asks), and a note that it was seen
+SESSION_USER = (
+    'SELECT s.last_seen, u.id, u.name FROM browser_session s JOIN "user" u ON u.id = s.user_id'
+    " WHERE s.token_hash = %s"
+)
+SESSION_SEEN = "UPDATE browser_session SET last_seen = %s WHERE token_hash = %s"
+MEMBERS = (
+    'SELECT u.id, u.name FROM thread_member m JOIN "user" u ON u.id = m.user_id'
+    " WHERE m.thread_id = %s ORDER BY m.joined_at, u.id"
+)
+IS_MEMBER = "SELECT 1 FROM thread_member WHERE thread_id = %s AND user_id = %s"
 LOCK_THREAD = "SELECT description, leaf_id FROM thread WHERE id = %s"  # + sql.row_lock
 LOCK_USER = 'SELECT name FROM "user" WHERE id = %s'  # + sql.row_lock
 # (this owner's live jobs, the jobs queued farm-wide, those queued for one model); the

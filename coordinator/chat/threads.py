@@ -8,7 +8,7 @@ import peewee as pw
 from coordinator.chat import statements as q
 from coordinator.db import sql
 from coordinator.db.database import write_transaction
-from coordinator.db.tables import Job, Message, Thread, ThreadMember, User, new_id, now
+from coordinator.db.tables import Job, Message, Thread, ThreadMember, new_id, now
 from coordinator.db.views import message_fields, message_views, thread_view, views_of
 from coordinator.errors import Conflict, Forbidden, NotFound
 from coordinator.jobs.fairness import positions
@@ -226,20 +226,11 @@ class ThreadStore:
         return views
 
     def members(self, thread_id: str) -> list[MemberView]:
-        rows = (
-            User.select(User.id, User.name)
-            .join(ThreadMember)
-            .where(ThreadMember.thread == thread_id)
-            .order_by(ThreadMember.joined_at, User.id)
-        )
-        return [MemberView(user_id=row.id, name=row.name) for row in rows.execute(self.db)]
+        rows = sql.execute(self.db, q.MEMBERS, (thread_id,)).fetchall()
+        return [MemberView(user_id=user_id, name=name) for user_id, name in rows]
 
     def is_member(self, thread_id: str, user_id: str) -> bool:
-        return bool(
-            ThreadMember.select()
-            .where((ThreadMember.thread == thread_id) & (ThreadMember.user == user_id))
-            .exists(self.db)
-        )
+        return sql.execute(self.db, q.IS_MEMBER, (thread_id, user_id)).fetchone() is not None
 
     def join(self, thread_id: str, user_id: str) -> list[MemberView]:
         """Make the user a member (at most ``MAX_THREAD_MEMBERS``); the members after."""

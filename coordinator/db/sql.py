@@ -6,7 +6,10 @@ the database's own work (benchmarks/job_path.py). The statements on that path ar
 therefore written out once, in the SQL that SQLite and PostgreSQL share, with ``%s``
 placeholders (turned into the driver's own), in one ``statements`` module per package
 (``coordinator.jobs.statements``, ``coordinator.chat.statements``,
-``coordinator.workers.statements``). The rest of the coordinator keeps the query builder.
+``coordinator.workers.statements``). So are those every chat request, heartbeat and model
+picker runs (the session's user, membership, a worker's sign of life, what the fleet
+serves): in benchmarks/capacity.py they were half of the database thread's time, each
+compiled anew. The rest of the coordinator keeps the query builder.
 The column names are those of ``coordinator.db.tables`` (a foreign key ``thread`` is the
 column ``thread_id``)."""
 

@@ -87,19 +87,11 @@ class WorkerPresence:
     def record_heartbeats(self, beats: list[Heartbeat]) -> list[Heartbeat]:
         """Several signs of life in one transaction; those from a current session."""
         stamp = time.time()
-        fresh = []
+        fresh: list[Heartbeat] = []
         with write_transaction(self.db):
             for beat in beats:
-                changed = (
-                    Worker.update(last_seen=stamp)
-                    .where(
-                        (Worker.id == beat.worker_id)
-                        & Worker.revoked_at.is_null()
-                        & (Worker.session_id == beat.session_id)
-                    )
-                    .execute(self.db)
-                )
-                if changed == 1:
+                params = (stamp, beat.worker_id, beat.session_id)
+                if sql.execute(self.db, q.HEARTBEAT, params).rowcount == 1:
                     fresh.append(beat)
         return fresh
 
@@ -117,17 +109,14 @@ class WorkerPresence:
         ]
 
     def fleet_models(self, preferred: list[str]) -> FleetModels:
-        stamp = time.time()
-        rows = [
-            r
-            for r in Worker.select().where(Worker.revoked_at.is_null()).execute(self.db)
-            if is_online(r, stamp, self.grace_s)
-        ]
+        """What the online workers serve (each model picker and, at most once a second,
+        each message asks: a hand-written statement)."""
+        rows = sql.execute(self.db, q.FLEET, (time.time() - self.grace_s,)).fetchall()
         served: set[str] = set()
         loaded: set[str] = set()
-        for row in rows:
-            served.update(json.loads(row.models))
-            loaded.update(json.loads(row.loaded_models))
+        for models, loaded_models, _ in rows:
+            served.update(model_names(models))
+            loaded.update(model_names(loaded_models))
         order = [normalize_model(m) for m in preferred]
         ranked = [m for m in order if m in served] + sorted(served - set(order))
         models = [display_model(m) for m in ranked]
@@ -136,7 +125,7 @@ class WorkerPresence:
             unavailable=[display_model(m) for m in dict.fromkeys(order) if m not in served],
             default_model=models[0] if models else None,
             workers_online=len(rows),
-            simulated=bool(rows) and all(r.simulated for r in rows),
+            simulated=bool(rows) and all(bool(simulated) for _, _, simulated in rows),
             loaded=[display_model(m) for m in sorted(loaded)],
         )
 

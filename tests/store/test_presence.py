@@ -49,3 +49,38 @@ def test_revoked_and_unknown_workers_are_ignored(db: pw.Database) -> None:
     registry.revoke("w")
     assert not store.record_status(status("s", "online"))
     assert store.online() == []
+
+
+def test_the_model_picker_sees_only_online_fresh_unrevoked_workers(db: pw.Database) -> None:
+    store = WorkerPresence(db, grace_s=10)
+    registry = WorkerRegistry(db, grace_s=10)
+    for worker in ("a", "b", "stale", "gone", "off"):
+        registry.add(worker, worker)
+        store.record_status(
+            status("s", "online").model_copy(
+                update={
+                    "worker_id": worker,
+                    "models": [f"{worker}-model", "shared"],
+                    "loaded_models": [f"{worker}-model"],
+                    "simulated": worker != "b",
+                }
+            )
+        )
+    Worker.update(last_seen=time.time() - 11).where(Worker.id == "stale").execute()
+    registry.revoke("gone")
+    store.record_status(status("s", "offline").model_copy(update={"worker_id": "off"}))
+
+    fleet = store.fleet_models(["shared"])
+    assert fleet.workers_online == 2
+    assert fleet.models == ["shared", "a-model", "b-model"]
+    assert fleet.default_model == "shared"
+    assert fleet.loaded == ["a-model", "b-model"]
+    assert fleet.simulated is False  # b runs a real Ollama
+    assert fleet.unavailable == []
+    # a heartbeat from the current session brings the stale one back; a revoked one's
+    # does not count
+    beats = [
+        Heartbeat(worker_id=w, session_id="s", seq=2, at=time.time()) for w in ("stale", "gone")
+    ]
+    assert [b.worker_id for b in store.record_heartbeats(beats)] == ["stale"]
+    assert store.fleet_models([]).workers_online == 3
