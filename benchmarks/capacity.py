@@ -253,7 +253,11 @@ async def browser(web_url: str, seen: Seen, stop: asyncio.Event) -> None:
                         ended.setdefault(reply["message_id"], asyncio.Event()).set()
         raise ConnectionError("the websocket closed")
 
-    async with aiohttp.ClientSession(base_url=web_url) as http:
+    # a browser keeps its session cookie (aiohttp keeps none from an IP address unless
+    # told to): one identity per browser, not a new user, and a new member of the
+    # thread, with every message
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base_url=web_url, cookie_jar=jar) as http:
         made = await http.post("/api/threads", json={"system_prompt": ""})
         thread_id = (await made.json())["thread_id"]
         async with http.ws_connect(f"/ws/threads/{thread_id}", max_msg_size=0) as ws:
