@@ -234,7 +234,8 @@ class Bridge:
 
     # --- MQTT ----------------------------------------------------------------------------
 
-    async def handle(self, message: aiomqtt.Message) -> None:
+    def handle(self, message: aiomqtt.Message) -> None:
+        """One message from the broker, as it is read (it never waits)."""
         topic = message.topic.value
         try:
             if topic.startswith(TOPIC_ROOT + "/threads/"):

@@ -31,7 +31,10 @@ class Webapp:
         identifier = f"webapp-{secrets.token_hex(4)}"
 
         def connect() -> aiomqtt.Client:
-            return make_client(self.settings.broker, identifier=identifier)
+            # each message straight to the bridge as it is read (it never waits)
+            return make_client(
+                self.settings.broker, identifier=identifier, deliver=self.bridge.handle
+            )
 
         async def session(client: aiomqtt.Client) -> None:
             try:
@@ -39,7 +42,7 @@ class Webapp:
                 await serve_session(
                     client,
                     subscriptions=[],
-                    handle=self.bridge.handle,
+                    handle=None,
                     on_subscribed=lambda: self.bridge.connected(client),
                 )
             finally:

@@ -242,7 +242,7 @@ def test_the_bridge_survives_anything() -> None:
     @given(batch=st.lists(inbound("j1", "t1"), min_size=1, max_size=6))
     def run(batch: list[tuple[str, bytes]]) -> None:
         for topic, payload in batch:
-            asyncio.run(bridge.handle(mqtt(topic, payload)))
+            bridge.handle(mqtt(topic, payload))
         while not sub.queue.empty():
             event = sub.queue.get_nowait()
             assert event is not None  # nothing asks this browser to resync

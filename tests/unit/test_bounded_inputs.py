@@ -55,7 +55,7 @@ def test_a_flood_of_made_up_jobs_keeps_the_bridge_bounded(
     async def flood() -> None:
         for n in range(2000):
             chunk = JobChunk(job_id=f"j{n % 200}", attempt=1, seq=n, text="y" * 1000)
-            await bridge.handle(mqtt(topics.job_events("rogue", "t1", chunk.job_id), encode(chunk)))
+            bridge.handle(mqtt(topics.job_events("rogue", "t1", chunk.job_id), encode(chunk)))
 
     asyncio.run(flood())
     assert len(bridge._jobs) == 50

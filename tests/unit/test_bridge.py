@@ -18,7 +18,7 @@ async def test_a_browser_that_stops_reading_holds_up_nobody() -> None:
     bridge = Bridge(queue_size=50)
     slow = await bridge.subscribe("t1")  # never reads
     fast = await bridge.subscribe("t1")
-    await bridge.handle(thread_event(generating_reply("t1", "j1", "w1")))
+    bridge.handle(thread_event(generating_reply("t1", "j1", "w1")))
     received: list[int] = []
 
     async def read_fast() -> None:
@@ -30,7 +30,7 @@ async def test_a_browser_that_stops_reading_holds_up_nobody() -> None:
     reader = asyncio.create_task(read_fast())
     for seq in range(1000):
         chunk = JobChunk(job_id="j1", attempt=1, seq=seq, text=f"{seq} ")
-        await bridge.handle(mqtt(topics.job_events("w1", "t1", "j1"), encode(chunk)))
+        bridge.handle(mqtt(topics.job_events("w1", "t1", "j1"), encode(chunk)))
         if seq % 10 == 0:
             await asyncio.sleep(0)  # let the fast browser read, as the event loop would
     await asyncio.wait_for(reader, timeout=5)  # a bridge waiting on the slow one would hang
@@ -53,15 +53,15 @@ async def test_a_checkpoint_fills_what_a_webapp_did_not_see_live() -> None:
     Those it saw live are not sent again, and a non-holder's checkpoint fills nothing."""
     bridge = Bridge(queue_size=100)
     sub = await bridge.subscribe("t1")
-    await bridge.handle(thread_event(generating_reply("t1", "j1", "w1")))
+    bridge.handle(thread_event(generating_reply("t1", "j1", "w1")))
     for seq in (5, 6):  # chunks 0-4 went out before this webapp subscribed
         chunk = JobChunk(job_id="j1", attempt=1, seq=seq, text=f"{seq} ")
-        await bridge.handle(mqtt(topics.job_events("w1", "t1", "j1"), encode(chunk)))
+        bridge.handle(mqtt(topics.job_events("w1", "t1", "j1"), encode(chunk)))
     texts = [f"{seq} " for seq in range(7)]
     spoof = JobCheckpoint(job_id="j1", attempt=1, from_seq=0, texts=["EVIL"] * 7)
-    await bridge.handle(mqtt(topics.job_progress("rogue", "t1", "j1"), encode(spoof)))
+    bridge.handle(mqtt(topics.job_progress("rogue", "t1", "j1"), encode(spoof)))
     checkpoint = JobCheckpoint(job_id="j1", attempt=1, from_seq=0, texts=texts)
-    await bridge.handle(mqtt(topics.job_progress("w1", "t1", "j1"), encode(checkpoint)))
+    bridge.handle(mqtt(topics.job_progress("w1", "t1", "j1"), encode(checkpoint)))
     sent = []
     while not sub.queue.empty():
         event = sub.queue.get_nowait()
@@ -78,7 +78,7 @@ async def test_a_subscriber_nobody_reads_is_dropped_with_its_subscriptions() -> 
     bridge = Bridge(queue_size=100)
     quiet = await bridge.subscribe("t-quiet")
     gone = await bridge.subscribe("t1")
-    await bridge.handle(thread_event(generating_reply("t1", "j1", "w1")))
+    bridge.handle(thread_event(generating_reply("t1", "j1", "w1")))
     long_ago = time.monotonic() - ABANDONED_S - 1
     quiet.read_at = gone.read_at = long_ago
     bridge.drop_abandoned()

@@ -48,7 +48,7 @@ async def test_an_openai_stream_gets_chunks_in_order_whatever_order_they_come_in
     nobody = CoordinatorClient("http://127.0.0.1:9", "token")  # the reply ends: no cancel
     reply = {"job_id": "j1", "message_id": "m1", "model": "llama3"}
     follow = Follow(bridge, nobody, await bridge.subscribe("t1"), reply, "key")
-    await bridge.handle(thread_event(view))
+    bridge.handle(thread_event(view))
     pieces: list[str] = []
 
     async def read() -> None:
@@ -62,8 +62,8 @@ async def test_an_openai_stream_gets_chunks_in_order_whatever_order_they_come_in
     await asyncio.sleep(0)  # subscribed
     for seq in (0, 2, 1, 2, 3):
         chunk = JobChunk(job_id="j1", attempt=1, seq=seq, text=f"{seq} ")
-        await bridge.handle(mqtt(topics.job_events("w1", "t1", "j1"), encode(chunk)))
+        bridge.handle(mqtt(topics.job_events("w1", "t1", "j1"), encode(chunk)))
     done = view.model_copy(update={"state": MessageState.DONE, "content": "0 1 2 3 "})
-    await bridge.handle(thread_event(done))
+    bridge.handle(thread_event(done))
     await asyncio.wait_for(reader, 5)
     assert pieces == ["0 ", "1 ", "2 ", "3 "]
