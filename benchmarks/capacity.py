@@ -8,7 +8,10 @@ its load, for the design before issue 18 and this one, side by side in one run.
 * **Load core (CPU 1)**: the synthetic fleet (``benchmarks/synthetic_fleet.py``: 50
   workers with their own credentials, replaying 90-token replies at 30 tokens/s under the
   chunk rule) and the synthetic browsers (this process: one websocket reader each,
-  watching its thread, sending its next message when the last reply ends).
+  watching its thread, sending its next message when the last reply ends). Each browser
+  starts at a random moment within one reply's time, so that replies begin and end
+  spread out, as a site's users' do (started together, every reply of a level began in
+  the same instant, and the added delay measured that burst).
 * **Before**: a ``git worktree`` of the commit before issue 18 (``BASELINE``), its own
   coordinator and webapp, the fleet speaking its protocol. **After**: this tree.
 
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -233,10 +237,11 @@ class Seen:
     failures: int = 0
 
 
-async def browser(web_url: str, seen: Seen, stop: asyncio.Event) -> None:
-    """One synthetic browser: its thread, its websocket (read all the time, as a page
-    does), one message after another."""
+async def browser(web_url: str, seen: Seen, stop: asyncio.Event, start_s: float) -> None:
+    """One synthetic browser, from ``start_s`` on: its thread, its websocket (read all the
+    time, as a page does), one message after another."""
     ended: dict[str, asyncio.Event] = {}
+    await asyncio.sleep(start_s)
 
     async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
         async for message in ws:
@@ -308,9 +313,10 @@ async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
         for level in LEVELS:
             while len(tasks) < level:
                 url = farm.webapps[len(tasks) % len(farm.webapps)]
-                tasks.append(asyncio.create_task(browser(url, seen, stop)))
-                if len(tasks) % 50 == 0:
-                    await asyncio.sleep(0.2)  # a ramp, not a stampede of new identities
+                # each starts at a random moment within one reply's time: its replies
+                # then begin and end when others' do not, as a site's users' do
+                start = random.uniform(0, TOKENS / TOKENS_PER_S)
+                tasks.append(asyncio.create_task(browser(url, seen, stop, start)))
             await asyncio.sleep(WARMUP_S)
             broken = [t for t in tasks if t.done()]
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
