@@ -25,6 +25,8 @@ from coordinator.workers.presence import is_online
 from farm_protocol.acl import is_reserved
 from farm_protocol.ids import check_id, slugify
 
+_ADD_ATTEMPTS = 10  # tries of an add whose name-made id others keep taking
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
@@ -72,21 +74,22 @@ class WorkerRegistry:
         }
 
     def add(self, name: str, worker_id: str | None = None) -> tuple[WorkerInfo, str]:
-        """Register a worker in one step (the command line). Returns it and its key; the
-        key is never stored in clear. The admin API takes the same steps, hashing the key
-        off the database thread. The key is hashed (scrypt, tens of ms) before the write,
-        so that the write lock is not held meanwhile; an id made from the name and taken
-        since by someone else means choosing again."""
+        """Register a worker in one step (the admin API and ``llama-farm workers add``).
+        Returns it and its key; the key is never stored in clear.
+
+        An id made from the name may be taken by another add (another admin, another
+        process) at any moment between choosing it and storing the worker: it is then
+        chosen again. Each such conflict is another add of the same name succeeding, so
+        N adds at once need at most N tries each."""
         attempts = 0
         while True:
-            wid = self.new_id(name, worker_id)
-            key, nonce = self.issue(wid)
-            key_hash = hash_key(key)
             try:
-                return self.insert(wid, name, key_hash, nonce), key
+                wid = self.new_id(name, worker_id)
+                key, nonce = self.issue(wid)
+                return self.insert(wid, name, hash_key(key), nonce), key
             except Conflict:
                 attempts += 1
-                if worker_id or attempts == 3:
+                if worker_id or attempts == _ADD_ATTEMPTS:
                     raise
 
     def new_id(self, name: str, worker_id: str | None = None) -> str:
