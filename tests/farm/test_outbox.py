@@ -47,8 +47,12 @@ async def pumping(broker: RunningBroker, outbox: Outbox) -> AsyncIterator[TcpPro
     async with tcp_proxy(broker.port) as proxy:
         settings = broker.settings().model_copy(update={"url": f"mqtt://127.0.0.1:{proxy.port}"})
 
+        connected = asyncio.Event()
+
         async def session(client: aiomqtt.Client) -> None:
-            await serve_session(client, subscriptions=[], handle=ignore, outbox=outbox)
+            await serve_session(
+                client, subscriptions=[], handle=ignore, outbox=outbox, on_subscribed=connected.set
+            )
 
         task = asyncio.create_task(
             stay_connected(
@@ -59,7 +63,10 @@ async def pumping(broker: RunningBroker, outbox: Outbox) -> AsyncIterator[TcpPro
             )
         )
         try:
-            await wait_until(lambda: proxy.connections > 0, what="the sender to connect")
+            # its session up (the CONNACK came back through the proxy), not only its TCP
+            # connection: a cut before the CONNACK would hold it, and the sender would
+            # never connect (seen under load: "lost the broker (Operation timed out)")
+            await asyncio.wait_for(connected.wait(), 10)
             yield proxy
         finally:
             task.cancel()
