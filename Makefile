@@ -25,8 +25,9 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## The suite in one test process per core, up to 4 (`.venv/bin/pytest` alone: one process)
 test: check
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4 --dist worksteal
 
 ## Every benchmark; rewrites the tables in docs/PERFORMANCE.md (set FARM_TEST_POSTGRES_URL
 ## for the PostgreSQL figures)

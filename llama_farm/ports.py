@@ -1,7 +1,9 @@
 """Picking a free local port for the services `llama-farm dev` (and the tests) start."""
 
 import contextlib
+import os
 import random
+import re
 import socket
 from pathlib import Path
 
@@ -15,12 +17,21 @@ def _ephemeral() -> tuple[int, int]:
     return 32768, 60999
 
 
+def _pool() -> range:
+    """The ports to pick from: outside the ephemeral range, above 20,000."""
+    low, high = _ephemeral()
+    return range(20000, low) if low > 21000 else range(high + 1, 65536)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now, outside the kernel's ephemeral range: the ports
     the kernel hands to outgoing connections, which could otherwise take the port between
-    this check and the service's bind (seen as "address already in use" under load)."""
-    low, high = _ephemeral()
-    pool = range(20000, low) if low > 21000 else range(high + 1, 65536)
+    this check and the service's bind (seen as "address already in use" under load).
+
+    Under pytest-xdist each test process picks from a slice of its own, and so do the
+    services it starts (they inherit its environment): two processes probing at once
+    could otherwise both find one port free, and both bind it later."""
+    pool = _slice(_pool())
     for _ in range(100):
         port = random.choice(pool)
         with socket.socket() as s:
@@ -33,3 +44,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         found: int = s.getsockname()[1]
         return found
+
+
+def _slice(pool: range) -> range:
+    """This pytest-xdist worker's share of ``pool`` (gw0 the first of as many slices as
+    there are workers); all of it outside pytest-xdist."""
+    worker = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker is None or not count.isdigit() or int(worker.group(1)) >= int(count):
+        return pool
+    size = len(pool) // int(count)
+    return pool[int(worker.group(1)) * size :][:size]

@@ -8,6 +8,8 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
 from farm_runtime.entry import EXIT_CONFIG, version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +22,9 @@ def _run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+# A wheel build and an install from the package index: 10-30 s here, by how busy the
+# machine is; its steps have their own 300 s limits, so the suite's 60 s would cut it short.
+@pytest.mark.timeout(300)
 def test_the_worker_installs_from_a_wheel_into_a_fresh_environment(tmp_path: Path) -> None:
     built = _run(
         sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", ROOT, "-w", "dist", cwd=tmp_path

@@ -1,0 +1,35 @@
+"""Free ports: each pytest-xdist worker probes its own slice of the range, so that two
+test processes never both take one port they each found free."""
+
+import pytest
+
+from llama_farm import ports
+
+
+def test_outside_xdist_the_whole_range_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert ports._slice(range(20000, 32768)) == range(20000, 32768)
+
+
+def test_the_workers_slices_are_disjoint_and_in_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = ports._pool()
+    seen: set[int] = set()
+    for n in range(3):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{n}")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        share = ports._slice(pool)
+        assert len(share) == len(pool) // 3
+        assert set(share) <= set(pool)
+        assert not seen & set(share)
+        seen |= set(share)
+        port = ports.free_port()
+        assert port in share
+
+
+def test_a_worker_beyond_the_count_falls_back_to_the_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw5")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert ports._slice(range(20000, 32768)) == range(20000, 32768)
