@@ -21,6 +21,9 @@ fleet writes the publish time into the text), each process's CPU, and the chunks
 replies completed. A level is carried when its chunks arrive at 90% of the streams'
 rate or more (the server side neither slowed the replies nor left requests waiting)
 with p99 added delay under 100 ms; a design's capacity is the most streams carried.
+Before the first level, a window with the fleet online and no stream measures what each
+process spends idle (heartbeats, health checks, timers): a coordinator's CPU per reply
+is given in all, and beyond that idle cost.
 ``python -m benchmarks capacity``."""
 
 import asyncio
@@ -309,6 +312,7 @@ async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
     pids = farm.pids() | {"fleet": fleet_pid, "browsers": os.getpid()}
     for pid in farm.pids().values():
         pin_all(pid, SERVER_CPUS)
+    idle = await idle_cpu(pids)
     try:
         for level in LEVELS:
             while len(tasks) < level:
@@ -336,6 +340,7 @@ async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
                 "cpu": cpu,
                 "window": t1 - t0,
                 "failures": seen.failures + len(broken),
+                "idle": idle,
             }
             rows.append(row)
             print(_row_text(row), flush=True)
@@ -347,6 +352,17 @@ async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return rows
+
+
+async def idle_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """Each process's CPU a second with the fleet online and no stream: its heartbeats,
+    health checks and timers, which a farm pays for whatever its load."""
+    await asyncio.sleep(WARMUP_S)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    t0 = time.time()
+    await asyncio.sleep(WINDOW_S)
+    window = time.time() - t0
+    return {name: (cpu_seconds(pid) - cpu0[name]) / window for name, pid in pids.items()}
 
 
 def _row_text(row: dict[str, Any]) -> str:
@@ -391,8 +407,9 @@ def capacity(rows: list[dict[str, Any]]) -> int:
 def _table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
     head = (
         "| design | servers | streams | chunks/s | replies/s | added p50 / p99 | carried |"
-        " server core | coordinator CPU per reply | webapp CPU per chunk |"
-        " Mosquitto CPU per chunk | load core |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        " server core | coordinator CPU per reply | beyond idle | webapp CPU per chunk |"
+        " Mosquitto CPU per chunk | load core |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for (design, count), rows in results.items():
@@ -400,19 +417,31 @@ def _table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
             cpu, window = row["cpu"], row["window"]
             chunks, replies = max(row["chunks"], 1), max(row["replies"], 1)
             coords = [v for k, v in cpu.items() if k.startswith("coordinator")]
+            beyond = [
+                v - row["idle"][k] * window for k, v in cpu.items() if k.startswith("coordinator")
+            ]
             webs = [v for k, v in cpu.items() if k.startswith("webapp")]
             server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers"))
             share = " + ".join(f"{c / replies * 1000:.2f}" for c in coords)
+            marginal = " + ".join(f"{c / replies * 1000:.2f}" for c in beyond)
             web_share = " + ".join(f"{w / chunks * 1e6:.0f}" for w in webs)
             lines.append(
                 f"| {design} | {count}+{count} | {row['streams']} | {row['chunks'] / window:.0f}"
                 f" | {row['replies'] / window:.1f} | {row['p50'] * 1000:.1f} / "
                 f"{row['p99'] * 1000:.1f} ms | {'yes' if carried(row) else 'no'} |"
-                f" {server / window:.0%} | {share} ms |"
+                f" {server / window:.0%} | {share} ms | {marginal} ms |"
                 f" {web_share} µs | {cpu['mosquitto'] / chunks * 1e6:.0f} µs |"
                 f" {(cpu['fleet'] + cpu['browsers']) / window:.0%} |"
             )
     lines.append("")
+    for (design, count), rows in results.items():
+        idle = rows[0]["idle"] if rows else {}
+        shares = ", ".join(
+            f"{name} {rate:.1%}" for name, rate in idle.items() if name not in ("fleet", "browsers")
+        )
+        lines.append(
+            f"- {design}, {count}+{count}, the fleet online and no stream: {shares} of the core."
+        )
     for (design, count), rows in results.items():
         lines.append(
             f"- {design}, {count} coordinator(s) + {count} webapp(s): **{capacity(rows)}** "
