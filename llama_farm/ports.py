@@ -5,9 +5,14 @@ import os
 import random
 import re
 import socket
+from collections import deque
 from pathlib import Path
 
 _RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# The ports this process handed out lately: a caller often asks for several before it
+# binds any (a farm's simulator, coordinator and webapp), and a port probed free but not
+# yet bound would be found free again.
+_GIVEN: deque[int] = deque(maxlen=1024)
 
 
 def _ephemeral() -> tuple[int, int]:
@@ -30,16 +35,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     Under pytest-xdist each test process picks from a slice of its own, and so do the
     services it starts (they inherit its environment): two processes probing at once
-    could otherwise both find one port free, and both bind it later."""
+    could otherwise both find one port free, and both bind it later. Nor does one process
+    get a port it was given lately (:data:`_GIVEN`)."""
     pool = _slice(_pool())
     for _ in range(100):
         port = random.choice(pool)
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
-            return port
+        _GIVEN.append(port)
+        return port
     with socket.socket() as s:
         s.bind((host, 0))
         found: int = s.getsockname()[1]

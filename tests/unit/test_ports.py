@@ -1,6 +1,8 @@
 """Free ports: each pytest-xdist worker probes its own slice of the range, so that two
 test processes never both take one port they each found free."""
 
+from collections import deque
+
 import pytest
 
 from llama_farm import ports
@@ -33,3 +35,17 @@ def test_a_worker_beyond_the_count_falls_back_to_the_range(
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw5")
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
     assert ports._slice(range(20000, 32768)) == range(20000, 32768)
+
+
+def test_a_process_is_not_given_a_port_twice_before_binding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A farm asks for its simulator's, coordinator's and webapp's ports before it binds
+    any: each must be another (seen: two of them given one port, "Address already in
+    use"). Ten ports from a pool of ten, above the kernel's ephemeral range where no
+    test listens, are all different."""
+    monkeypatch.setattr(ports, "_pool", lambda: range(61000, 61010))
+    monkeypatch.setattr(ports, "_slice", lambda pool: pool)
+    monkeypatch.setattr(ports, "_GIVEN", deque(maxlen=1024))
+    given = [ports.free_port() for _ in range(10)]
+    assert sorted(given) == list(range(61000, 61010))
