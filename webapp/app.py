@@ -6,7 +6,7 @@ import secrets
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from quart import Quart, Response, g, request, send_from_directory, websocket
+from quart import Quart, Response, g, request, websocket
 
 from farm_protocol.errors import TopicError
 from farm_protocol.ids import check_id
@@ -19,6 +19,7 @@ from webapp.ollama_api import OLLAMA_PATHS, create_ollama_blueprint
 from webapp.openai_api import create_openai_blueprint, openai_error
 from webapp.responses import json_error
 from webapp.settings import WebappSettings
+from webapp.static_files import StaticFiles
 from webapp.thread_socket import ThreadSocket
 
 STATIC = Path(__file__).parent / "static"
@@ -89,8 +90,10 @@ def _install_sessions(app: Quart, settings: WebappSettings) -> None:
 def _install_pages(app: Quart) -> None:
     """The chat and farm pages and their static files (no build step, a strict CSP)."""
 
+    files = StaticFiles(STATIC)
+
     async def page(name: str) -> Response:
-        response = await send_from_directory(STATIC, name)
+        response = await files.response(name)
         response.headers["Content-Security-Policy"] = CSP
         return response
 
@@ -103,13 +106,11 @@ def _install_pages(app: Quart) -> None:
     async def farm_page() -> Response:
         return await page("farm.html")
 
-    static_files = {path.name for path in STATIC.iterdir() if path.is_file()}
-
     @app.get("/static/<path:name>")
     async def static_file(name: str) -> Response:
-        if name not in static_files:  # no file system look-up for whatever is asked
+        if name not in files:  # no file system look-up for whatever is asked
             return json_error(404, "no such file")
-        return await send_from_directory(STATIC, name)
+        return await files.response(name)
 
 
 def _install_enrolment(app: Quart, coordinator: CoordinatorClient) -> None:
