@@ -1,6 +1,7 @@
 """The coordinator's database work for one short job's whole life, as its database thread
 does it: store an API request (thread, messages, job), a dispatch round that claims it,
-the worker's *accepted*, the first text, and the finish with the rest of the text.
+the worker's *accepted*, the first text, a checkpoint (which repeats the first one's
+chunk, as checkpoints overlap), and the finish with the rest of the text.
 Statements and time per job, on SQLite and, when FARM_TEST_POSTGRES_URL is set, on
 PostgreSQL, in one run. No broker and no event loop: this is the database thread's own
 cost, the part of the throughput benchmark's coordinator CPU that a job's life adds."""
@@ -27,7 +28,7 @@ from coordinator.workers.presence import WorkerPresence
 from farm_runtime.outbox import Outbox
 from tests.support.stores import asking
 
-STEPS = ("store request", "dispatch round", "accepted", "first text", "finish")
+STEPS = ("store request", "dispatch round", "accepted", "first text", "checkpoint", "finish")
 
 
 @contextmanager
@@ -98,13 +99,18 @@ def measure(db: pw.Database, jobs: int, workers: int = 10) -> dict[str, tuple[fl
             with step("dispatch round"):
                 ((worker, assignment),) = dispatcher._round().assigned
             job_id, attempt = assignment.job_id, assignment.attempt
-            first = TextAppend(job_id, attempt, worker, new.reply.message_id, "Hello", 0, 1)
-            rest = TextAppend(job_id, attempt, worker, new.reply.message_id, " world", 1, 2)
+            reply = new.reply.message_id
+            first = TextAppend(job_id, attempt, worker, reply, "Hello", 0, 1)
+            # the next checkpoint repeats the first one's chunk, and continues from it
+            overlap = TextAppend(job_id, attempt, worker, reply, "Hello,", 1, 2, (0, 5), 0)
+            rest = TextAppend(job_id, attempt, worker, reply, ", world", 2, 3, (0, 1), 1)
             with step("accepted"):
                 store.writes.active_job(job_id)
                 store.writes.accept(job_id, attempt, worker)
             with step("first text"):
                 store.writes.append_text([first])
+            with step("checkpoint"):
+                store.writes.append_text([overlap])
             with step("finish"):
                 store.endings.finish(job_id, attempt, worker, JobState.SUCCEEDED, None, rest)
     return {name: (n / jobs, seconds / jobs * 1e6) for name, (n, seconds) in totals.items()}

@@ -48,10 +48,22 @@ class TextAppend:
     last_seq: int  # the highest chunk seq included so far
     chunks: int  # chunks applied so far in this attempt
     starts: tuple[int, ...] = (0,)  # where each chunk from first_seq on starts in text
+    # where the stored text most likely ends (the last chunk of the append before this
+    # one, which a checkpoint overlaps); None: just before this append
+    stored_guess: int | None = None
 
     @property
     def first_seq(self) -> int:
         return self.last_seq - len(self.starts) + 1
+
+    @property
+    def continues(self) -> int:
+        """The chunk the stored text is first expected to end with (first_seq - 1 or
+        more): the write tried first continues from it."""
+        guess = self.stored_guess
+        if guess is None or not self.first_seq - 1 <= guess < self.last_seq:
+            return self.first_seq - 1
+        return guess
 
     def after(self, seq: int) -> str:
         """The text of this append's chunks after chunk ``seq`` (first_seq - 1 or more)."""
@@ -74,7 +86,7 @@ class Landed(Enum):
 @dataclass(frozen=True, slots=True)
 class Applied:
     landed: Landed
-    stored_seq: int = -1  # for a gap: the last chunk the stored text holds
+    stored_seq: int = -1  # the last chunk the stored text held (a gap, a continued write)
 
 
 @dataclass(slots=True)

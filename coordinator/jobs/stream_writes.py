@@ -105,15 +105,19 @@ def apply_text(db: pw.Database, item: TextAppend, stamp: float) -> Applied:
     ).rowcount
     if fenced != 1:
         return _after_stop(db, item, stamp)
+    after = item.continues  # where the stored text most likely ends
     continued = sql.execute(
         db,
         q.TEXT_CONTINUES,
-        (item.text, item.last_seq, stamp, item.message_id, item.first_seq - 1),
+        (item.after(after), item.last_seq, stamp, item.message_id, after),
     ).rowcount
     if continued != 1:
         applied = _continue_text(db, item, stamp)
         if applied.landed is not Landed.WRITTEN:
             return applied
+        after = applied.stored_seq
+    if after >= 0:  # text was stored before: the reply is generating already
+        return Applied(Landed.WRITTEN)
     first = sql.execute(db, q.REPLY_STARTED, (stamp, item.message_id)).rowcount
     return Applied(Landed.STARTED if first == 1 else Landed.WRITTEN)
 
@@ -132,7 +136,8 @@ def _continue_text(db: pw.Database, item: TextAppend, stamp: float) -> Applied:
     """The stored text does not end where this append begins: checkpoints overlap, and
     coordinators sharing the work write them in any order. Append only the chunks after
     the last one stored; none when the stored text ends before this append begins (the
-    chunks in between are missing: the caller keeps the append and tries again)."""
+    chunks in between are missing: the caller keeps the append and tries again). Written,
+    it says where the stored text ended before."""
     row = sql.execute(db, q.STORED_UP_TO + sql.row_lock(db), (item.message_id,)).fetchone()
     if row is None:
         return Applied(Landed.FENCED)
@@ -146,4 +151,4 @@ def _continue_text(db: pw.Database, item: TextAppend, stamp: float) -> Applied:
         q.TEXT_CONTINUES,
         (item.after(stored), item.last_seq, stamp, item.message_id, stored),
     )
-    return Applied(Landed.WRITTEN)
+    return Applied(Landed.WRITTEN, stored)

@@ -52,8 +52,11 @@ def usage_of(done: JobDone) -> tuple[int | None, int | None, str | None, str | N
     return done.prompt_eval_count, done.eval_count, reason, calls
 
 
-def text_append(job: ActiveJob, texts: JobCheckpoint | JobDone | JobFailed) -> TextAppend | None:
-    """The chunks a checkpoint (or a final event's tail) carries, as one append."""
+def text_append(
+    job: ActiveJob, texts: JobCheckpoint | JobDone | JobFailed, stored_guess: int | None = None
+) -> TextAppend | None:
+    """The chunks a checkpoint (or a final event's tail) carries, as one append;
+    ``stored_guess``: where the stored text most likely ends (see TextAppend)."""
     if not texts.texts:
         return None
     starts, at = [], 0
@@ -69,6 +72,7 @@ def text_append(job: ActiveJob, texts: JobCheckpoint | JobDone | JobFailed) -> T
         last_seq=texts.last_seq,
         chunks=texts.last_seq + 1,
         starts=tuple(starts),
+        stored_guess=stored_guess,
     )
 
 
@@ -79,6 +83,9 @@ class Held:
 
     job: ActiveJob
     waiting: list[TextAppend] = field(default_factory=list)
+    # the last chunk of the last text heard (or stored, when first looked up): where the
+    # next checkpoint, which overlaps it, most likely continues the stored text
+    heard_seq: int = -1
     done: JobDone | None = None
     gap_since: float | None = None  # since when the stored text has had a gap
     gap_after: int = -1  # the last chunk stored before it
@@ -150,7 +157,7 @@ class JobStreams:
             case JobAccepted():
                 await self.runner.call(self.writes.accept, event.job_id, event.attempt, worker_id)
             case JobCheckpoint():
-                append = text_append(held.job, event)
+                append = self._heard(held, event)
                 if append is not None and len(held.waiting) < _MAX_WAITING:
                     held.waiting.append(append)
             case JobDone():
@@ -158,6 +165,13 @@ class JobStreams:
                 await self._try_finish(held)
             case JobFailed():
                 await self._fail(held, event)
+
+    @staticmethod
+    def _heard(held: Held, texts: JobCheckpoint | JobDone | JobFailed) -> TextAppend | None:
+        append = text_append(held.job, texts, held.heard_seq)
+        if append is not None:
+            held.heard_seq = max(held.heard_seq, append.last_seq)
+        return append
 
     async def _lookup(self, worker_id: str, job_id: str, attempt: int) -> Held | None:
         held = self._held.get(job_id)
@@ -168,7 +182,7 @@ class JobStreams:
             # only a newer attempt replaces what is held: a message naming one the
             # database does not know (spoofed, or confused) must not drop what waits
             if held is None or job.attempt > held.job.attempt:
-                held = self._held[job_id] = Held(job)
+                held = self._held[job_id] = Held(job, heard_seq=job.content_seq)
         if held.job.worker_id != worker_id or held.job.attempt != attempt:
             return None
         return held
@@ -178,7 +192,7 @@ class JobStreams:
         if done is None:
             return
         tail = [*held.waiting]
-        last = text_append(held.job, done)
+        last = self._heard(held, done)
         if last is not None:
             tail.append(last)
         expected = Expected(done.chunks, done.chars, done.sha256, usage_of(done))
@@ -193,7 +207,7 @@ class JobStreams:
     async def _fail(self, held: Held, event: JobFailed) -> None:
         job = held.job
         tail = [*held.waiting]
-        last = text_append(job, event)
+        last = self._heard(held, event)
         if last is not None:
             tail.append(last)
         view = await self.runner.call(

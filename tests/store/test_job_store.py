@@ -4,6 +4,8 @@ FARM_TEST_POSTGRES_URL is set (CI sets it)."""
 
 import contextlib
 import threading
+from dataclasses import replace
+from unittest import mock
 
 import peewee as pw
 
@@ -165,6 +167,45 @@ def test_text_written_by_two_coordinators_is_each_chunk_once(db: pw.Database) ->
     )
     assert done is not None
     assert done.content == "".join(chunks)
+
+
+def test_an_overlapping_checkpoint_continues_where_the_one_before_it_ended(
+    db: pw.Database,
+) -> None:
+    """A checkpoint repeats the chunks of the one before it, so the write first tries to
+    continue from that one's last chunk (its ``stored_guess``): right, that is one
+    statement for the job and one for the message; wrong either way, or out of range,
+    each chunk is still stored once. The reply starts with its first text, once."""
+    store, job_id, message_id = claimed_job(db)
+    chunks = [f"c{i} " for i in range(12)]
+
+    def write(append: TextAppend) -> tuple[int, list[str]]:
+        with mock.patch.object(db, "execute_sql", wraps=db.execute_sql) as spy:
+            written = store.writes.write_texts([append])
+        statements = [str(c.args[0]).split(" SET ")[0] for c in spy.call_args_list]
+        assert not written.gaps
+        return len(written.started), statements
+
+    started, _ = write(_append(job_id, message_id, chunks[0:3], 0))
+    assert started == 1
+    assert Message.get_by_id(message_id).state == "generating"
+    # the next checkpoint holds chunks 0-5, the stored text ends at 2, as guessed
+    started, statements = write(
+        replace(_append(job_id, message_id, chunks[0:6], 0), stored_guess=2)
+    )
+    assert (started, statements) == (0, ["UPDATE job", "UPDATE message"])
+    # guessed behind: another coordinator stored chunks 6-8 meanwhile
+    write(_append(job_id, message_id, chunks[6:9], 6))
+    started, statements = write(
+        replace(_append(job_id, message_id, chunks[3:10], 3), stored_guess=5)
+    )
+    assert started == 0
+    assert len(statements) > 2  # the stored text's end is read, then continued
+    # guessed ahead, and a guess outside the append (ignored)
+    write(replace(_append(job_id, message_id, chunks[9:11], 9), stored_guess=10))
+    write(replace(_append(job_id, message_id, chunks[10:12], 10), stored_guess=40))
+    assert Message.get_by_id(message_id).content == "".join(chunks)
+    assert Message.get_by_id(message_id).content_seq == 11
 
 
 class _PausingWrites(StreamWrites):
