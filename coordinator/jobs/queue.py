@@ -41,6 +41,8 @@ def queued_in_order(db: pw.Database, limit: int = 1000, *, lock: bool = False) -
     locking = lock and not sql.is_sqlite(db)
     rows = sql.execute(db, q.QUEUED_OLDEST + (q.SKIP_LOCKED if locking else ""), (limit,))
     jobs = [QueuedJob(j, m, c, str(o), a, cap) for j, m, c, o, a, cap in rows]
+    if not jobs:  # the round after a job ends, most often: nothing to order
+        return jobs
     running = active_by_owner(db)
     order = fair_order(jobs, running)
     return startable(order, running) if lock else order
