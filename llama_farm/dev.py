@@ -33,7 +33,7 @@ from fleet_worker.settings import WorkerSettings
 from llama_farm.embedded_broker import FarmAuth, embedded_broker
 from llama_farm.ollama_sim.app import create_sim_app
 from llama_farm.ollama_sim.settings import SimSettings
-from llama_farm.ports import free_port
+from llama_farm.ports import free_port, reserve
 from webapp.service import Webapp
 from webapp.settings import WebappSettings
 
@@ -122,6 +122,7 @@ async def _dev(options: DevOptions, stop: asyncio.Event) -> int:
         print(f"llama-farm dev: no Ollama answers at {ollama_host}", file=sys.stderr)
         return 1
     services = {}
+    reserve(options.port, options.broker_port)  # its own picks must not take these
     if found:
         replies = f"Ollama at {ollama_host}"
     else:

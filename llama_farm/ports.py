@@ -28,6 +28,13 @@ def _pool() -> range:
     return range(20000, low) if low > 21000 else range(high + 1, 65536)
 
 
+def reserve(*ports: int) -> None:
+    """Ports this process was told to bind (a ``--port`` option), not bound yet: never
+    handed out by :func:`free_port` (seen: ``llama-farm dev --port P`` picking P again for
+    one of its own services before its webapp bound it)."""
+    _GIVEN.extend(port for port in ports if port)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now, outside the kernel's ephemeral range: the ports
     the kernel hands to outgoing connections, which could otherwise take the port between

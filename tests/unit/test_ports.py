@@ -49,3 +49,15 @@ def test_a_process_is_not_given_a_port_twice_before_binding_it(
     monkeypatch.setattr(ports, "_GIVEN", deque(maxlen=1024))
     given = [ports.free_port() for _ in range(10)]
     assert sorted(given) == list(range(61000, 61010))
+
+
+def test_a_reserved_port_is_not_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``llama-farm dev --port P`` reserves P before it picks its services' ports: none of
+    them is P, though P is free until its webapp binds it."""
+    monkeypatch.setattr(ports, "_pool", lambda: range(61000, 61004))
+    monkeypatch.setattr(ports, "_slice", lambda pool: pool)
+    monkeypatch.setattr(ports, "_GIVEN", deque(maxlen=1024))
+    ports.reserve(61002, 0)  # 0: no port asked for (picked later)
+    given = [ports.free_port() for _ in range(4)]  # the fourth from outside the pool
+    assert 61002 not in given
+    assert {61000, 61001, 61003} <= set(given)
