@@ -24,7 +24,8 @@ with p99 added delay under 100 ms; a design's capacity is the most streams carri
 Before the first level, a window with the fleet online and no stream measures what each
 process spends idle (heartbeats, health checks, timers): a coordinator's CPU per reply
 is given in all, and beyond that idle cost.
-``python -m benchmarks capacity``."""
+``python -m benchmarks capacity``; ``python -m benchmarks.capacity --compare COMMIT`` measures
+this tree against COMMIT (both the design after), one coordinator and one webapp, in turn."""
 
 import asyncio
 import contextlib
@@ -69,11 +70,16 @@ CARRIED = 0.9  # a level is carried when its chunks arrive at least this close t
 
 def baseline_tree() -> Path:
     """A worktree of BASELINE (made once, under .farm/, which git ignores)."""
-    path = REPO / ".farm" / "baseline"
+    return worktree(BASELINE, "baseline")
+
+
+def worktree(commit: str, name: str) -> Path:
+    """A worktree of ``commit`` under .farm/NAME (made once)."""
+    path = REPO / ".farm" / name
     if not (path / "coordinator").exists():
         path.parent.mkdir(exist_ok=True)
         subprocess.run(
-            ["git", "worktree", "add", "--force", "--detach", str(path), BASELINE],
+            ["git", "worktree", "add", "--force", "--detach", str(path), commit],
             cwd=REPO,
             check=True,
             capture_output=True,
@@ -305,7 +311,9 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
+async def levels(
+    farm: Servers, fleet_pid: int, streams: list[int] | None = None
+) -> list[dict[str, Any]]:
     seen, stop = Seen(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     rows: list[dict[str, Any]] = []
@@ -314,7 +322,7 @@ async def levels(farm: Servers, fleet_pid: int) -> list[dict[str, Any]]:
         pin_all(pid, SERVER_CPUS)
     idle = await idle_cpu(pids)
     try:
-        for level in LEVELS:
+        for level in streams or LEVELS:
             while len(tasks) < level:
                 url = farm.webapps[len(tasks) % len(farm.webapps)]
                 # each starts at a random moment within one reply's time: its replies
@@ -377,7 +385,9 @@ def _row_text(row: dict[str, Any]) -> str:
     )
 
 
-async def run_design(design: str, tree: Path, count: int) -> list[dict[str, Any]]:
+async def run_design(
+    design: str, tree: Path, count: int, streams: list[int] | None = None
+) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="farm-capacity-") as tmp:
         work = Path(tmp)
         async with (
@@ -386,7 +396,7 @@ async def run_design(design: str, tree: Path, count: int) -> list[dict[str, Any]
             fleet(design, farm, broker, work) as fleet_process,
         ):
             print(f"--- {design}, {count} coordinator(s) + {count} webapp(s)", flush=True)
-            return await levels(farm, fleet_process.pid)
+            return await levels(farm, fleet_process.pid, streams)
 
 
 def carried(row: dict[str, Any]) -> bool:
@@ -468,5 +478,56 @@ def main() -> str:
     return table
 
 
+def compare(commit: str, streams: list[int], runs: int) -> str:
+    """One coordinator and one webapp of ``commit`` (a worktree) and of this tree, in
+    turn, ``runs`` times each, at each of ``streams``: a change to the design after issue
+    18 measured side by side (the same harness, the same machine, minutes apart)."""
+    os.sched_setaffinity(0, LOAD_CPUS)
+    short = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", commit], cwd=REPO, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    trees = {short: worktree(short, f"compare-{short}"), "this tree": REPO}
+    lines = [
+        "| tree | run | streams | added p50 / p99 | server core | coordinator CPU per reply"
+        " | beyond idle | webapp CPU per chunk |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows: list[tuple[int, str]] = []
+    for run in range(1, runs + 1):
+        for name, tree in trees.items():
+            for row in asyncio.run(run_design("after", tree, 1, streams)):
+                cpu, window = row["cpu"], row["window"]
+                replies, chunks = max(row["replies"], 1), max(row["chunks"], 1)
+                server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers"))
+                coordinator = cpu["coordinator 1"]
+                idle = row["idle"]["coordinator 1"] * window
+                line = (
+                    f"| {name} | {run} | {row['streams']} | {row['p50'] * 1000:.1f} / "
+                    f"{row['p99'] * 1000:.1f} ms | {server / window:.0%} |"
+                    f" {coordinator / replies * 1000:.2f} ms |"
+                    f" {(coordinator - idle) / replies * 1000:.2f} ms |"
+                    f" {cpu['webapp 1'] / chunks * 1e6:.0f} µs |"
+                )
+                rows.append((row["streams"], line))
+    rows.sort(key=lambda r: r[0])  # by streams, the runs in turn (a stable sort)
+    table = "\n".join(lines + [line for _, line in rows])
+    print(table)
+    return table
+
+
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity")
+    parser.add_argument("--compare", metavar="COMMIT", help="this tree against COMMIT")
+    parser.add_argument("--streams", default="25,50,75", help="levels, with --compare")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each, with --compare")
+    args = parser.parse_args()
+    if args.compare:
+        compare(args.compare, [int(n) for n in args.streams.split(",")], args.runs)
+    else:
+        main()
