@@ -56,6 +56,12 @@ def _refused(refusal: Refusal) -> Response:
     return ollama_error(refusal.status, refusal.message, refusal.retry_after)
 
 
+async def _bad_request(farm: Farm, message: str) -> Response:
+    """A 400 for a malformed request, once its key checks out (a wrong key's 401 first)."""
+    wrong_key = await farm.key_refusal()
+    return _refused(wrong_key) if wrong_key is not None else ollama_error(400, message)
+
+
 def _stamp() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -102,7 +108,7 @@ async def show(farm: Farm) -> Response:
     body = await request_json(request)
     name = body.get("model") or body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str) or not name:
-        return ollama_error(400, "model is required")
+        return await _bad_request(farm, "model is required")
     try:
         fleet = await farm.fleet()
     except Refusal as refusal:
@@ -135,7 +141,7 @@ async def _generate(farm: Farm, *, chat: bool) -> Response:
     try:
         model, generation = _translate(body, chat=chat)
     except Invalid as exc:
-        return ollama_error(400, str(exc))
+        return await _bad_request(farm, str(exc))
     try:
         follow = await farm.queue(model, generation)
     except Refusal as refusal:
@@ -243,11 +249,11 @@ async def embeddings(farm: Farm) -> Response:
 async def _embedded(farm: Farm, body: Any, *, legacy: bool) -> Response:
     started = time.monotonic_ns()
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        return ollama_error(400, "model is required")
+        return await _bad_request(farm, "model is required")
     given = body.get("input")
     inputs = [given] if isinstance(given, str) else given
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
-        return ollama_error(400, "input must be a string or a non-empty list of strings")
+        return await _bad_request(farm, "input must be a string or a non-empty list of strings")
     try:
         generation = Generation.model_validate(
             {
@@ -259,7 +265,7 @@ async def _embedded(farm: Farm, body: Any, *, legacy: bool) -> Response:
             }
         )
     except (Invalid, ValidationError) as exc:
-        return ollama_error(400, str(exc))
+        return await _bad_request(farm, str(exc))
     try:
         follow = await farm.queue(body["model"], generation)
     except Refusal as refusal:

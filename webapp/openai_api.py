@@ -119,10 +119,14 @@ A = TypeVar("A", bound=_Asked)
 
 
 async def _queued(api: _Api, translator: Callable[[Any], A]) -> tuple[A, Follow] | Response:
-    """The request translated (a 400 naming the field if it cannot be) and queued."""
+    """The request translated (a 400 naming the field if it cannot be, once its key
+    checks out) and queued."""
     try:
         asked = translator(await request_json(request))
     except Refused as refused:
+        wrong_key = await api.farm.key_refusal()  # a wrong key is told so first
+        if wrong_key is not None:
+            return _refused(wrong_key)
         return openai_error(400, refused.message, param=refused.param)
     try:
         return asked, await api.farm.queue(asked.model, asked.generation)

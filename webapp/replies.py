@@ -71,14 +71,25 @@ class Farm:
     async def fleet(self) -> dict[str, Any]:
         """What the fleet serves (``FleetModels``), for a client with a valid key."""
         try:
-            checked = await self.coordinator.programmatic(
-                "POST", "/keys/check", {"api_key": bearer_key()}
-            )
+            checked = await self._check_key()
             if checked.status_code != 200:
                 raise _refusal(checked)
             return dict((await self.coordinator.programmatic("GET", "/models")).json())
         except CoordinatorUnavailable:
             raise _down() from None
+
+    async def key_refusal(self) -> Refusal | None:
+        """The 401 for a request whose key is missing or not a valid one, else None (the
+        coordinator unreachable included). Asked before a malformed request is answered
+        400: a client with a wrong key hears that first, as from OpenAI."""
+        try:
+            checked = await self._check_key()
+        except CoordinatorUnavailable:
+            return None
+        return _refusal(checked) if checked.status_code == 401 else None
+
+    async def _check_key(self) -> Upstream:
+        return await self.coordinator.programmatic("POST", "/keys/check", {"api_key": bearer_key()})
 
     async def queue(self, model: str, generation: Generation) -> "Follow":
         """Queue a reply for the key's request; follow it from before it is queued."""

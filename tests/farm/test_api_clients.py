@@ -462,6 +462,35 @@ async def test_the_ollama_api_refuses_what_it_cannot_do_and_keys_it_does_not_kno
     assert version["version"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("v1/chat/completions", {"model": "llama3", "messages": "not a list"}),
+        ("v1/embeddings", {"model": "llama3"}),
+        ("api/chat", {"model": "llama3", "messages": []}),
+        ("api/generate", {"model": "llama3"}),
+        ("api/embed", {"input": "no model"}),
+        ("api/show", {}),
+    ],
+)
+async def test_a_wrong_key_is_told_so_before_its_malformed_request(
+    farm: DevFarm, path: str, body: dict[str, Any]
+) -> None:
+    """OpenAI answers a bad key 401 whatever the body: so does the farm, on both APIs.
+    With a good key the same body is a 400 naming what is wrong."""
+    async with httpx.AsyncClient(base_url=farm.url, timeout=30) as http:
+        for key, status in (("lfa_0000_wrong", 401), (None, 401), (farm.key, 400)):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            answer = await http.post(path, json=body, headers=headers)
+            assert answer.status_code == status, (key, answer.text)
+            if status == 401:
+                assert "key" in answer.text.lower()
+        garbled = await http.post(
+            path, content=b"{not json", headers={"Authorization": "Bearer lfa_0000_wrong"}
+        )
+        assert garbled.status_code == 401
+
+
 def _vector(text: str, dims: int = 8) -> list[float]:
     """What the simulator answers for ``text`` (its vectors are exact in float32)."""
     return embedding(normalize_model("llama3"), text, dims)

@@ -42,14 +42,15 @@ async def test_one_connection_carries_thousands_of_good_and_bad_requests(tmp_pat
             ("PUT", "/api/threads", b"x" * 5000),  # 405
             ("DELETE", "/api/me", b"y" * 100_000),  # 405, a body larger than a packet
             ("GET", "/static/no-such-file.js", b""),  # 404
-            ("POST", "/api/threads", b"\xff\xfe not UTF-8"),  # 400 from the coordinator
-            ("POST", "/v1/chat/completions", b"\xff{"),  # 400, the OpenAI API's
+            ("POST", "/api/threads", b"\xff\xfe not UTF-8"),  # 201: read as no settings
+            ("POST", "/api/threads/t1/messages", b'{"text": 5}'),  # 400 from the coordinator
+            ("POST", "/v1/chat/completions", b"\xff{"),  # 401: no key, told before the 400
             ("GET", "/api/models", b""),
             ("POST", "/api/threads", b"z" * 1_100_000),  # 413: over the size limit
         ]
         seen = await asyncio.to_thread(mixed, browser, webapp_cases)
         assert sum(seen.values()) == REQUESTS
-        assert {405, 404, 400, 413, 200} <= set(seen)
+        assert {405, 404, 401, 400, 413, 201, 200} <= set(seen)
         # a new connection only where a response said it would close: the 413s, and
         # hypercorn's limit of 1,000 requests a connection
         assert browser.connections <= browser.announced_closes + 1
