@@ -24,8 +24,10 @@ with p99 added delay under 100 ms; a design's capacity is the most streams carri
 Before the first level, a window with the fleet online and no stream measures what each
 process spends idle (heartbeats, health checks, timers): a coordinator's CPU per reply
 is given in all, and beyond that idle cost.
-``python -m benchmarks capacity``; ``python -m benchmarks.capacity --compare COMMIT`` measures
-this tree against COMMIT (both the design after), one coordinator and one webapp, in turn."""
+``python -m benchmarks capacity``. Side by side, one coordinator and one webapp each, the
+design after: ``python -m benchmarks.capacity --compare COMMIT`` (this tree against
+COMMIT, from a worktree) and ``--watchers 1,4`` (this tree with one and with four
+websockets watching each thread)."""
 
 import asyncio
 import contextlib
@@ -246,20 +248,24 @@ class Seen:
     failures: int = 0
 
 
-async def browser(web_url: str, seen: Seen, stop: asyncio.Event, start_s: float) -> None:
+async def browser(
+    web_url: str, seen: Seen, stop: asyncio.Event, start_s: float, watchers: int = 1
+) -> None:
     """One synthetic browser, from ``start_s`` on: its thread, its websocket (read all the
-    time, as a page does), one message after another."""
+    time, as a page does), one message after another. With ``watchers`` over 1, as many
+    websockets watch the thread (more tabs, or people reading along), each a reader whose
+    chunks count."""
     ended: dict[str, asyncio.Event] = {}
     await asyncio.sleep(start_s)
 
-    async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def read(ws: aiohttp.ClientWebSocketResponse, sender: bool = True) -> None:
         async for message in ws:
             now = time.time()
             data = json.loads(message.data)
             for event in data if isinstance(data, list) else [data]:
                 if event["type"] == "chunk":
                     seen.delays.append((now, now - float(event["text"].split(" ", 1)[0])))
-                elif event["type"] == "message" and _final(event["message"]):
+                elif sender and event["type"] == "message" and _final(event["message"]):
                     reply = event["message"]
                     if reply["role"] == "assistant":
                         seen.replies.append(now)
@@ -274,7 +280,18 @@ async def browser(web_url: str, seen: Seen, stop: asyncio.Event, start_s: float)
     async with aiohttp.ClientSession(base_url=web_url, cookie_jar=jar) as http:
         made = await http.post("/api/threads", json={"system_prompt": ""})
         thread_id = (await made.json())["thread_id"]
-        async with http.ws_connect(f"/ws/threads/{thread_id}", max_msg_size=0) as ws:
+        async with contextlib.AsyncExitStack() as sockets:
+            others = []
+            for _ in range(watchers - 1):
+                other = await sockets.enter_async_context(
+                    http.ws_connect(f"/ws/threads/{thread_id}", max_msg_size=0)
+                )
+                await other.receive()  # the snapshot
+                others.append(asyncio.create_task(read(other, sender=False)))
+            sockets.callback(lambda: [task.cancel() for task in others])
+            ws = await sockets.enter_async_context(
+                http.ws_connect(f"/ws/threads/{thread_id}", max_msg_size=0)
+            )
             await ws.receive()  # the snapshot
             reader = asyncio.create_task(read(ws))
             try:
@@ -312,7 +329,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def levels(
-    farm: Servers, fleet_pid: int, streams: list[int] | None = None
+    farm: Servers, fleet_pid: int, streams: list[int] | None = None, watchers: int = 1
 ) -> list[dict[str, Any]]:
     seen, stop = Seen(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -328,7 +345,7 @@ async def levels(
                 # each starts at a random moment within one reply's time: its replies
                 # then begin and end when others' do not, as a site's users' do
                 start = random.uniform(0, TOKENS / TOKENS_PER_S)
-                tasks.append(asyncio.create_task(browser(url, seen, stop, start)))
+                tasks.append(asyncio.create_task(browser(url, seen, stop, start, watchers)))
             await asyncio.sleep(WARMUP_S)
             broken = [t for t in tasks if t.done()]
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -349,6 +366,7 @@ async def levels(
                 "window": t1 - t0,
                 "failures": seen.failures + len(broken),
                 "idle": idle,
+                "watchers": watchers,
             }
             rows.append(row)
             print(_row_text(row), flush=True)
@@ -386,7 +404,7 @@ def _row_text(row: dict[str, Any]) -> str:
 
 
 async def run_design(
-    design: str, tree: Path, count: int, streams: list[int] | None = None
+    design: str, tree: Path, count: int, streams: list[int] | None = None, watchers: int = 1
 ) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="farm-capacity-") as tmp:
         work = Path(tmp)
@@ -396,13 +414,13 @@ async def run_design(
             fleet(design, farm, broker, work) as fleet_process,
         ):
             print(f"--- {design}, {count} coordinator(s) + {count} webapp(s)", flush=True)
-            return await levels(farm, fleet_process.pid, streams)
+            return await levels(farm, fleet_process.pid, streams, watchers)
 
 
 def carried(row: dict[str, Any]) -> bool:
     """Every stream of the level ran at its rate (the server side did not slow the
     replies down or leave requests waiting), with p99 added delay under the target."""
-    rate = row["chunks"] / row["window"]
+    rate = row["chunks"] / row.get("watchers", 1) / row["window"]
     return bool(
         row["p99"] <= TARGET_P99_S
         and rate >= CARRIED * CHUNKS_PER_S * row["streams"]
@@ -478,28 +496,21 @@ def main() -> str:
     return table
 
 
-def compare(commit: str, streams: list[int], runs: int) -> str:
-    """One coordinator and one webapp of ``commit`` (a worktree) and of this tree, in
-    turn, ``runs`` times each, at each of ``streams``: a change to the design after issue
-    18 measured side by side (the same harness, the same machine, minutes apart)."""
+def side_by_side(variants: dict[str, tuple[Path, int]], streams: list[int], runs: int) -> str:
+    """One coordinator and one webapp of each variant (a tree, and how many websockets
+    watch each thread), in turn, ``runs`` times each, at each of ``streams``: a change to
+    the design after issue 18 measured side by side (the same harness, the same machine,
+    minutes apart). The webapp's CPU is per chunk per watching browser."""
     os.sched_setaffinity(0, LOAD_CPUS)
-    short = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", commit], cwd=REPO, check=True, capture_output=True
-        )
-        .stdout.decode()
-        .strip()
-    )
-    trees = {short: worktree(short, f"compare-{short}"), "this tree": REPO}
     lines = [
-        "| tree | run | streams | added p50 / p99 | server core | coordinator CPU per reply"
-        " | beyond idle | webapp CPU per chunk |",
+        "| variant | run | streams | added p50 / p99 | server core | coordinator CPU per reply"
+        " | beyond idle | webapp CPU per chunk per watcher |",
         "|---|---|---|---|---|---|---|---|",
     ]
     rows: list[tuple[int, str]] = []
     for run in range(1, runs + 1):
-        for name, tree in trees.items():
-            for row in asyncio.run(run_design("after", tree, 1, streams)):
+        for name, (tree, watchers) in variants.items():
+            for row in asyncio.run(run_design("after", tree, 1, streams, watchers)):
                 cpu, window = row["cpu"], row["window"]
                 replies, chunks = max(row["replies"], 1), max(row["chunks"], 1)
                 server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers"))
@@ -519,15 +530,38 @@ def compare(commit: str, streams: list[int], runs: int) -> str:
     return table
 
 
-if __name__ == "__main__":
+def _cli() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity")
     parser.add_argument("--compare", metavar="COMMIT", help="this tree against COMMIT")
-    parser.add_argument("--streams", default="25,50,75", help="levels, with --compare")
-    parser.add_argument("--runs", type=int, default=2, help="runs of each, with --compare")
+    parser.add_argument(
+        "--watchers", default="1", help="websockets watching each thread: N, or N,M,... to compare"
+    )
+    parser.add_argument("--streams", default="25,50,75", help="levels, side by side")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each variant, side by side")
     args = parser.parse_args()
+    watchers = [int(n) for n in args.watchers.split(",")]
+    variants: dict[str, tuple[Path, int]] = {}
     if args.compare:
-        compare(args.compare, [int(n) for n in args.streams.split(",")], args.runs)
+        short = subprocess.run(
+            ["git", "rev-parse", "--short", args.compare],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        variants[f"{short}, {watchers[0]} watching"] = (
+            worktree(short, f"compare-{short}"),
+            watchers[0],
+        )
+    for count in watchers if len(watchers) > 1 else watchers[:1]:
+        variants[f"this tree, {count} watching"] = (REPO, count)
+    if len(variants) == 1:
+        main()  # nothing to compare: the full run
     else:
-        main()
+        side_by_side(variants, [int(n) for n in args.streams.split(",")], args.runs)
+
+
+if __name__ == "__main__":
+    _cli()
