@@ -15,5 +15,7 @@ T = TypeVar("T")
 
 async def get_within(queue: "asyncio.Queue[T]", timeout_s: float | None) -> T:
     """The queue's next item; TimeoutError after ``timeout_s`` (None: no limit)."""
+    if timeout_s is None:  # awaited in the task itself as well; no timer to arm
+        return await queue.get()
     async with asyncio.timeout(timeout_s):
         return await queue.get()

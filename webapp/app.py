@@ -54,7 +54,10 @@ def create_app(settings: WebappSettings, bridge: Bridge, coordinator: Coordinato
         # (a browser without one is an anonymous viewer with a throwaway identity).
         session = websocket.cookies.get(COOKIE) or secrets.token_urlsafe(32)
         tid = check_id(thread_id, "thread id")
-        await ThreadSocket(bridge, coordinator, tid, session).serve()
+        # the request's websocket itself (werkzeug's documented way out of a proxy): each
+        # send through the proxy would look it up again
+        socket = websocket._get_current_object()  # type: ignore[attr-defined]
+        await ThreadSocket(bridge, coordinator, tid, session, socket).serve()
 
     return app
 

@@ -2,9 +2,10 @@
 with no gap and no duplicate."""
 
 import asyncio
+from collections import OrderedDict
 
 from aiomqtt import MqttError
-from quart import websocket
+from quart import Websocket
 
 from farm_protocol.browser import (
     NO_THREAD_CLOSE_CODE,
@@ -21,6 +22,29 @@ from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 
 BRIDGE_WAIT_S = 5.0  # how long a new websocket waits for the bridge's MQTT subscription
 MAX_BATCH = 256  # events sent in one websocket message at most
+_ENCODED_KEPT = 1024  # events whose JSON is kept for the other browsers watching
+
+
+class _Encoder:
+    """The JSON of the events sent lately, by identity: the bridge gives every browser
+    watching a thread the same event object, and each would otherwise encode it anew.
+    One per process, on its event loop."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[int, tuple[BrowserEvent, str]] = OrderedDict()
+
+    def json(self, event: BrowserEvent) -> str:
+        kept = self._kept.get(id(event))
+        if kept is not None and kept[0] is event:  # the very object, not a reused id
+            return kept[1]
+        text = event.model_dump_json()
+        self._kept[id(event)] = (event, text)
+        if len(self._kept) > _ENCODED_KEPT:
+            self._kept.popitem(last=False)
+        return text
+
+
+_encoder = _Encoder()
 
 
 class ThreadSocket:
@@ -28,8 +52,14 @@ class ThreadSocket:
     no duplicate (chunks are filtered by sequence number per job attempt)."""
 
     def __init__(
-        self, bridge: Bridge, coordinator: CoordinatorClient, thread_id: str, session: str
+        self,
+        bridge: Bridge,
+        coordinator: CoordinatorClient,
+        thread_id: str,
+        session: str,
+        websocket: Websocket,
     ) -> None:
+        self.websocket = websocket  # the request's own, not Quart's proxy looked up per send
         self.bridge = bridge
         self.coordinator = coordinator
         self.thread_id = thread_id
@@ -42,19 +72,19 @@ class ThreadSocket:
         try:
             await asyncio.wait_for(self.bridge.ready.wait(), timeout=BRIDGE_WAIT_S)
         except TimeoutError:
-            await websocket.close(1013, "live updates are unavailable; retrying")
+            await self.websocket.close(1013, "live updates are unavailable; retrying")
             return
         try:  # subscribed before the snapshot is taken: nothing is missed
             sub = await self.bridge.subscribe(self.thread_id)
         except MqttError:
-            await websocket.close(1013, "live updates are unavailable; retrying")
+            await self.websocket.close(1013, "live updates are unavailable; retrying")
             return
         try:
             snapshot = await self._snapshot()
             if snapshot is None:
-                await websocket.close(NO_THREAD_CLOSE_CODE, "no such thread")
+                await self.websocket.close(NO_THREAD_CLOSE_CODE, "no such thread")
                 return
-            await websocket.send(SnapshotEvent(**dict(snapshot)).model_dump_json())
+            await self.websocket.send(SnapshotEvent(**dict(snapshot)).model_dump_json())
             for message in snapshot.messages:
                 self._catch_up(message)
             await self._flush()
@@ -66,7 +96,7 @@ class ThreadSocket:
         try:
             return await self.coordinator.snapshot(self.thread_id, self.session)
         except CoordinatorUnavailable:
-            await websocket.close(1013, "the chat service is unavailable")
+            await self.websocket.close(1013, "the chat service is unavailable")
             return None
 
     async def _live(self, sub: Subscriber) -> None:
@@ -77,7 +107,7 @@ class ThreadSocket:
             for event in batch:
                 if event is RESYNC:
                     await self._flush()
-                    await websocket.close(RELOAD_CLOSE_CODE, "fell behind")
+                    await self.websocket.close(RELOAD_CLOSE_CODE, "fell behind")
                     return
                 if isinstance(event, ChunkEvent):
                     self._chunk(event)
@@ -119,6 +149,6 @@ class ThreadSocket:
             return
         out, self.out = self.out, []
         if len(out) == 1:
-            await websocket.send(out[0].model_dump_json())
+            await self.websocket.send(_encoder.json(out[0]))
         else:
-            await websocket.send("[" + ",".join(e.model_dump_json() for e in out) + "]")
+            await self.websocket.send("[" + ",".join(_encoder.json(e) for e in out) + "]")
