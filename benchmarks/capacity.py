@@ -432,6 +432,26 @@ def capacity(rows: list[dict[str, Any]]) -> int:
     return max((r["streams"] for r in rows if carried(r)), default=0)
 
 
+def _delays(row: dict[str, Any]) -> str:
+    return f"{row['p50'] * 1000:.1f} / {row['p99'] * 1000:.1f} ms"
+
+
+def _shares(row: dict[str, Any]) -> str:
+    """The server side's cells of a row: the server core's load, each coordinator's CPU
+    per reply in all and beyond idle, and each webapp's CPU per chunk received (per
+    chunk per watching browser), with two of each a figure for each process."""
+    cpu, window = row["cpu"], row["window"]
+    chunks, replies = max(row["chunks"], 1), max(row["replies"], 1)
+    coords = {k: v for k, v in cpu.items() if k.startswith("coordinator")}
+    server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers"))
+    share = " + ".join(f"{c / replies * 1000:.2f}" for c in coords.values())
+    beyond = " + ".join(
+        f"{(c - row['idle'][k] * window) / replies * 1000:.2f}" for k, c in coords.items()
+    )
+    webs = " + ".join(f"{v / chunks * 1e6:.0f}" for k, v in cpu.items() if k.startswith("webapp"))
+    return f"{server / window:.0%} | {share} ms | {beyond} ms | {webs} µs"
+
+
 def _table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
     head = (
         "| design | servers | streams | chunks/s | replies/s | added p50 / p99 | carried |"
@@ -442,23 +462,12 @@ def _table(results: dict[tuple[str, int], list[dict[str, Any]]]) -> str:
     lines = [head]
     for (design, count), rows in results.items():
         for row in rows:
-            cpu, window = row["cpu"], row["window"]
-            chunks, replies = max(row["chunks"], 1), max(row["replies"], 1)
-            coords = [v for k, v in cpu.items() if k.startswith("coordinator")]
-            beyond = [
-                v - row["idle"][k] * window for k, v in cpu.items() if k.startswith("coordinator")
-            ]
-            webs = [v for k, v in cpu.items() if k.startswith("webapp")]
-            server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers"))
-            share = " + ".join(f"{c / replies * 1000:.2f}" for c in coords)
-            marginal = " + ".join(f"{c / replies * 1000:.2f}" for c in beyond)
-            web_share = " + ".join(f"{w / chunks * 1e6:.0f}" for w in webs)
+            cpu, window, chunks = row["cpu"], row["window"], max(row["chunks"], 1)
             lines.append(
                 f"| {design} | {count}+{count} | {row['streams']} | {row['chunks'] / window:.0f}"
-                f" | {row['replies'] / window:.1f} | {row['p50'] * 1000:.1f} / "
-                f"{row['p99'] * 1000:.1f} ms | {'yes' if carried(row) else 'no'} |"
-                f" {server / window:.0%} | {share} ms | {marginal} ms |"
-                f" {web_share} µs | {cpu['mosquitto'] / chunks * 1e6:.0f} µs |"
+                f" | {row['replies'] / window:.1f} | {_delays(row)} |"
+                f" {'yes' if carried(row) else 'no'} | {_shares(row)} |"
+                f" {cpu['mosquitto'] / chunks * 1e6:.0f} µs |"
                 f" {(cpu['fleet'] + cpu['browsers']) / window:.0%} |"
             )
     lines.append("")
@@ -511,18 +520,7 @@ def side_by_side(variants: dict[str, tuple[Path, int]], streams: list[int], runs
     for run in range(1, runs + 1):
         for name, (tree, watchers) in variants.items():
             for row in asyncio.run(run_design("after", tree, 1, streams, watchers)):
-                cpu, window = row["cpu"], row["window"]
-                replies, chunks = max(row["replies"], 1), max(row["chunks"], 1)
-                server = sum(v for k, v in cpu.items() if k not in ("fleet", "browsers"))
-                coordinator = cpu["coordinator 1"]
-                idle = row["idle"]["coordinator 1"] * window
-                line = (
-                    f"| {name} | {run} | {row['streams']} | {row['p50'] * 1000:.1f} / "
-                    f"{row['p99'] * 1000:.1f} ms | {server / window:.0%} |"
-                    f" {coordinator / replies * 1000:.2f} ms |"
-                    f" {(coordinator - idle) / replies * 1000:.2f} ms |"
-                    f" {cpu['webapp 1'] / chunks * 1e6:.0f} µs |"
-                )
+                line = f"| {name} | {run} | {row['streams']} | {_delays(row)} | {_shares(row)} |"
                 rows.append((row["streams"], line))
     rows.sort(key=lambda r: r[0])  # by streams, the runs in turn (a stable sort)
     table = "\n".join(lines + [line for _, line in rows])
@@ -555,7 +553,7 @@ def _cli() -> None:
             worktree(short, f"compare-{short}"),
             watchers[0],
         )
-    for count in watchers if len(watchers) > 1 else watchers[:1]:
+    for count in watchers:
         variants[f"this tree, {count} watching"] = (REPO, count)
     if len(variants) == 1:
         main()  # nothing to compare: the full run

@@ -9,7 +9,7 @@ the next call connects again.
 A call is a queue entry and an asyncio future settled from the thread: half the CPU of
 ``run_in_executor``, whose ``concurrent.futures.Future`` (a lock and a condition each) and
 chained callbacks cost more than most of the statements a call runs (a reply makes about
-a dozen calls; ``python -m benchmarks job_path`` has the figures).
+a dozen calls; ``python -m benchmarks db_hop`` has the figures).
 """
 
 import asyncio
