@@ -2,6 +2,7 @@
 quarantine of a worker that keeps failing. On SQLite and PostgreSQL."""
 
 import time
+from unittest import mock
 
 import peewee as pw
 import pytest
@@ -11,6 +12,7 @@ from coordinator.db.tables import Job, Message, Worker
 from coordinator.errors import Busy, RateLimited
 from coordinator.jobs.dispatch import Dispatcher, pick_worker
 from coordinator.jobs.fairness import QueuedJob, fair_order, positions
+from coordinator.jobs.queue import queued_in_order
 from coordinator.jobs.records import Health
 from coordinator.jobs.states import JobState
 from coordinator.jobs.stores import JobStores
@@ -360,3 +362,13 @@ def test_a_programmatic_request_keeps_its_whole_conversation(db: pw.Database) ->
         chat.requests.start_api_conversation(
             key, "llama3", asking([("user", "q"), ("assistant", "a")])
         )
+
+
+def test_a_round_on_an_empty_queue_reads_the_queue_and_nothing_more(db: pw.Database) -> None:
+    """The round after each job ends usually finds nothing queued: it reads the queue,
+    and does not go on to count every owner's running jobs to order nothing."""
+    with mock.patch.object(db, "execute_sql", wraps=db.execute_sql) as spy:
+        assert queued_in_order(db, lock=True) == []
+    statements = [str(c.args[0]) for c in spy.call_args_list]
+    assert len(statements) == 1, statements
+    assert "GROUP BY" not in statements[0]
