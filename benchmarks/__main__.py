@@ -29,6 +29,7 @@ from benchmarks import (
     latency,
     outbox,
     page_render,
+    stack_floor,
     streams,
     throughput,
 )
@@ -48,6 +49,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "flood": flood.main,
     "capacity": capacity.main,
     "broker_floor": broker_floor.main,
+    "stack_floor": stack_floor.main,
     "page_render": page_render.main,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"

@@ -66,6 +66,11 @@ def publish_packet(topic: str, packet_id: int, payload: bytes) -> bytes:
     return _packet(0x32, _string(topic) + struct.pack("!H", packet_id) + payload)
 
 
+def publish_qos0_packet(topic: str, payload: bytes) -> bytes:
+    """A QoS 0 PUBLISH (no packet id, no acknowledgement)."""
+    return _packet(0x30, _string(topic) + payload)
+
+
 def subscribe_packet(packet_id: int, filters: list[str]) -> bytes:
     body = struct.pack("!H", packet_id) + b"".join(_string(f) + b"\x00" for f in filters)
     return _packet(0x82, body)
