@@ -12,12 +12,14 @@ JSON object per websocket message, tagged by ``type``:
   holds, so a browser appends only the chunks after it.
 
 Events that queued up while the webapp was sending come together, as a JSON list of
-events in one websocket message (one write instead of one each).
+events in one websocket message (one write instead of one each). Every browser watching a
+thread is sent the same event object, so an event's JSON (``wire``) is made once.
 
 A socket closed with :data:`RELOAD_CLOSE_CODE` fell behind: the browser reconnects and
 starts again from a snapshot.
 """
 
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,9 +33,18 @@ NO_THREAD_CLOSE_CODE = 4004
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @cached_property
+    def wire(self) -> str:
+        """The event's JSON, made on its first send (and kept for the other browsers)."""
+        return self.model_dump_json()
+
 
 class SnapshotEvent(ThreadSnapshot):
     type: Literal["snapshot"] = "snapshot"
+
+    @cached_property
+    def wire(self) -> str:
+        return self.model_dump_json()
 
 
 class MessageChanged(_Event):

@@ -2,7 +2,6 @@
 with no gap and no duplicate."""
 
 import asyncio
-from collections import OrderedDict
 
 from aiomqtt import MqttError
 from quart import Websocket
@@ -22,29 +21,6 @@ from webapp.coordinator_client import CoordinatorClient, CoordinatorUnavailable
 
 BRIDGE_WAIT_S = 5.0  # how long a new websocket waits for the bridge's MQTT subscription
 MAX_BATCH = 256  # events sent in one websocket message at most
-_ENCODED_KEPT = 1024  # events whose JSON is kept for the other browsers watching
-
-
-class _Encoder:
-    """The JSON of the events sent lately, by identity: the bridge gives every browser
-    watching a thread the same event object, and each would otherwise encode it anew.
-    One per process, on its event loop."""
-
-    def __init__(self) -> None:
-        self._kept: OrderedDict[int, tuple[BrowserEvent, str]] = OrderedDict()
-
-    def json(self, event: BrowserEvent) -> str:
-        kept = self._kept.get(id(event))
-        if kept is not None and kept[0] is event:  # the very object, not a reused id
-            return kept[1]
-        text = event.model_dump_json()
-        self._kept[id(event)] = (event, text)
-        if len(self._kept) > _ENCODED_KEPT:
-            self._kept.popitem(last=False)
-        return text
-
-
-_encoder = _Encoder()
 
 
 class ThreadSocket:
@@ -84,7 +60,7 @@ class ThreadSocket:
             if snapshot is None:
                 await self.websocket.close(NO_THREAD_CLOSE_CODE, "no such thread")
                 return
-            await self.websocket.send(SnapshotEvent(**dict(snapshot)).model_dump_json())
+            await self.websocket.send(SnapshotEvent(**dict(snapshot)).wire)
             for message in snapshot.messages:
                 self._catch_up(message)
             await self._flush()
@@ -149,6 +125,6 @@ class ThreadSocket:
             return
         out, self.out = self.out, []
         if len(out) == 1:
-            await self.websocket.send(_encoder.json(out[0]))
+            await self.websocket.send(out[0].wire)
         else:
-            await self.websocket.send("[" + ",".join(_encoder.json(e) for e in out) + "]")
+            await self.websocket.send("[" + ",".join(e.wire for e in out) + "]")

@@ -1,8 +1,10 @@
 """Every browser watching a thread gets the same event object from the bridge; its JSON
-is made once and reused for the others, never for another event."""
+(``wire``) is made once and reused for the others, and is the event's JSON exactly."""
 
-from farm_protocol.browser import ChunkEvent
-from webapp.thread_socket import _ENCODED_KEPT, _Encoder
+import json
+
+from farm_protocol.browser import ChunkEvent, MembersChanged, SnapshotEvent, ThreadChanged
+from farm_protocol.chat import ThreadSnapshot, ThreadView
 
 
 def chunk(seq: int, text: str = "hi") -> ChunkEvent:
@@ -10,23 +12,40 @@ def chunk(seq: int, text: str = "hi") -> ChunkEvent:
 
 
 def test_one_event_is_encoded_once_for_every_browser() -> None:
-    encoder, event = _Encoder(), chunk(0)
-    first = encoder.json(event)
+    event = chunk(0)
+    first = event.wire
     assert first == event.model_dump_json()
-    assert encoder.json(event) is first  # the same string, not encoded again
+    assert event.wire is first  # the same string, not encoded again
 
 
-def test_an_id_reused_by_another_event_is_not_mistaken_for_it() -> None:
-    encoder, gone, new = _Encoder(), chunk(1, "old"), chunk(2, "new")
-    encoder._kept[id(new)] = (gone, gone.model_dump_json())  # as if ``new`` reused its id
-    assert encoder.json(new) == new.model_dump_json()
+def test_the_kept_json_is_no_part_of_the_event() -> None:
+    event = chunk(1, 'say "hi"')
+    sent = event.wire
+    assert json.loads(sent) == {
+        "type": "chunk",
+        "job_id": "j" * 32,
+        "attempt": 1,
+        "seq": 1,
+        "text": 'say "hi"',
+    }
+    assert event.model_dump_json() == sent  # not dumped with its own JSON inside
+    assert event == chunk(1, 'say "hi"')  # and equal to one never sent
 
 
-def test_only_the_latest_events_are_kept() -> None:
-    encoder = _Encoder()
-    events = [chunk(n) for n in range(_ENCODED_KEPT + 10)]
-    for event in events:
-        encoder.json(event)
-    assert len(encoder._kept) == _ENCODED_KEPT
-    assert id(events[0]) not in encoder._kept or encoder._kept[id(events[0])][0] is not events[0]
-    assert encoder._kept[id(events[-1])][0] is events[-1]
+def test_each_event_has_its_own_json() -> None:
+    events = [chunk(n, f"t{n}") for n in range(3)] + [
+        MembersChanged(members=[]),
+        ThreadChanged(thread=None),
+    ]
+    assert [json.loads(e.wire) for e in events] == [json.loads(e.model_dump_json()) for e in events]
+    assert len({e.wire for e in events}) == len(events)
+
+
+def test_a_snapshot_is_sent_as_its_json() -> None:
+    view = ThreadView(
+        thread_id="t" * 32, title="hello", description="", created_at=1.0, updated_at=2.0
+    )
+    snapshot = ThreadSnapshot(thread=view, messages=[])
+    event = SnapshotEvent(**dict(snapshot))
+    assert json.loads(event.wire)["type"] == "snapshot"
+    assert event.wire == event.model_dump_json()
