@@ -24,6 +24,7 @@ import random
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,23 @@ async def _open(broker: RunningBroker, username: str, password: str) -> tuple[An
     return reader, writer
 
 
+async def paced(count: int, every_s: float, end: float, act: Callable[[int], None]) -> None:
+    """``act(i)`` for each of ``count`` streams once every ``every_s``, each stream on
+    its own random phase within it (in the order they fall due), until ``end`` (loop
+    time): many streams' messages spread out as independent streams' are."""
+    due = sorted((random.uniform(0, every_s), i) for i in range(count))
+    loop = asyncio.get_running_loop()
+    start, cycle = loop.time(), 0
+    while loop.time() < end:
+        base = start + cycle * every_s
+        for offset, i in due:
+            wait = base + offset - loop.time()
+            if wait > 0.002:
+                await asyncio.sleep(wait)
+            act(i)
+        cycle += 1
+
+
 @dataclass
 class Worker:
     writer: Any
@@ -188,23 +206,11 @@ async def level(
             live.append(Stream(worker, topics.job_events(name, thread, job), job.encode()))
         tasks.append(asyncio.create_task(_drain_acks(reader)))
 
-    # every stream on its own phase within the chunk interval, in the order they fall due
-    due = sorted((random.uniform(0, CHUNK_EVERY_S), i) for i in range(len(live)))
     loop = asyncio.get_running_loop()
-    start = loop.time()
-
-    async def publish_until(end: float) -> None:
-        cycle = 0
-        while loop.time() < end:
-            base = start + cycle * CHUNK_EVERY_S
-            for offset, i in due:
-                wait = base + offset - loop.time()
-                if wait > 0.002:
-                    await asyncio.sleep(wait)
-                live[i].publish()
-            cycle += 1
-
-    publisher = asyncio.create_task(publish_until(start + WARMUP_S + WINDOW_S + 0.5))
+    end = loop.time() + WARMUP_S + WINDOW_S + 0.5
+    publisher = asyncio.create_task(
+        paced(len(live), CHUNK_EVERY_S, end, lambda i: live[i].publish())
+    )
     await asyncio.sleep(WARMUP_S)
     pid = broker.pid() if broker.pid else 0
     cpu0, load0, t0 = cpu_seconds(pid), time.process_time(), time.monotonic()

@@ -14,7 +14,9 @@ over a window; Mosquitto and the load run on the load core (CPU 1):
 * **websocket write**: a Quart route under hypercorn (``farm_runtime.http_serving``, the
   services' own server settings) sending a chunk-sized text message to each of its
   websockets at one stream's chunk rate, on its own phase; one websocket per stream, as
-  one browser watching each thread. aiohttp reads them on the load core.
+  one browser watching each thread. aiohttp reads them on the load core. The same
+  under the ``websockets`` library (amqtt's), for comparison: what another Python
+  websocket server would change.
 * **HTTP request**: a Quart route reading a small JSON body and answering JSON (a
   message sent), kept-alive connections from aiohttp on the load core.
 
@@ -32,7 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.broker_floor import connect_packet, publish_qos0_packet
+from benchmarks.broker_floor import connect_packet, paced, publish_qos0_packet
 from benchmarks.capacity import CHUNKS_PER_S, LOAD_CPUS, SERVER_CPUS, TOKENS, TOKENS_PER_S, pin_all
 from benchmarks.farm_processes import cpu_seconds
 from farm_protocol import topics
@@ -45,26 +47,6 @@ REPLIES_PER_S = TOKENS_PER_S / TOKENS  # a stream's replies a second
 WARMUP_S, WINDOW_S = 2.0, 6.0
 CHUNK = b'{"kind":"chunk","job_id":"%s","attempt":1,"seq":%d,"text":" the quick brown"}'
 BODY = {"text": "How far is the moon from the earth, in kilometres?"}
-
-
-def _phases(count: int, every_s: float) -> list[tuple[float, int]]:
-    """Each of ``count`` streams on its own phase within ``every_s``, in order."""
-    return sorted((random.uniform(0, every_s), i) for i in range(count))
-
-
-async def _paced(count: int, rate_each: float, end: float, act: Callable[[int], None]) -> None:
-    """``act(i)`` for each of ``count`` streams, ``rate_each`` times a second each, on
-    its own phase, until ``end`` (loop time)."""
-    loop = asyncio.get_running_loop()
-    every, due, start, cycle = 1 / rate_each, _phases(count, 1 / rate_each), loop.time(), 0
-    while loop.time() < end:
-        base = start + cycle * every
-        for offset, i in due:
-            wait = base + offset - loop.time()
-            if wait > 0.002:
-                await asyncio.sleep(wait)
-            act(i)
-        cycle += 1
 
 
 # --- the server core's processes ---------------------------------------------------------
@@ -89,6 +71,29 @@ async def _serve_mqtt(port: int, username: str, password: str) -> None:
         await asyncio.Event().wait()
 
 
+async def _send_paced(sock: Any) -> None:
+    """A chunk-sized text message on ``sock`` at one stream's chunk rate, on its own
+    phase, until the connection ends."""
+    loop = asyncio.get_running_loop()
+    every = 1 / CHUNKS_PER_S
+    due = loop.time() + random.uniform(0, every)
+    seq = 0
+    while True:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        await sock.send((CHUNK % (b"j" * 22, seq)).decode())
+        seq, due = seq + 1, due + every
+
+
+async def _serve_websockets(port: int) -> None:
+    """The websocket part under the ``websockets`` library (amqtt's) instead of Quart and
+    hypercorn: what another Python websocket server would change."""
+    from websockets.asyncio.server import serve
+
+    async with serve(_send_paced, "127.0.0.1", port, compression=None):
+        print("ready", flush=True)  # listening already
+        await asyncio.Event().wait()
+
+
 async def _serve_http(port: int, broker: list[str]) -> None:
     """The HTTP parts' server; with ``broker`` (port, username, password) also the
     relay's MQTT client, each message on a thread's topic sent to that thread's
@@ -108,15 +113,7 @@ async def _serve_http(port: int, broker: list[str]) -> None:
 
     @app.websocket("/ws")
     async def paced() -> None:
-        sock = websocket._get_current_object()  # type: ignore[attr-defined]
-        loop = asyncio.get_running_loop()
-        every = 1 / CHUNKS_PER_S
-        due = loop.time() + random.uniform(0, every)
-        seq = 0
-        while True:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            await sock.send((CHUNK % (b"j" * 22, seq)).decode())
-            seq, due = seq + 1, due + every
+        await _send_paced(websocket._get_current_object())  # type: ignore[attr-defined]
 
     @app.websocket("/relay/<thread>")
     async def relay(thread: str) -> None:
@@ -232,7 +229,7 @@ async def _measured(
     loop = asyncio.get_running_loop()
     driver = None
     if load is not None:
-        driver = asyncio.create_task(_paced(streams, rate_each, loop.time() + 3600, load))
+        driver = asyncio.create_task(paced(streams, 1 / rate_each, loop.time() + 3600, load))
     try:
         cpu, n, window = await _window(child.pid, counted)
     finally:
@@ -290,17 +287,22 @@ class _Readers:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def websocket_write(streams: int) -> dict[str, Any]:
+async def websocket_write(streams: int, server: str = "quart") -> dict[str, Any]:
+    """``server``: "quart" (Quart under hypercorn, as the webapp) or "websockets"."""
     import aiohttp
 
     port = free_port()
-    child = await _child("serve-http", str(port))
-    await _listening(port)
+    if server == "quart":
+        child = await _child("serve-http", str(port))
+        await _listening(port)
+    else:
+        child = await _child("serve-websockets", str(port))
     readers = _Readers()
+    part = "websocket" if server == "quart" else "websockets"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         await readers.open(session, [f"http://127.0.0.1:{port}/ws"] * streams)
-        try:  # the route paces itself: nothing to drive
-            return await _measured("websocket", streams, child, readers.counted)
+        try:  # the server paces itself: nothing to drive
+            return await _measured(part, streams, child, readers.counted)
         finally:
             await readers.close()
 
@@ -375,6 +377,8 @@ async def measure() -> list[dict[str, Any]]:
         for streams in STREAMS:
             done(await websocket_write(streams))
         for streams in STREAMS:
+            done(await websocket_write(streams, "websockets"))
+        for streams in STREAMS:
             done(await relay(broker.port, account, streams))
     for streams in STREAMS:
         done(await http_request(streams))
@@ -384,6 +388,8 @@ async def measure() -> list[dict[str, Any]]:
 _WHAT = {
     "mqtt": "aiomqtt + paho: a message read and handed to a callback (a webapp's chunk in)",
     "websocket": "Quart + hypercorn: a websocket text message sent (a chunk to one browser)",
+    "websockets": "websockets (amqtt's), for comparison: the same message without Quart"
+    " and hypercorn",
     "relay": "both in one process: a message read and sent on to its thread's websocket"
     " (a bare webapp: no check, no decoding)",
     "http": "Quart + hypercorn: a JSON POST answered (a message sent, at each service)",
@@ -427,7 +433,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
         " any check or decoding, the database or the farm's own code.",
         f"- A further browser watching a thread costs at least its websocket write:"
         f" {per[('websocket', top)] * 1e6:.0f} µs a chunk at that rate,"
-        f" {per[('websocket', min(STREAMS))] * 1e6:.0f} µs at {min(STREAMS)} streams.",
+        f" {per[('websocket', min(STREAMS))] * 1e6:.0f} µs at {min(STREAMS)} streams"
+        f" ({per[('websockets', top)] * 1e6:.0f} and"
+        f" {per[('websockets', min(STREAMS))] * 1e6:.0f} µs under websockets).",
     ]
     return "\n".join(lines)
 
@@ -441,6 +449,8 @@ def main() -> str:
 def _serve(argv: list[str]) -> None:
     if argv[0] == "serve-mqtt":
         asyncio.run(_serve_mqtt(int(argv[1]), argv[2], argv[3]))
+    elif argv[0] == "serve-websockets":
+        asyncio.run(_serve_websockets(int(argv[1])))
     elif argv[0] == "serve-http":
         asyncio.run(_serve_http(int(argv[1]), argv[2:]))
     else:
