@@ -272,11 +272,25 @@ class _Readers:
                 self.received += 1
 
     async def open(self, session: Any, urls: list[str]) -> None:
+        """Until every websocket is open; a reader that fails first raises its error."""
         ready = asyncio.Event()
         self.tasks = [
             asyncio.create_task(self._read(session, url, ready, len(urls))) for url in urls
         ]
-        await ready.wait()
+        opened = asyncio.create_task(ready.wait())
+        try:
+            async with asyncio.timeout(60):
+                while not opened.done():
+                    done, _ = await asyncio.wait(
+                        [opened, *self.tasks], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done - {opened}:
+                        task.result()  # a reader ended before all were open: its error
+                        raise RuntimeError("a websocket closed before the others opened")
+        except BaseException:
+            opened.cancel()
+            await self.close()
+            raise
 
     async def counted(self) -> int:
         return self.received
