@@ -24,6 +24,7 @@ Rates: what 100 and 1,000 streams of 30 tokens/s give under the chunk rule (15.3
 and 0.33 replies a second each). ``python -m benchmarks stack_floor``."""
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -31,7 +32,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from benchmarks.broker_floor import connect_packet, paced, publish_qos0_packet
@@ -40,7 +41,7 @@ from benchmarks.farm_processes import cpu_seconds
 from farm_protocol import topics
 from farm_protocol.version import TOPIC_ROOT
 from llama_farm.ports import free_port
-from tests.support.brokers import broker_of, dynsec, full_access_commands
+from tests.support.brokers import broker_of, dynsec, full_access_commands, wait_port
 
 STREAMS = [100, 1000]
 REPLIES_PER_S = TOKENS_PER_S / TOKENS  # a stream's replies a second
@@ -52,21 +53,30 @@ BODY = {"text": "How far is the moon from the earth, in kilometres?"}
 # --- the server core's processes ---------------------------------------------------------
 
 
-async def _serve_mqtt(port: int, username: str, password: str) -> None:
+@contextlib.asynccontextmanager
+async def _chunk_reader(broker: list[str], deliver: Callable[[Any], None]) -> AsyncIterator[None]:
+    """An MQTT client made as the webapp makes its own, on ``broker`` (port, username,
+    password), every live chunk handed to ``deliver`` as it is read (QoS 0)."""
     from farm_runtime.broker import BrokerSettings, make_client
 
+    url = f"mqtt://127.0.0.1:{broker[0]}"
+    settings = BrokerSettings(url=url, username=broker[1], password=broker[2])
+    client = make_client(settings, identifier=f"floor-{uuid.uuid4().hex[:6]}", deliver=deliver)
+    async with client:
+        await client.subscribe(f"{TOPIC_ROOT}/workers/+/jobs/+/+", qos=0)
+        yield
+
+
+async def _serve_mqtt(port: int, username: str, password: str) -> None:
     received = 0
 
     def count(_message: object) -> None:
         nonlocal received
         received += 1
 
-    settings = BrokerSettings(url=f"mqtt://127.0.0.1:{port}", username=username, password=password)
-    client = make_client(settings, identifier=f"floor-{uuid.uuid4().hex[:6]}", deliver=count)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, lambda: print(received, flush=True))
-    async with client:
-        await client.subscribe(f"{TOPIC_ROOT}/workers/+/jobs/+/+", qos=0)
+    async with _chunk_reader([str(port), username, password], count):
         print("ready", flush=True)
         await asyncio.Event().wait()
 
@@ -100,7 +110,6 @@ async def _serve_http(port: int, broker: list[str]) -> None:
     websockets (``/relay/<thread>``)."""
     from quart import Quart, request, websocket
 
-    from farm_runtime.broker import BrokerSettings, make_client
     from farm_runtime.http_serving import serve_app
 
     app = Quart(__name__)
@@ -132,12 +141,7 @@ async def _serve_http(port: int, broker: list[str]) -> None:
     if not broker:
         await serve_app(app, "127.0.0.1", port, asyncio.Event())
         return
-    settings = BrokerSettings(
-        url=f"mqtt://127.0.0.1:{broker[0]}", username=broker[1], password=broker[2]
-    )
-    client = make_client(settings, identifier=f"relay-{uuid.uuid4().hex[:6]}", deliver=deliver)
-    async with client:
-        await client.subscribe(f"{TOPIC_ROOT}/workers/+/jobs/+/+", qos=0)
+    async with _chunk_reader(broker, deliver):
         await serve_app(app, "127.0.0.1", port, asyncio.Event())
 
 
@@ -157,21 +161,6 @@ async def _child(*args: str) -> asyncio.subprocess.Process:
     if (await child.stdout.readline()).strip() != b"ready":
         raise RuntimeError(f"stack_floor {args[0]} did not start")
     return child
-
-
-async def _listening(port: int) -> None:
-    """Until the child's server accepts connections (it says ready before it binds)."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-        else:
-            writer.close()
-            return
 
 
 async def _stop(child: asyncio.subprocess.Process) -> None:
@@ -223,9 +212,11 @@ async def _measured(
     counted: Callable[[], Awaitable[int]],
     load: Callable[[int], None] | None = None,
     rate_each: float = CHUNKS_PER_S,
+    settle: Callable[[], Awaitable[object]] | None = None,
 ) -> dict[str, Any]:
     """The child's CPU per message over the window, with ``load(i)`` driven for each
-    stream at ``rate_each`` meanwhile (None: the child makes its own load)."""
+    stream at ``rate_each`` meanwhile (None: the child makes its own load); ``settle``
+    waits for the load in flight before the child is stopped."""
     loop = asyncio.get_running_loop()
     driver = None
     if load is not None:
@@ -235,6 +226,8 @@ async def _measured(
     finally:
         if driver is not None:
             driver.cancel()
+        if settle is not None:
+            await settle()
         await _stop(child)
     return {"part": part, "streams": streams, "cpu": cpu, "count": n, "window": window}
 
@@ -308,7 +301,7 @@ async def websocket_write(streams: int, server: str = "quart") -> dict[str, Any]
     port = free_port()
     if server == "quart":
         child = await _child("serve-http", str(port))
-        await _listening(port)
+        await wait_port(port, 30)  # the child says ready before it binds
     else:
         child = await _child("serve-websockets", str(port))
     readers = _Readers()
@@ -326,7 +319,7 @@ async def relay(broker_port: int, account: tuple[str, str], streams: int) -> dic
 
     port = free_port()
     child = await _child("serve-http", str(port), str(broker_port), *account)
-    await _listening(port)
+    await wait_port(port, 30)  # the child says ready before it binds
     threads = [uuid.uuid4().hex for _ in range(streams)]
     publisher = await _Publisher.open(broker_port, account, threads)
     readers = _Readers()
@@ -344,7 +337,7 @@ async def http_request(streams: int) -> dict[str, Any]:
 
     port = free_port()
     child = await _child("serve-http", str(port))
-    await _listening(port)
+    await wait_port(port, 30)  # the child says ready before it binds
     done = 0
     pending: set[asyncio.Task[None]] = set()
 
@@ -364,10 +357,10 @@ async def http_request(streams: int) -> dict[str, Any]:
             pending.add(task)
             task.add_done_callback(pending.discard)
 
-        try:
-            return await _measured("http", streams, child, counted, send, REPLIES_PER_S)
-        finally:
-            await asyncio.gather(*pending, return_exceptions=True)
+        def answered() -> Awaitable[object]:  # the requests in flight, before the stop
+            return asyncio.gather(*pending)
+
+        return await _measured("http", streams, child, counted, send, REPLIES_PER_S, answered)
 
 
 async def measure() -> list[dict[str, Any]]:

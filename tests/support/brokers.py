@@ -77,7 +77,8 @@ def render_config(workdir: Path, port: int) -> Path:
     return path
 
 
-async def _wait_port(port: int, timeout_s: float = 10.0) -> None:
+async def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    """Until something accepts connections on ``port`` (OSError after ``timeout_s``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
@@ -170,10 +171,10 @@ async def mosquitto() -> AsyncIterator[RunningBroker]:
     async def restart(kill: bool = False) -> None:
         stop(kill)
         processes.append(subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log))
-        await _wait_port(port)
+        await wait_port(port)
 
     try:
-        await _wait_port(port)
+        await wait_port(port)
         password = uuid.uuid4().hex
         await dynsec(port, admin_password, full_access_commands("farm-test", password))
         yield RunningBroker(
